@@ -1,0 +1,54 @@
+//! `shallot`: the command-line front of the Shallot onion-routing overlay.
+//!
+//! Subcommands grow with the milestones; the surface other tools rely on (see the README) stays
+//! stable: `testnet`, `client`, `relay`, `keygen`, `exit-policy check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd_exit_policy;
+
+/// Shallot: an anonymizing onion-routing overlay on libp2p.
+#[derive(Debug, Parser)]
+#[command(name = "shallot", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with exit-policy files (Tor's `accept`/`reject` syntax).
+    #[command(subcommand)]
+    ExitPolicy(ExitPolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ExitPolicyCommand {
+    /// Parse FILE and say, for each ADDR:PORT, whether the policy accepts it and which rule decided.
+    Check {
+        /// The policy file.
+        file: PathBuf,
+        /// Targets such as `1.1.1.1:443` or `[2001:db8::1]:80`.
+        #[arg(required = true, value_name = "ADDR:PORT")]
+        targets: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::ExitPolicy(ExitPolicyCommand::Check { file, targets }) => {
+            cmd_exit_policy::check(&file, &targets)
+        }
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("shallot: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
