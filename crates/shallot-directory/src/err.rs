@@ -1,0 +1,95 @@
+//! Errors of the directory crate.
+
+use std::path::PathBuf;
+
+/// Why a descriptor, a view operation or the cache failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DirectoryError {
+    /// The encoded descriptor is longer than the protocol allows (specs/04 §3.1).
+    #[error("descriptor is {len} bytes, more than the {max}-byte limit")]
+    Oversized {
+        /// Length received.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The bytes do not form a descriptor (specs/04 §3).
+    #[error("malformed descriptor: {0}")]
+    Malformed(&'static str),
+    /// A field holds a value the protocol forbids (specs/04 §3).
+    #[error("invalid descriptor: {0}")]
+    Invalid(&'static str),
+    /// The re-encoding differs from the bytes received (specs/04 §3.3).
+    #[error("descriptor is not in canonical form")]
+    NonCanonical,
+    /// The Ed25519 signature does not verify under the descriptor's identity key.
+    #[error("descriptor signature does not verify")]
+    BadSignature,
+    /// The descriptor is outside its validity window at the given time (specs/04 §4).
+    #[error("descriptor is not valid now: {0}")]
+    Expired(&'static str),
+    /// The DHT record's key or publisher names another peer than the descriptor (specs/04 §5.4).
+    #[error("record names peer {expected}, descriptor is for {actual}")]
+    PeerMismatch {
+        /// The PeerId the record key or publisher names (boxed: PeerIds are large).
+        expected: Box<libp2p_identity::PeerId>,
+        /// The PeerId of the descriptor's identity key.
+        actual: Box<libp2p_identity::PeerId>,
+    },
+    /// The record key is not a descriptor key (specs/04 §5.2).
+    #[error("record key is not a shallot descriptor key")]
+    NotADescriptorKey,
+    /// A descriptor could not be signed (the identity key is unusable).
+    #[error("cannot sign descriptor: {0}")]
+    Signing(&'static str),
+    /// The view cache could not be read or written.
+    #[error("view cache {path}: {source}")]
+    Cache {
+        /// The cache file.
+        path: PathBuf,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The view cache's bytes are not a cache file (specs/04 §6.4).
+    #[error("view cache {path} is corrupt: {reason}")]
+    CorruptCache {
+        /// The cache file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: &'static str,
+    },
+}
+
+/// What a caller should do about a [`DirectoryError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The input came from a peer and is bad: drop it and count it.
+    BadInput,
+    /// The input was once good and is no longer (expired, superseded): drop it quietly.
+    Stale,
+    /// Local storage failed: log it and carry on without the cache.
+    Storage,
+    /// A local key is unusable: a bug or a broken key file.
+    Internal,
+}
+
+impl DirectoryError {
+    /// The coarse class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Oversized { .. }
+            | Self::Malformed(_)
+            | Self::Invalid(_)
+            | Self::NonCanonical
+            | Self::BadSignature
+            | Self::PeerMismatch { .. }
+            | Self::NotADescriptorKey => ErrorKind::BadInput,
+            Self::Expired(_) => ErrorKind::Stale,
+            Self::Cache { .. } | Self::CorruptCache { .. } => ErrorKind::Storage,
+            Self::Signing(_) => ErrorKind::Internal,
+        }
+    }
+}

@@ -1,0 +1,25 @@
+#![doc = include_str!("../README.md")]
+
+mod cache;
+mod descriptor;
+mod err;
+mod records;
+mod view;
+
+pub use cache::{CACHE_MAGIC, decode_cache, encode_cache, load_cache, write_cache};
+pub use descriptor::{
+    DESCRIPTOR_LIFETIME_SECS, DESCRIPTOR_MAGIC, Descriptor, MAX_ADDR_LEN, MAX_ADDRS,
+    MAX_CLOCK_SKEW_SECS, MAX_DESCRIPTOR_LEN, MAX_DESCRIPTOR_LIFETIME_SECS, MAX_FAMILY,
+    MAX_POLICY_SUMMARY_LEN, PROTOCOL_CIRCUIT_V1, REPUBLISH_INTERVAL_SECS, RelayFlags,
+    SignedDescriptor,
+};
+pub use err::{DirectoryError, ErrorKind};
+pub use records::{
+    DESCRIPTOR_KEY_PREFIX, N_SHARDS, RecordRefusal, SHARD_KEY_PREFIX, all_shard_keys,
+    descriptor_key, is_newer, is_shard_key, peer_of_descriptor_key, shard_key, shard_of,
+    validate_record,
+};
+pub use view::{
+    Admission, DEFAULT_MAX_RELAYS_PER_SUBNET, MAX_VIEW_RELAYS, NetworkView, Subnet, ViewConfig,
+    ViewEntry,
+};

@@ -1,0 +1,394 @@
+//! The client's view of the network: verified descriptors under Sybil caps (specs/04 §6).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use libp2p_identity::PeerId;
+
+use crate::descriptor::SignedDescriptor;
+use crate::err::DirectoryError;
+
+/// Default most relays per IPv4 /24 or IPv6 /48 in a view (specs/04 §6.3).
+pub const DEFAULT_MAX_RELAYS_PER_SUBNET: usize = 2;
+/// Hard bound on the relays one view holds, whatever the DHT serves.
+pub const MAX_VIEW_RELAYS: usize = 10_000;
+
+/// Settings of a [`NetworkView`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewConfig {
+    /// Most relays per IPv4 /24 or IPv6 /48.
+    pub max_relays_per_subnet: usize,
+    /// Admit relays that list no IP address (only for in-memory test networks).
+    pub allow_non_ip_relays: bool,
+    /// Most relays in the view.
+    pub max_relays: usize,
+}
+
+impl Default for ViewConfig {
+    fn default() -> Self {
+        Self {
+            max_relays_per_subnet: DEFAULT_MAX_RELAYS_PER_SUBNET,
+            allow_non_ip_relays: false,
+            max_relays: MAX_VIEW_RELAYS,
+        }
+    }
+}
+
+/// A relay in the view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewEntry {
+    /// The newest verified descriptor.
+    pub descriptor: SignedDescriptor,
+    /// When this client first saw the relay (UNIX seconds); guards are chosen among old ones.
+    pub first_seen: u64,
+}
+
+/// What [`NetworkView::offer`] did with a descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// A relay new to the view.
+    Added,
+    /// A newer descriptor for a relay already in the view.
+    Updated,
+    /// Not newer than what the view holds.
+    Unchanged,
+    /// Refused: a subnet of the relay is full (specs/04 §6.3).
+    SubnetFull,
+    /// Refused: the relay lists no IP address.
+    NoIpAddress,
+    /// Refused: the view is full.
+    ViewFull,
+}
+
+/// The subnet a Sybil cap counts: an IPv4 /24 or an IPv6 /48.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Subnet {
+    /// The first three octets of an IPv4 address.
+    V4([u8; 3]),
+    /// The first six octets of an IPv6 address.
+    V6([u8; 6]),
+}
+
+impl Subnet {
+    /// The cap subnet of `ip`. IPv4-mapped IPv6 addresses count as IPv4.
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                Self::V4([o[0], o[1], o[2]])
+            }
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::of(IpAddr::V4(v4)),
+                None => {
+                    let o = v6.octets();
+                    Self::V6([o[0], o[1], o[2], o[3], o[4], o[5]])
+                }
+            },
+        }
+    }
+}
+
+/// The verified relays a client knows, with Sybil caps, ready for path selection.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkView {
+    config: ViewConfig,
+    relays: BTreeMap<PeerId, ViewEntry>,
+    subnet_load: HashMap<Subnet, usize>,
+}
+
+impl NetworkView {
+    /// An empty view.
+    pub fn new(config: ViewConfig) -> Self {
+        Self {
+            config,
+            relays: BTreeMap::new(),
+            subnet_load: HashMap::new(),
+        }
+    }
+
+    /// Number of relays in the view.
+    pub fn len(&self) -> usize {
+        self.relays.len()
+    }
+
+    /// Whether the view holds no relay.
+    pub fn is_empty(&self) -> bool {
+        self.relays.is_empty()
+    }
+
+    /// The entry of `peer`, if the view holds it.
+    pub fn get(&self, peer: &PeerId) -> Option<&ViewEntry> {
+        self.relays.get(peer)
+    }
+
+    /// All entries, in PeerId order.
+    pub fn entries(&self) -> impl Iterator<Item = &ViewEntry> {
+        self.relays.values()
+    }
+
+    /// Offers a descriptor that the caller has already verified (any [`SignedDescriptor`] is);
+    /// `first_seen` is used only if the relay is new to the view.
+    pub fn offer(&mut self, descriptor: SignedDescriptor, first_seen: u64) -> Admission {
+        let peer = descriptor.peer_id();
+        if let Some(entry) = self.relays.get(&peer) {
+            if !crate::records::is_newer(&descriptor, &entry.descriptor) {
+                return Admission::Unchanged;
+            }
+            let first_seen = entry.first_seen;
+            // A new descriptor may list other addresses: re-admit it under the caps.
+            self.remove(&peer);
+            return match self.admit(peer, descriptor, first_seen) {
+                Admission::Added => Admission::Updated,
+                refused => refused,
+            };
+        }
+        self.admit(peer, descriptor, first_seen)
+    }
+
+    fn subnets(descriptor: &SignedDescriptor) -> Vec<Subnet> {
+        let mut subnets: Vec<Subnet> = descriptor.descriptor().ip_addrs().map(Subnet::of).collect();
+        subnets.sort_unstable();
+        subnets.dedup();
+        subnets
+    }
+
+    fn admit(&mut self, peer: PeerId, descriptor: SignedDescriptor, first_seen: u64) -> Admission {
+        if self.relays.len() >= self.config.max_relays {
+            return Admission::ViewFull;
+        }
+        let subnets = Self::subnets(&descriptor);
+        if subnets.is_empty() && !self.config.allow_non_ip_relays {
+            return Admission::NoIpAddress;
+        }
+        let full = subnets.iter().any(|subnet| {
+            self.subnet_load.get(subnet).copied().unwrap_or(0) >= self.config.max_relays_per_subnet
+        });
+        if full {
+            return Admission::SubnetFull;
+        }
+        for subnet in subnets {
+            *self.subnet_load.entry(subnet).or_default() += 1;
+        }
+        self.relays.insert(
+            peer,
+            ViewEntry {
+                descriptor,
+                first_seen,
+            },
+        );
+        Admission::Added
+    }
+
+    /// Removes `peer` from the view.
+    pub fn remove(&mut self, peer: &PeerId) -> Option<ViewEntry> {
+        let entry = self.relays.remove(peer)?;
+        for subnet in Self::subnets(&entry.descriptor) {
+            if let Some(load) = self.subnet_load.get_mut(&subnet) {
+                *load = load.saturating_sub(1);
+                if *load == 0 {
+                    self.subnet_load.remove(&subnet);
+                }
+            }
+        }
+        Some(entry)
+    }
+
+    /// Drops every relay whose descriptor is no longer valid at `now` (specs/04 §6.2); returns
+    /// how many left.
+    pub fn prune_expired(&mut self, now: u64) -> usize {
+        let expired: Vec<PeerId> = self
+            .relays
+            .iter()
+            .filter(|(_, entry)| entry.descriptor.descriptor().check_time(now).is_err())
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in &expired {
+            self.remove(peer);
+        }
+        expired.len()
+    }
+
+    /// Offers many entries at once, oldest first (by first-seen, then PeerId), so a burst of new
+    /// relays in a subnet cannot push out the ones already known there (specs/04 §6.3). Entries
+    /// are verified again at `now`; those that fail are returned with their error.
+    pub fn offer_all(
+        &mut self,
+        entries: Vec<(Vec<u8>, u64)>,
+        now: u64,
+    ) -> Vec<(Admission, Option<DirectoryError>)> {
+        let mut verified = Vec::with_capacity(entries.len());
+        let mut outcomes = Vec::new();
+        for (bytes, first_seen) in entries {
+            match SignedDescriptor::verify(&bytes, now) {
+                Ok(signed) => verified.push((signed, first_seen)),
+                Err(err) => outcomes.push((Admission::Unchanged, Some(err))),
+            }
+        }
+        verified.sort_by_key(|(signed, first_seen)| (*first_seen, signed.peer_id()));
+        for (signed, first_seen) in verified {
+            outcomes.push((self.offer(signed, first_seen), None));
+        }
+        outcomes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use libp2p_identity::ed25519;
+
+    use super::*;
+    use crate::descriptor::tests::{NOW, sample};
+
+    fn relay_at(addr: &str) -> SignedDescriptor {
+        let keypair = ed25519::Keypair::generate();
+        sample(&keypair, addr).sign(&keypair).expect("sign")
+    }
+
+    #[test]
+    fn subnet_cap_per_ipv4_slash24() {
+        let mut view = NetworkView::new(ViewConfig::default());
+        assert_eq!(
+            view.offer(relay_at("/ip4/192.0.2.1/tcp/1"), 1),
+            Admission::Added
+        );
+        assert_eq!(
+            view.offer(relay_at("/ip4/192.0.2.2/tcp/1"), 1),
+            Admission::Added
+        );
+        assert_eq!(
+            view.offer(relay_at("/ip4/192.0.2.3/tcp/1"), 1),
+            Admission::SubnetFull
+        );
+        assert_eq!(
+            view.offer(relay_at("/ip4/192.0.3.1/tcp/1"), 1),
+            Admission::Added
+        );
+        assert_eq!(view.len(), 3);
+    }
+
+    #[test]
+    fn subnet_cap_per_ipv6_slash48_and_mapped_v4() {
+        let mut view = NetworkView::new(ViewConfig {
+            max_relays_per_subnet: 1,
+            ..ViewConfig::default()
+        });
+        assert_eq!(
+            view.offer(relay_at("/ip6/2001:db8:1:1::1/tcp/1"), 1),
+            Admission::Added
+        );
+        assert_eq!(
+            view.offer(relay_at("/ip6/2001:db8:1:2::1/tcp/1"), 1),
+            Admission::SubnetFull
+        );
+        assert_eq!(
+            view.offer(relay_at("/ip6/2001:db8:2::1/tcp/1"), 1),
+            Admission::Added
+        );
+        assert_eq!(
+            view.offer(relay_at("/ip4/198.51.100.7/tcp/1"), 1),
+            Admission::Added
+        );
+        assert_eq!(
+            view.offer(relay_at("/ip6/::ffff:198.51.100.9/tcp/1"), 1),
+            Admission::SubnetFull
+        );
+    }
+
+    #[test]
+    fn relays_without_ip_need_the_test_setting() {
+        let mut view = NetworkView::new(ViewConfig::default());
+        assert_eq!(view.offer(relay_at("/memory/7"), 1), Admission::NoIpAddress);
+        let mut test_view = NetworkView::new(ViewConfig {
+            allow_non_ip_relays: true,
+            ..ViewConfig::default()
+        });
+        assert_eq!(test_view.offer(relay_at("/memory/7"), 1), Admission::Added);
+    }
+
+    #[test]
+    fn newer_descriptor_replaces_older_and_keeps_first_seen() {
+        let keypair = ed25519::Keypair::generate();
+        let old = sample(&keypair, "/ip4/192.0.2.1/tcp/1");
+        let mut new = old.clone();
+        new.published_at += 60;
+        new.addrs = vec!["/ip4/203.0.113.1/tcp/1".parse().expect("addr")];
+        let mut view = NetworkView::new(ViewConfig::default());
+        assert_eq!(
+            view.offer(old.sign(&keypair).expect("sign"), 5),
+            Admission::Added
+        );
+        assert_eq!(
+            view.offer(old.sign(&keypair).expect("sign"), 6),
+            Admission::Unchanged
+        );
+        let new = new.sign(&keypair).expect("sign");
+        let peer = new.peer_id();
+        assert_eq!(view.offer(new, 9), Admission::Updated);
+        let entry = view.get(&peer).expect("entry");
+        assert_eq!(entry.first_seen, 5);
+        // The old /24 is free again.
+        assert_eq!(
+            view.offer(relay_at("/ip4/192.0.2.2/tcp/1"), 1),
+            Admission::Added
+        );
+        assert_eq!(
+            view.offer(relay_at("/ip4/192.0.2.3/tcp/1"), 1),
+            Admission::Added
+        );
+    }
+
+    #[test]
+    fn prune_drops_expired_relays() {
+        let mut view = NetworkView::new(ViewConfig::default());
+        view.offer(relay_at("/ip4/192.0.2.1/tcp/1"), 1);
+        assert_eq!(view.prune_expired(NOW + 1), 0);
+        assert_eq!(view.prune_expired(NOW + 3 * 3600), 1);
+        assert!(view.is_empty());
+        // Its subnet slot is released.
+        view.offer(relay_at("/ip4/192.0.2.2/tcp/1"), 1);
+        view.offer(relay_at("/ip4/192.0.2.3/tcp/1"), 1);
+        assert_eq!(view.len(), 2);
+    }
+
+    #[test]
+    fn offer_all_prefers_long_known_relays_in_a_full_subnet() {
+        let veteran = relay_at("/ip4/192.0.2.1/tcp/1");
+        let veteran_peer = veteran.peer_id();
+        let newcomers: Vec<(Vec<u8>, u64)> = (2..10)
+            .map(|i| {
+                (
+                    relay_at(&format!("/ip4/192.0.2.{i}/tcp/1"))
+                        .as_bytes()
+                        .to_vec(),
+                    100,
+                )
+            })
+            .collect();
+        let mut entries = newcomers;
+        entries.push((veteran.as_bytes().to_vec(), 1));
+        entries.push((b"forged".to_vec(), 0));
+        let mut view = NetworkView::new(ViewConfig::default());
+        let outcomes = view.offer_all(entries, NOW);
+        assert_eq!(view.len(), 2);
+        assert!(view.get(&veteran_peer).is_some());
+        assert_eq!(outcomes.iter().filter(|(_, e)| e.is_some()).count(), 1);
+    }
+
+    #[test]
+    fn view_size_is_bounded() {
+        let mut view = NetworkView::new(ViewConfig {
+            max_relays: 3,
+            ..ViewConfig::default()
+        });
+        for i in 0..3 {
+            assert_eq!(
+                view.offer(relay_at(&format!("/ip4/10.{i}.0.1/tcp/1")), 1),
+                Admission::Added
+            );
+        }
+        assert_eq!(
+            view.offer(relay_at("/ip4/10.9.0.1/tcp/1"), 1),
+            Admission::ViewFull
+        );
+    }
+}
