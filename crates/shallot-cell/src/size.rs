@@ -1,6 +1,6 @@
 //! Cell sizes per link (specs/01 §3) and the relay-message area (specs/03 §2).
 
-/// Length in bytes of a cell on link 0 (client → hop 1). specs/01 §3.
+/// Length in bytes of a cell on link 0 (client → first hop). specs/01 §3.
 ///
 /// Provisional: the benchmark of specs/01 §8 decides the final value. Every other size derives
 /// from this one constant.
@@ -17,8 +17,8 @@ pub const MAX_HOPS: usize = 8;
 /// Length of the relay header: `RELAY_CMD [1] | STREAM_ID [2] | LENGTH [2]`. specs/03 §2.
 pub const RELAY_HEADER_LEN: usize = 5;
 
-/// The cell length on link `link_index` (0-based: link 0 is client → hop 1), or `None` when
-/// `link_index >= MAX_HOPS`. specs/01 §3.
+/// The cell length on link `link_index` (link *i* carries cells into hop *i*; link 0 starts at the
+/// client), or `None` when `link_index >= MAX_HOPS`. specs/01 §3.
 #[must_use]
 pub const fn link_cell_len(link_index: usize) -> Option<usize> {
     if link_index < MAX_HOPS {
