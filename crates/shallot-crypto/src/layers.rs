@@ -374,3 +374,94 @@ impl<A: LayerAead> RelayLayer<A> {
         self.hop.backward.counter = Counter(backward);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    fn pair(seed: u8) -> (HopKeys, HopKeys) {
+        let (f, b) = ([seed; 32], [seed ^ 0xff; 32]);
+        (
+            HopKeys::from_raw_for_testing(f, b),
+            HopKeys::from_raw_for_testing(f, b),
+        )
+    }
+
+    #[test]
+    fn forward_counter_exhaustion_is_an_error_and_closes() {
+        let (a, b) = pair(1);
+        let mut client = ClientLayers::new();
+        client.push_hop(a);
+        let mut relay = RelayLayer::new(b);
+        client.set_counters(0, u64::MAX - 1, 0);
+        relay.set_counters(u64::MAX - 1, 0);
+        let mut body = vec![0u8; 64];
+        client.seal_forward(0, &mut body).unwrap();
+        assert_eq!(relay.open_forward(&mut body).unwrap(), ForwardMarker::ForMe);
+        let err = client.seal_forward(0, &mut body).unwrap_err();
+        assert!(matches!(err, CryptoError::NonceExhausted));
+        assert_eq!(err.kind(), ErrorKind::Exhausted);
+        assert!(matches!(
+            client.seal_forward(0, &mut body),
+            Err(CryptoError::LayersClosed)
+        ));
+        assert!(matches!(
+            relay.open_forward(&mut body),
+            Err(CryptoError::NonceExhausted)
+        ));
+        assert!(matches!(
+            relay.open_forward(&mut body),
+            Err(CryptoError::LayersClosed)
+        ));
+    }
+
+    #[test]
+    fn exhausted_inner_hop_leaves_body_untouched() {
+        let (a0, _) = pair(1);
+        let (a1, _) = pair(2);
+        let mut client = ClientLayers::new();
+        client.push_hop(a0);
+        client.push_hop(a1);
+        client.set_counters(0, u64::MAX, 0);
+        let mut body = vec![0x5au8; 80];
+        assert!(matches!(
+            client.seal_forward(1, &mut body),
+            Err(CryptoError::NonceExhausted)
+        ));
+        assert!(body.iter().all(|&b| b == 0x5a), "nothing half-sealed");
+    }
+
+    #[test]
+    fn backward_counter_exhaustion_is_an_error() {
+        let (a, b) = pair(3);
+        let mut client = ClientLayers::new();
+        client.push_hop(a);
+        let mut relay = RelayLayer::new(b);
+        relay.set_counters(0, u64::MAX);
+        let mut body = vec![0u8; 40];
+        assert!(matches!(
+            relay.seal_backward(true, &mut body),
+            Err(CryptoError::NonceExhausted)
+        ));
+        client.set_counters(0, 0, u64::MAX);
+        assert!(matches!(
+            client.open_backward(&mut body),
+            Err(CryptoError::NonceExhausted)
+        ));
+    }
+
+    #[test]
+    fn message_range_matches_the_contract_layout() {
+        let n = shallot_cell::LINK_CELL_LEN - 1;
+        for k in 0..shallot_cell::MAX_HOPS {
+            let r = ClientLayers::message_range(n, k);
+            assert_eq!(r, k + 1..n - 16 * (k + 1));
+            let l = shallot_cell::link_cell_len(k).unwrap();
+            assert_eq!(r.len(), shallot_cell::relay_payload_len(l));
+        }
+        assert!(ClientLayers::message_range(10, 3).is_empty());
+        assert!(ClientLayers::message_range(0, usize::MAX).is_empty());
+        assert_eq!(RelayLayer::inner_range(17), 1..1);
+    }
+}
