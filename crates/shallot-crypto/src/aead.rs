@@ -140,6 +140,7 @@ impl core::fmt::Debug for RingChaCha {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::sealed::Sealed;
     use super::*;

@@ -207,6 +207,7 @@ fn relay_handshake_inner(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     //! Test vectors (`tests/vectors/nk-handshake.txt`): fixed onion keys, fixed ephemeral keys
     //! and relay identities give fixed messages, keys and cells. Regenerate with

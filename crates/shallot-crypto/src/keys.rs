@@ -154,6 +154,7 @@ impl OnionKeyRing {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

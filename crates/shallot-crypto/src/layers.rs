@@ -376,6 +376,7 @@ impl<A: LayerAead> RelayLayer<A> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::ErrorKind;
