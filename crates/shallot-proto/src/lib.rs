@@ -1,0 +1,16 @@
+#![doc = include_str!("../README.md")]
+
+mod client;
+mod err;
+mod flow;
+pub mod harness;
+mod relay;
+
+pub use client::{ClientCircuit, ClientConfig, ClientEvent, DEFAULT_BUILD_TIMEOUT, HopSpec};
+pub use err::{ErrorKind, ProtoError};
+pub use flow::{
+    CLIENT_QUEUE_CELLS, CONTROL_RESERVE_CELLS, MAX_CIRCUIT_STREAM_BUFFER, MAX_PENDING_ACTIONS,
+    MAX_STREAM_BUFFER, MAX_STREAMS_PER_CIRCUIT, OPTIMISTIC_DATA_MAX, RELAY_QUEUE_CELLS,
+    STREAM_WINDOW_INITIAL, STREAM_WINDOW_MAX, WINDOW_UPDATE_THRESHOLD,
+};
+pub use relay::{RelayAction, RelayCircuit, RelayConfig};
