@@ -603,11 +603,9 @@ impl ClientCircuit {
             return self.handle_circuit_msg(hop, frame.msg);
         }
         let Some(s) = self.streams.get_mut(&id) else {
-            if u32::from(id) < self.next_stream {
-                // A stream we closed: the peer's messages may still be in flight.
-                return Ok(());
-            }
-            return Err(ProtoError::UnknownStream(id));
+            // specs/03 §7.2: half-closed (our END crossed the peer's messages) or unknown:
+            // dropped silently.
+            return Ok(());
         };
         if s.hop != hop {
             return Err(ProtoError::Unexpected {
@@ -692,9 +690,7 @@ impl ClientCircuit {
                 self.events.push_back(ClientEvent::ExtendFailed { reason });
                 Ok(())
             }
-            // A TRUNCATED outside an extend: part of the circuit is gone. We do not reuse
-            // truncated circuits (as Arti): tear it down.
-            RelayMsg::Truncated(reason) => Err(ProtoError::Truncated { hop, reason }),
+            // specs/03 §8: TRUNCATED without a pending EXTEND to that hop is a violation.
             _ => Err(ProtoError::Unexpected {
                 what: "circuit message for the client",
             }),

@@ -70,8 +70,8 @@ pub enum ProtoError {
     /// The stream-opening preamble was invalid.
     #[error("invalid stream preamble")]
     Preamble(#[source] CellError),
-    /// A message named a stream id that was never opened.
-    #[error("message for unknown stream {0}")]
+    /// An API call named a stream that is not open.
+    #[error("unknown stream {0}")]
     UnknownStream(u16),
     /// A BEGIN or RESOLVE reused a stream id, or did not increase it (specs/03 flow control §6).
     #[error("stream id {0} reused")]
@@ -100,15 +100,6 @@ pub enum ProtoError {
     /// A CREATE or EXTEND did not complete before its deadline.
     #[error("circuit build timed out")]
     BuildTimeout,
-    /// The circuit was truncated by a hop outside an extend; Shallot does not reuse such
-    /// circuits.
-    #[error("circuit truncated by hop {hop}: {reason:?}")]
-    Truncated {
-        /// The hop (0-based) that sent TRUNCATED.
-        hop: usize,
-        /// Its reason.
-        reason: DestroyReason,
-    },
     /// The peer destroyed the circuit.
     #[error("circuit destroyed by the peer: {0:?}")]
     Destroyed(DestroyReason),
@@ -155,7 +146,6 @@ impl ProtoError {
             | E::Unexpected { .. }
             | E::UnknownRelayCommand(_)
             | E::Preamble(_)
-            | E::UnknownStream(_)
             | E::StreamIdReuse(_)
             | E::CreditViolation(_)
             | E::WindowOverflow(_)
@@ -165,14 +155,13 @@ impl ProtoError {
                 ErrorKind::ResourceLimit
             }
             E::BuildTimeout => ErrorKind::Timeout,
-            E::Truncated { .. }
-            | E::Destroyed(_)
+            E::Destroyed(_)
             | E::LinkClosed
             | E::ClosedLocally
             | E::CircuitClosed
             | E::StreamClosed(_) => ErrorKind::Closed,
             E::WouldBlock => ErrorKind::WouldBlock,
-            E::WrongState(_) | E::Encode { .. } => ErrorKind::Usage,
+            E::UnknownStream(_) | E::WrongState(_) | E::Encode { .. } => ErrorKind::Usage,
         }
     }
 

@@ -25,6 +25,10 @@ pub const OPTIMISTIC_DATA_MAX: usize = 16 * 1024;
 /// Streams (including RESOLVE streams) open at once on one circuit. specs/03 §10.6.
 pub const MAX_STREAMS_PER_CIRCUIT: usize = 64;
 
+/// Stream ids an exit remembers as half-closed (it sent END or RESOLVED) to refuse their
+/// reuse and drop late messages. specs/03 §7.2.
+pub const HALF_CLOSED_IDS: usize = MAX_STREAMS_PER_CIRCUIT;
+
 /// Bytes a receiver buffers for one stream at most: its window. specs/03 §10.6.
 pub const MAX_STREAM_BUFFER: usize = STREAM_WINDOW_INITIAL as usize;
 

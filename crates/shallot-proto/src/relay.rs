@@ -14,8 +14,8 @@ use shallot_crypto::{ForwardMarker, OnionKeyRing, RelayLayer, relay_handshake};
 use crate::client::destroy_cell;
 use crate::err::ProtoError;
 use crate::flow::{
-    CONTROL_RESERVE_CELLS, MAX_PENDING_ACTIONS, MAX_STREAMS_PER_CIRCUIT, OPTIMISTIC_DATA_MAX,
-    RELAY_QUEUE_CELLS, RecvWindow, SendWindow,
+    CONTROL_RESERVE_CELLS, HALF_CLOSED_IDS, MAX_PENDING_ACTIONS, MAX_STREAMS_PER_CIRCUIT,
+    OPTIMISTIC_DATA_MAX, RELAY_QUEUE_CELLS, RecvWindow, SendWindow,
 };
 
 /// Relay circuit settings.
@@ -137,7 +137,8 @@ pub struct RelayCircuit {
     to_next: VecDeque<Vec<u8>>,
     actions: VecDeque<RelayAction>,
     streams: BTreeMap<u16, ExitStream>,
-    highest_stream: u16,
+    /// Ids this hop closed (END or RESOLVED sent), most recent last; bounded (specs/03 §7.2).
+    half_closed: VecDeque<u16>,
     closed: Option<DestroyReason>,
     close_error: Option<ProtoError>,
     updates_deferred: bool,
@@ -206,7 +207,7 @@ impl RelayCircuit {
             to_next: VecDeque::new(),
             actions: VecDeque::new(),
             streams: BTreeMap::new(),
-            highest_stream: 0,
+            half_closed: VecDeque::new(),
             closed: None,
             close_error: None,
             updates_deferred: false,
@@ -354,8 +355,9 @@ impl RelayCircuit {
             return match LinkCell::decode(cell) {
                 Ok(LinkCell::Padding) => Ok(None),
                 Ok(LinkCell::Destroy(reason)) => {
-                    // specs/01 §5.6: propagate toward the next hop, nothing back.
-                    self.teardown(reason, None, false, true);
+                    // specs/01 §5.6: propagate toward the next hop (as DESTROYED), nothing back.
+                    let _ = reason;
+                    self.teardown(None, None, true);
                     Ok(None)
                 }
                 Ok(_) => Err(ProtoError::Unexpected {
@@ -439,10 +441,12 @@ impl RelayCircuit {
             RelayMsg::Begin(b) => {
                 self.check_new_stream(id)?;
                 if !self.config.exit {
-                    // Not an exit: refuse (specs/03 §4.1).
+                    // Not an exit: refuse (specs/03 §8).
+                    self.mark_half_closed(id);
                     return self.send_own(stream, RelayMsg::End(EndReason::ExitPolicy));
                 }
                 if self.streams.len() >= MAX_STREAMS_PER_CIRCUIT {
+                    self.mark_half_closed(id);
                     return self.send_own(stream, RelayMsg::End(EndReason::ResourceLimit));
                 }
                 self.streams
@@ -457,9 +461,11 @@ impl RelayCircuit {
             RelayMsg::Resolve(host) => {
                 self.check_new_stream(id)?;
                 if !self.config.exit {
+                    self.mark_half_closed(id);
                     return self.send_own(stream, RelayMsg::End(EndReason::ExitPolicy));
                 }
                 if self.streams.len() >= MAX_STREAMS_PER_CIRCUIT {
+                    self.mark_half_closed(id);
                     return self.send_own(stream, RelayMsg::End(EndReason::ResourceLimit));
                 }
                 self.streams
@@ -519,23 +525,25 @@ impl RelayCircuit {
         }
     }
 
-    /// specs/03 §FC.6: stream ids of BEGIN/RESOLVE increase strictly; reuse is an error.
+    /// specs/03 §7.1: a BEGIN or RESOLVE on an id that is open or half-closed is a violation.
     fn check_new_stream(&mut self, id: u16) -> Result<(), ProtoError> {
-        if id <= self.highest_stream {
+        if self.streams.contains_key(&id) || self.half_closed.contains(&id) {
             return Err(ProtoError::StreamIdReuse(id));
         }
-        self.highest_stream = id;
         Ok(())
     }
 
-    /// A message for a stream we do not hold: fine if it was closed (messages cross), an
-    /// error if it was never opened.
-    fn unknown_stream(&self, id: u16) -> Result<(), ProtoError> {
-        if id <= self.highest_stream {
-            Ok(())
-        } else {
-            Err(ProtoError::UnknownStream(id))
+    /// specs/03 §7.2: remember that we closed `id`, in a bounded record.
+    fn mark_half_closed(&mut self, id: u16) {
+        if self.half_closed.len() >= HALF_CLOSED_IDS {
+            self.half_closed.pop_front();
         }
+        self.half_closed.push_back(id);
+    }
+
+    /// specs/03 §7.2: a stream message for an id we do not hold open is dropped silently.
+    fn unknown_stream(&self, _id: u16) -> Result<(), ProtoError> {
+        Ok(())
     }
 
     /// The stream to the next hop is open: send the pending CREATE on it.
@@ -608,10 +616,10 @@ impl RelayCircuit {
                 let _ = self.fail_on_err(r);
             }
             NextHop::Open => {
+                // specs/01 §5.6: as if DESTROY(CHANNEL_CLOSED) came from the next hop.
                 self.teardown(
-                    DestroyReason::ChannelClosed,
+                    Some(DestroyReason::Destroyed),
                     Some(ProtoError::LinkClosed),
-                    true,
                     false,
                 );
             }
@@ -622,19 +630,14 @@ impl RelayCircuit {
     /// The stream from the previous hop closed without DESTROY: destroy toward the next hop.
     pub fn handle_prev_closed(&mut self, _now: Instant) {
         if self.closed.is_none() {
-            self.teardown(
-                DestroyReason::ChannelClosed,
-                Some(ProtoError::LinkClosed),
-                false,
-                true,
-            );
+            self.teardown(None, Some(ProtoError::LinkClosed), true);
         }
     }
 
     /// Tears the circuit down locally (e.g. the relay shuts down): DESTROY both ways.
     pub fn destroy(&mut self, reason: DestroyReason) {
         if self.closed.is_none() {
-            self.teardown(reason, Some(ProtoError::ClosedLocally), true, true);
+            self.teardown(Some(reason), Some(ProtoError::ClosedLocally), true);
         }
     }
 
@@ -700,8 +703,9 @@ impl RelayCircuit {
                     self.next = NextHop::None;
                     self.send_own(StreamId::CIRCUIT, RelayMsg::Truncated(reason))?;
                 } else {
-                    // specs/01 §5.6: propagate toward the previous hop.
-                    self.teardown(reason, None, true, false);
+                    // specs/01 §5.6: propagate toward the previous hop, as DESTROYED.
+                    let _ = reason;
+                    self.teardown(Some(DestroyReason::Destroyed), None, false);
                 }
                 Ok(false)
             }
@@ -759,6 +763,7 @@ impl RelayCircuit {
         }
         self.exit_stream(stream, ExitState::Connecting)?;
         self.streams.remove(&stream.0);
+        self.mark_half_closed(stream.0);
         let r = self.send_own(stream, RelayMsg::End(reason));
         self.fail_on_err(r)
     }
@@ -854,6 +859,7 @@ impl RelayCircuit {
         if self.streams.remove(&stream.0).is_none() {
             return Err(ProtoError::UnknownStream(stream.0));
         }
+        self.mark_half_closed(stream.0);
         let r = self.send_own(stream, RelayMsg::End(reason));
         self.fail_on_err(r)
     }
@@ -871,6 +877,7 @@ impl RelayCircuit {
         }
         self.exit_stream(stream, ExitState::Resolving)?;
         self.streams.remove(&stream.0);
+        self.mark_half_closed(stream.0);
         answers.truncate(shallot_cell::MAX_RESOLVED_ANSWERS);
         let area = self.cell_len - 18;
         while answers.len() > 1
@@ -946,30 +953,33 @@ impl RelayCircuit {
     /// A local detection: destroy both ways and return the cause.
     fn fail(&mut self, e: ProtoError) -> Result<(), ProtoError> {
         if self.closed.is_none() {
-            self.teardown(e.destroy_reason(), None, true, true);
+            self.teardown(Some(e.destroy_reason()), None, true);
         }
         Err(e)
     }
 
-    /// Destroys the circuit: drops every queued cell, queues DESTROY toward the previous hop
-    /// (`to_prev`) and the next hop (`to_next`, if one exists), closes every exit stream.
+    /// Destroys the circuit: drops every queued cell, queues DESTROY(`to_prev`) toward the
+    /// previous hop and DESTROY(DESTROYED) toward the next hop (if `to_next` and one exists),
+    /// closes every exit stream.
     /// Nothing else is emitted afterwards. specs/01 §5.6.
     fn teardown(
         &mut self,
-        reason: DestroyReason,
+        to_prev: Option<DestroyReason>,
         error: Option<ProtoError>,
-        to_prev: bool,
         to_next: bool,
     ) {
         self.to_prev.clear();
         self.to_next.clear();
         self.actions.clear();
-        if to_prev {
-            self.to_prev.push_back(destroy_cell(self.cell_len, reason));
+        let reason = to_prev.unwrap_or(DestroyReason::Destroyed);
+        if let Some(r) = to_prev {
+            self.to_prev.push_back(destroy_cell(self.cell_len, r));
         }
+        // specs/01 §5.6, specs/03 §10: toward the next hop the reason is always DESTROYED,
+        // so it cannot serve as a side channel along the circuit.
         if to_next && self.has_next_hop() {
             self.to_next
-                .push_back(destroy_cell(self.next_cell_len, reason));
+                .push_back(destroy_cell(self.next_cell_len, DestroyReason::Destroyed));
         }
         for id in std::mem::take(&mut self.streams).into_keys() {
             self.actions.push_back(RelayAction::CloseStream {

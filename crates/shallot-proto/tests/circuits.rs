@@ -241,7 +241,7 @@ fn relay_destroy_propagates_both_ways() {
         .destroy(DestroyReason::Hibernating);
     h.run_idle(10_000);
     assert!(h.events.contains(&ClientEvent::Destroyed {
-        reason: DestroyReason::Hibernating
+        reason: DestroyReason::Destroyed
     }));
     assert!(h.all_relays_closed());
     // Backward over links 2, 1, 0; forward over link 3.
