@@ -26,7 +26,11 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
     let previous_public = previous.public_key();
     let mut ring = OnionKeyRing::new(previous);
     ring.rotate(OnionSecretKey::from_bytes([0x22; 32]));
-    Fixture { current: ring.current_public(), previous: previous_public, ring }
+    Fixture {
+        current: ring.current_public(),
+        previous: previous_public,
+        ring,
+    }
 });
 
 const FWD: [u8; 32] = [0x33; 32];
@@ -46,7 +50,11 @@ fuzz_target!(|data: &[u8]| {
         }
         // A known key id (current or previous), so the Noise parser sees the message.
         1 | 2 => {
-            let key = if selector % 6 == 1 { fx.current } else { fx.previous };
+            let key = if selector % 6 == 1 {
+                fx.current
+            } else {
+                fx.previous
+            };
             if let Ok((_keys, reply)) = relay_handshake(PEER, &fx.ring, &key.id(), rest) {
                 assert_eq!(reply.len(), shallot_crypto::RELAY_HANDSHAKE_LEN);
             }
@@ -66,7 +74,8 @@ fuzz_target!(|data: &[u8]| {
             if first.is_err() {
                 assert!(second.is_err());
             }
-            let mut other = RelayLayer::<RustCryptoChaCha>::with_aead(HopKeys::from_raw_for_testing(FWD, BWD));
+            let mut other =
+                RelayLayer::<RustCryptoChaCha>::with_aead(HopKeys::from_raw_for_testing(FWD, BWD));
             let _ = other.open_forward(&mut rest.to_vec());
         }
         // A genuine cell with input bytes XORed in: opens only if nothing changed.

@@ -27,7 +27,9 @@ fn circuit<A: LayerAead>() -> (ClientLayers<A>, Vec<RelayLayer<A>>) {
         let f = [j as u8 + 1; 32];
         let b = [j as u8 + 0x80; 32];
         client.push_hop(HopKeys::from_raw_for_testing(f, b));
-        relays.push(RelayLayer::<A>::with_aead(HopKeys::from_raw_for_testing(f, b)));
+        relays.push(RelayLayer::<A>::with_aead(HopKeys::from_raw_for_testing(
+            f, b,
+        )));
     }
     (client, relays)
 }
@@ -66,7 +68,9 @@ fn bench_backward<A: LayerAead>(c: &mut Criterion, name: &str) {
             let mut body = vec![0x24u8; n];
             b.iter(|| {
                 for j in (0..HOPS).rev() {
-                    relays[j].seal_backward(j == HOPS - 1, &mut body[j..n - 16 * j]).unwrap();
+                    relays[j]
+                        .seal_backward(j == HOPS - 1, &mut body[j..n - 16 * j])
+                        .unwrap();
                 }
                 black_box(client.open_backward(&mut body).unwrap());
             });
