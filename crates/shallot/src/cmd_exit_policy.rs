@@ -8,13 +8,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use shallot_exit_policy::{ExitPolicy, ExitPolicyConfig, RelayExitPolicy};
 
-/// Checks `targets` against the policy in `file` as a relay would, with the reject-private
-/// prelude on (the relay default). Prints one line per target.
-pub(crate) fn check(file: &Path, targets: &[String]) -> anyhow::Result<ExitCode> {
-    check_with(file, targets, false)
-}
-
-/// As [`check`]; `allow_private` mirrors `reject_private = false` in the relay config.
+/// Checks `targets` against the policy in `file` as a relay would: with the reject-private
+/// prelude on (the relay default) unless `allow_private`, which mirrors
+/// `exit_policy_reject_private = false` in a relay's config. Prints one line per target.
 pub(crate) fn check_with(
     file: &Path,
     targets: &[String],

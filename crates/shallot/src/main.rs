@@ -34,15 +34,21 @@ enum ExitPolicyCommand {
         /// Targets such as `1.1.1.1:443` or `[2001:db8::1]:80`.
         #[arg(required = true, value_name = "ADDR:PORT")]
         targets: Vec<String>,
+        /// Do not apply the reject-private prelude, like `exit_policy_reject_private = false`
+        /// in a relay's config.
+        #[arg(long)]
+        allow_private: bool,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::ExitPolicy(ExitPolicyCommand::Check { file, targets }) => {
-            cmd_exit_policy::check(&file, &targets)
-        }
+        Command::ExitPolicy(ExitPolicyCommand::Check {
+            file,
+            targets,
+            allow_private,
+        }) => cmd_exit_policy::check_with(&file, &targets, allow_private),
     };
     match outcome {
         Ok(code) => code,
