@@ -1,0 +1,115 @@
+//! The composed libp2p behaviour and the swarm builder.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{StreamProtocol, Swarm, connection_limits, identify, kad, noise, tcp, yamux};
+
+use crate::config::{NodeConfig, Role};
+use crate::err::P2pError;
+
+/// The circuit stream protocol (specs/01): one stream per circuit hop.
+pub const CIRCUIT_PROTOCOL: StreamProtocol = StreamProtocol::new("/shallot/circuit/1.0.0");
+/// Shallot's own Kademlia, never IPFS's (specs/04 §5.1).
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/shallot/kad/1.0.0");
+/// What identify announces as protocol version.
+pub const IDENTIFY_PROTOCOL: &str = "/shallot/1.0.0";
+/// What identify announces as agent: the same for every node, so it tells an observer nothing
+/// about versions or platforms.
+pub const AGENT_VERSION: &str = "shallot";
+
+/// Most DHT records a server stores (each is at most `MAX_DESCRIPTOR_LEN`).
+pub const MAX_STORED_RECORDS: usize = 16_384;
+/// Most providers stored per shard key (specs/04 §5.3): 16 shards × 1024 relays.
+pub const MAX_PROVIDERS_PER_SHARD: usize = 1024;
+/// Largest Kademlia message accepted: a provider reply for a full shard fits.
+pub const MAX_KAD_PACKET: usize = 256 * 1024;
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    pub(crate) limits: connection_limits::Behaviour,
+    pub(crate) kad: kad::Behaviour<MemoryStore>,
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) stream: libp2p_stream::Behaviour,
+}
+
+pub(crate) fn build_swarm(
+    keypair: libp2p::identity::Keypair,
+    config: &NodeConfig,
+) -> Result<Swarm<Behaviour>, P2pError> {
+    let transport_err = |e: &dyn std::fmt::Display| P2pError::Transport(e.to_string());
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| transport_err(&e))?
+        .with_quic()
+        .with_behaviour(|key| behaviour(key, config))
+        .map_err(|e| transport_err(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
+        .build();
+    Ok(swarm)
+}
+
+fn behaviour(key: &libp2p::identity::Keypair, config: &NodeConfig) -> Behaviour {
+    let local = key.public().to_peer_id();
+    let store = MemoryStore::with_config(
+        local,
+        MemoryStoreConfig {
+            max_records: MAX_STORED_RECORDS,
+            max_value_bytes: shallot_directory::MAX_DESCRIPTOR_LEN,
+            max_provided_keys: usize::from(shallot_directory::N_SHARDS),
+            max_providers_per_key: MAX_PROVIDERS_PER_SHARD,
+        },
+    );
+    let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+    kad_config
+        .set_query_timeout(config.query_timeout)
+        // specs/04 §5.4: every inbound record and provider announcement is validated first.
+        .set_record_filtering(kad::StoreInserts::FilterBoth)
+        .set_max_packet_size(MAX_KAD_PACKET)
+        // Relays publish fresh descriptors themselves (specs/04 §4); Kademlia only replicates
+        // what it holds so a record survives its publisher being briefly offline.
+        .set_publication_interval(None)
+        .set_replication_interval(Some(config.replication_interval))
+        .set_record_ttl(Some(Duration::from_secs(
+            shallot_directory::MAX_DESCRIPTOR_LIFETIME_SECS,
+        )))
+        .set_provider_record_ttl(Some(config.provider_ttl))
+        .set_provider_publication_interval(Some(config.provider_republish_interval))
+        .set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
+    if let Some(parallelism) = NonZeroUsize::new(3) {
+        kad_config.set_parallelism(parallelism);
+    }
+    let mut kad = kad::Behaviour::with_config(local, store, kad_config);
+    // DEPENDENCIES.md: without a confirmed external address a node stays a DHT client; on
+    // loopback nothing ever confirms one, so relays set server mode explicitly, and clients
+    // stay clients on purpose (they answer no DHT queries).
+    kad.set_mode(Some(match config.role {
+        Role::Relay => kad::Mode::Server,
+        Role::Client => kad::Mode::Client,
+    }));
+
+    let identify = identify::Behaviour::new(
+        identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
+            .with_agent_version(AGENT_VERSION.to_owned())
+            .with_hide_listen_addrs(config.role == Role::Client),
+    );
+    let limits = connection_limits::Behaviour::new(
+        connection_limits::ConnectionLimits::default()
+            .with_max_pending_incoming(Some(config.limits.max_pending_incoming))
+            .with_max_established_incoming(Some(config.limits.max_established_incoming))
+            .with_max_established_per_peer(Some(config.limits.max_established_per_peer)),
+    );
+    Behaviour {
+        limits,
+        kad,
+        identify,
+        stream: libp2p_stream::Behaviour::new(),
+    }
+}

@@ -1,0 +1,78 @@
+//! Settings of a libp2p node.
+
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+
+/// Whether a node serves the DHT and circuits, or only uses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A relay: Kademlia server mode, publishes its descriptor, validates inbound records.
+    Relay,
+    /// A client: Kademlia client mode, answers no DHT query, announces no listen address.
+    Client,
+}
+
+/// Connection limits against hostile peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Inbound connections still in their handshake.
+    pub max_pending_incoming: u32,
+    /// Established inbound connections.
+    pub max_established_incoming: u32,
+    /// Established connections with one peer.
+    pub max_established_per_peer: u32,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_pending_incoming: 128,
+            max_established_incoming: 1024,
+            max_established_per_peer: 2,
+        }
+    }
+}
+
+/// Settings of a [`crate::Node`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Relay or client.
+    pub role: Role,
+    /// Addresses to listen on (`/ip4/127.0.0.1/tcp/0` picks a free port). Clients usually
+    /// listen on none.
+    pub listen_addrs: Vec<Multiaddr>,
+    /// Known DHT servers, each ending with `/p2p/<PeerId>`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// How long one Kademlia query may run.
+    pub query_timeout: Duration,
+    /// How long an unused connection stays open.
+    pub idle_connection_timeout: Duration,
+    /// How often a DHT server re-replicates the records it holds to the closest peers.
+    pub replication_interval: Duration,
+    /// How long a provider announcement lives (specs/04 §5.3).
+    pub provider_ttl: Duration,
+    /// How often a relay renews its provider announcement.
+    pub provider_republish_interval: Duration,
+    /// Connection limits.
+    pub limits: ConnectionLimits,
+}
+
+impl NodeConfig {
+    /// Defaults for `role`, listening on `listen_addrs`, bootstrapping from `bootstrap`.
+    pub fn new(role: Role, listen_addrs: Vec<Multiaddr>, bootstrap: Vec<Multiaddr>) -> Self {
+        Self {
+            role,
+            listen_addrs,
+            bootstrap,
+            query_timeout: Duration::from_secs(30),
+            idle_connection_timeout: Duration::from_secs(120),
+            replication_interval: Duration::from_secs(600),
+            provider_ttl: Duration::from_secs(shallot_directory::DESCRIPTOR_LIFETIME_SECS),
+            provider_republish_interval: Duration::from_secs(
+                shallot_directory::REPUBLISH_INTERVAL_SECS,
+            ),
+            limits: ConnectionLimits::default(),
+        }
+    }
+}
