@@ -12,8 +12,9 @@ use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 /// Length of the Poly1305 tag. specs/02 §4.1.
 pub(crate) const TAG_LEN: usize = 16;
 
-/// The implementation used when none is named: the one line that selects it, chosen from the
-/// criterion benchmark (`benches/layers.rs`; figures in specs/02 §7).
+/// The implementation used when none is named: the one line that selects it. Chosen from the
+/// criterion benchmark (`benches/layers.rs`, figures in specs/02 §7): `ring` is 4–7× faster
+/// than `chacha20poly1305` 0.10.1 per 512–1024-byte cell, 2× at 4096.
 pub type DefaultAead = RingChaCha;
 
 /// Builds the 96-bit nonce: 4 zero bytes || 64-bit little-endian counter (as Noise).
