@@ -108,7 +108,7 @@ struct ClientStream {
     state: StreamState,
     send: SendWindow,
     recv: RecvWindow,
-    /// Received, not yet read. Bounded by the receive window (specs/03 §10.3).
+    /// Received, not yet read. Bounded by the receive window (specs/03 §11.3).
     buf: VecDeque<u8>,
     optimistic_sent: usize,
     ended: Option<EndReason>,
@@ -149,7 +149,7 @@ struct PendingHop {
 ///
 /// The IO layer opens the stream to hop 1, writes [`preamble`](Self::preamble) once, then the
 /// cells from `poll_transmit`. Reads of the link never need to pause: everything a peer may
-/// send is bounded by the credit we gave (specs/03 §10).
+/// send is bounded by the credit we gave (specs/03 §11).
 #[derive(Debug)]
 pub struct ClientCircuit {
     config: ClientConfig,
@@ -289,7 +289,7 @@ impl ClientCircuit {
     }
 
     /// Opens a stream to `host:port` at the last hop (BEGIN). The id is allocated here: ids
-    /// increase and are never reused on a circuit (specs/03 §10.6). DATA may follow at once
+    /// increase and are never reused on a circuit (specs/03 §11.6). DATA may follow at once
     /// (optimistic data, bounded by [`OPTIMISTIC_DATA_MAX`]).
     pub fn open_stream(&mut self, host: Host, port: u16) -> Result<StreamId, ProtoError> {
         let msg = RelayMsg::Begin(Begin {
@@ -342,7 +342,7 @@ impl ClientCircuit {
         let mut limit = s.send.credit();
         match s.state {
             StreamState::Open => {}
-            // specs/03 §10.5: at most OPTIMISTIC_DATA_MAX bytes before CONNECTED.
+            // specs/03 §11.5: at most OPTIMISTIC_DATA_MAX bytes before CONNECTED.
             StreamState::Connecting => {
                 limit = limit.min(OPTIMISTIC_DATA_MAX.saturating_sub(s.optimistic_sent));
             }
@@ -379,7 +379,7 @@ impl ClientCircuit {
     /// Reads buffered bytes of `stream` into `buf`. `Ok(0)` (with a non-empty `buf`) means the
     /// stream ended and everything was read (the stream is then forgotten);
     /// [`ProtoError::WouldBlock`] means nothing is buffered yet. Reading grants the sender new
-    /// credit (WINDOW_UPDATE) once enough was consumed (specs/03 §10.3).
+    /// credit (WINDOW_UPDATE) once enough was consumed (specs/03 §11.3).
     pub fn read_stream(&mut self, stream: StreamId, buf: &mut [u8]) -> Result<usize, ProtoError> {
         self.check_open()?;
         let s = self

@@ -1,4 +1,4 @@
-//! Per-stream credit windows and the per-circuit limits (specs/03 §10, "Flow control").
+//! Per-stream credit windows and the per-circuit limits (specs/03 §11, "Flow control").
 //!
 //! The protocol constants (`STREAM_WINDOW_INITIAL`, `STREAM_WINDOW_MAX`, `OPTIMISTIC_DATA_MAX`,
 //! `MAX_STREAMS_PER_CIRCUIT`) are part of the wire protocol: both ends MUST agree on them. The
@@ -7,52 +7,52 @@
 use crate::err::ProtoError;
 
 /// Credit (bytes) each side of a stream starts with in each direction, without any
-/// WINDOW_UPDATE. specs/03 §10.2.
+/// WINDOW_UPDATE. specs/03 §11.2.
 pub const STREAM_WINDOW_INITIAL: u32 = 128 * 1024;
 
 /// The most credit a sender may hold on one stream; a WINDOW_UPDATE that would exceed it is a
-/// protocol error. specs/03 §10.2.
+/// protocol error. specs/03 §11.2.
 pub const STREAM_WINDOW_MAX: u32 = 16 * 1024 * 1024;
 
 /// A receiver sends WINDOW_UPDATE once the application has consumed at least this many bytes
-/// since its last update. specs/03 §10.3.
+/// since its last update. specs/03 §11.3.
 pub const WINDOW_UPDATE_THRESHOLD: u32 = STREAM_WINDOW_INITIAL / 4;
 
 /// Bytes of DATA a client may send on a stream before CONNECTED; the exit buffers at most this
-/// many. specs/03 §10.5.
+/// many. specs/03 §11.5.
 pub const OPTIMISTIC_DATA_MAX: usize = 16 * 1024;
 
-/// Streams (including RESOLVE streams) open at once on one circuit. specs/03 §10.6.
+/// Streams (including RESOLVE streams) open at once on one circuit. specs/03 §11.6.
 pub const MAX_STREAMS_PER_CIRCUIT: usize = 64;
 
 /// Stream ids an exit remembers as half-closed (it sent END or RESOLVED) to refuse their
 /// reuse and drop late messages. specs/03 §7.2.
 pub const HALF_CLOSED_IDS: usize = MAX_STREAMS_PER_CIRCUIT;
 
-/// Bytes a receiver buffers for one stream at most: its window. specs/03 §10.6.
+/// Bytes a receiver buffers for one stream at most: its window. specs/03 §11.6.
 pub const MAX_STREAM_BUFFER: usize = STREAM_WINDOW_INITIAL as usize;
 
-/// Bytes a receiver buffers for all the streams of one circuit at most. specs/03 §10.6.
+/// Bytes a receiver buffers for all the streams of one circuit at most. specs/03 §11.6.
 pub const MAX_CIRCUIT_STREAM_BUFFER: usize = MAX_STREAMS_PER_CIRCUIT * MAX_STREAM_BUFFER;
 
 /// Cells a relay queues toward each neighbour (forward queue and backward queue) before it
-/// stops reading (`wants_*` turns false). specs/03 §10.4.
+/// stops reading (`wants_*` turns false). specs/03 §11.4.
 pub const RELAY_QUEUE_CELLS: usize = 64;
 
 /// Cells the client queues toward hop 1 before `write_stream` accepts nothing more.
-/// specs/03 §10.4.
+/// specs/03 §11.4.
 pub const CLIENT_QUEUE_CELLS: usize = 64;
 
 /// Extra room above the data bound for control messages (CONNECTED, END, RESOLVED, EXTENDED,
 /// TRUNCATED, WINDOW_UPDATE, BEGIN...): each open stream can owe at most two, plus a few
-/// circuit-level ones. Past this hard bound a queue push is an error. specs/03 §10.4.
+/// circuit-level ones. Past this hard bound a queue push is an error. specs/03 §11.4.
 pub const CONTROL_RESERVE_CELLS: usize = 2 * MAX_STREAMS_PER_CIRCUIT + 8;
 
 /// Exit actions (`RelayAction`) a relay holds before it stops reading from the previous hop.
-/// specs/03 §10.4.
+/// specs/03 §11.4.
 pub const MAX_PENDING_ACTIONS: usize = 256;
 
-/// Sender side of one stream's credit window (specs/03 §10.2).
+/// Sender side of one stream's credit window (specs/03 §11.2).
 #[derive(Debug)]
 pub(crate) struct SendWindow {
     credit: u64,
@@ -75,7 +75,7 @@ impl SendWindow {
         self.credit = self.credit.saturating_sub(n as u64);
     }
 
-    /// Apply a WINDOW_UPDATE. specs/03 §10.2: credit above the max window is a protocol error.
+    /// Apply a WINDOW_UPDATE. specs/03 §11.2: credit above the max window is a protocol error.
     pub(crate) fn grant(&mut self, stream: u16, increment: u32) -> Result<(), ProtoError> {
         let credit = self.credit + u64::from(increment);
         if increment == 0 || credit > u64::from(STREAM_WINDOW_MAX) {
@@ -86,7 +86,7 @@ impl SendWindow {
     }
 }
 
-/// Receiver side of one stream's credit window (specs/03 §10.3).
+/// Receiver side of one stream's credit window (specs/03 §11.3).
 ///
 /// Invariant: `allowed + buffered + unacked == STREAM_WINDOW_INITIAL`, where `buffered` is
 /// what the application has not consumed yet; so at most one window is ever buffered.
@@ -121,7 +121,7 @@ impl RecvWindow {
         self.unacked += n as u64;
     }
 
-    /// Whether a WINDOW_UPDATE is due (specs/03 §10.3).
+    /// Whether a WINDOW_UPDATE is due (specs/03 §11.3).
     pub(crate) fn update_due(&self) -> bool {
         self.unacked >= u64::from(WINDOW_UPDATE_THRESHOLD)
     }
@@ -139,6 +139,7 @@ impl RecvWindow {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

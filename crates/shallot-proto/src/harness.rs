@@ -578,14 +578,11 @@ impl Harness {
         let mut progress = false;
         let now = self.now;
         for j in 0..self.relays.len() {
-            loop {
-                let Some(action) = self.relays[j]
-                    .circuit
-                    .as_mut()
-                    .and_then(RelayCircuit::poll_action)
-                else {
-                    break;
-                };
+            while let Some(action) = self.relays[j]
+                .circuit
+                .as_mut()
+                .and_then(RelayCircuit::poll_action)
+            {
                 progress = true;
                 let r = self.do_action(j, action, now);
                 if let Err(e) = r {

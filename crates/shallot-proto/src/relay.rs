@@ -106,7 +106,7 @@ struct ExitStream {
     state: ExitState,
     send: SendWindow,
     recv: RecvWindow,
-    /// Optimistic data held until CONNECTED (specs/03 §FC.5).
+    /// Optimistic data held until CONNECTED (specs/03 §11.5).
     optimistic: Vec<u8>,
     /// Bytes handed to the IO layer in `ExitData` and not yet reported written.
     outstanding: usize,
@@ -120,7 +120,7 @@ struct ExitStream {
 /// `handle_exit_*`. Output: [`poll_transmit_prev`](Self::poll_transmit_prev),
 /// [`poll_transmit_next`](Self::poll_transmit_next), [`poll_action`](Self::poll_action).
 ///
-/// Backpressure (specs/03 §FC.4): read the previous hop's stream only while
+/// Backpressure (specs/03 §11.4): read the previous hop's stream only while
 /// [`wants_prev_cell`](Self::wants_prev_cell), the next hop's only while
 /// [`wants_next_cell`](Self::wants_next_cell). Handing in a cell when the answer is `false`
 /// destroys the circuit with [`ProtoError::QueueFull`]. Once [`is_closed`](Self::is_closed),
@@ -129,6 +129,7 @@ struct ExitStream {
 pub struct RelayCircuit {
     cell_len: usize,
     link_index: usize,
+    local_peer_id: Vec<u8>,
     layer: RelayLayer,
     config: RelayConfig,
     next: NextHop,
@@ -149,7 +150,8 @@ impl RelayCircuit {
     /// Accepts a circuit: checks the `preamble` (specs/01 §4), answers the first cell, which
     /// must be CREATE (specs/01 §5.3), and queues CREATED toward the previous hop.
     ///
-    /// On `Err` no circuit exists: the IO layer closes the stream without sending anything.
+    /// On `Err` no circuit exists: the IO layer writes [`RelayCircuit::refusal`] (DESTROY with
+    /// reason PROTOCOL, specs/01 §5.3) if there is one, and closes the stream.
     pub fn accept(
         preamble: &[u8],
         create: &[u8],
@@ -199,6 +201,7 @@ impl RelayCircuit {
         Ok(Self {
             cell_len,
             link_index,
+            local_peer_id: local_peer_id.to_vec(),
             layer: RelayLayer::new(hop_keys),
             config,
             next: NextHop::None,
@@ -213,6 +216,16 @@ impl RelayCircuit {
             updates_deferred: false,
             queue_blocked: false,
         })
+    }
+
+    /// The cell to answer a refused circuit with: DESTROY(PROTOCOL) when `preamble` was valid
+    /// (so that a cell length is known), else `None` (close the stream without a cell).
+    pub fn refusal(preamble: &[u8]) -> Option<Vec<u8>> {
+        let p = Preamble::decode(preamble).ok()?;
+        Some(destroy_cell(
+            usize::from(p.cell_len),
+            DestroyReason::Protocol,
+        ))
     }
 
     /// The cell length on the link from the previous hop.
@@ -265,7 +278,7 @@ impl RelayCircuit {
         self.actions.len()
     }
 
-    /// Whether the IO layer may read a cell from the previous hop now (specs/03 §FC.4).
+    /// Whether the IO layer may read a cell from the previous hop now (specs/03 §11.4).
     pub fn wants_prev_cell(&self) -> bool {
         self.closed.is_none()
             && self.to_next.len() < RELAY_QUEUE_CELLS
@@ -273,7 +286,7 @@ impl RelayCircuit {
             && self.actions.len() < MAX_PENDING_ACTIONS
     }
 
-    /// Whether the IO layer may read a cell from the next hop now (specs/03 §FC.4).
+    /// Whether the IO layer may read a cell from the next hop now (specs/03 §11.4).
     pub fn wants_next_cell(&self) -> bool {
         self.closed.is_none() && self.to_prev.len() < RELAY_QUEUE_CELLS
     }
@@ -413,30 +426,40 @@ impl RelayCircuit {
         match frame.msg {
             RelayMsg::Drop => Ok(()),
             RelayMsg::Extend(e) => {
+                // specs/03 §4.6 (1): a second EXTEND, one past MAX_HOPS, or a handshake that
+                // does not fit the next link's CREATE is a protocol violation.
                 if !matches!(self.next, NextHop::None) {
                     return Err(ProtoError::Unexpected {
                         what: "EXTEND with a next hop",
                     });
                 }
-                match Preamble::for_link(self.link_index + 1) {
-                    Some(p) => {
-                        self.next = NextHop::Opening {
-                            onion_key_id: e.onion_key_id,
-                            handshake: e.handshake,
-                        };
-                        self.actions.push_back(RelayAction::OpenNextHop {
-                            peer_id: e.peer_id,
-                            addrs: e.addrs,
-                            preamble: p.encode(),
-                        });
-                        Ok(())
-                    }
-                    // The circuit is as long as cells allow: refuse the extend.
-                    None => self.send_own(
-                        StreamId::CIRCUIT,
-                        RelayMsg::Truncated(DestroyReason::ResourceLimit),
-                    ),
+                let Some(p) = Preamble::for_link(self.link_index + 1) else {
+                    return Err(ProtoError::Unexpected {
+                        what: "EXTEND past MAX_HOPS",
+                    });
+                };
+                if e.handshake.len() > LinkCell::max_create_handshake(self.next_cell_len) {
+                    return Err(ProtoError::Unexpected {
+                        what: "EXTEND handshake too long for the next link",
+                    });
                 }
+                // specs/03 §4.6 (2): refuse to extend to ourselves.
+                if e.peer_id == self.local_peer_id {
+                    return self.send_own(
+                        StreamId::CIRCUIT,
+                        RelayMsg::Truncated(DestroyReason::ConnectFailed),
+                    );
+                }
+                self.next = NextHop::Opening {
+                    onion_key_id: e.onion_key_id,
+                    handshake: e.handshake,
+                };
+                self.actions.push_back(RelayAction::OpenNextHop {
+                    peer_id: e.peer_id,
+                    addrs: e.addrs,
+                    preamble: p.encode(),
+                });
+                Ok(())
             }
             RelayMsg::Begin(b) => {
                 self.check_new_stream(id)?;
@@ -481,7 +504,7 @@ impl RelayCircuit {
                 s.recv.receive(id, data.len())?;
                 match s.state {
                     ExitState::Connecting => {
-                        // specs/03 §FC.5: bounded optimistic data.
+                        // specs/03 §11.5: bounded optimistic data.
                         if s.optimistic.len() + data.len() > OPTIMISTIC_DATA_MAX {
                             return Err(ProtoError::OptimisticDataExceeded(id));
                         }
@@ -769,7 +792,7 @@ impl RelayCircuit {
     }
 
     /// Exit: bytes read from the stream's connection. Returns how many were taken, bounded by
-    /// the client's credit for the stream and by the backward queue (specs/03 §FC.4); keep the
+    /// the client's credit for the stream and by the backward queue (specs/03 §11.4); keep the
     /// rest and offer it again after [`RelayAction::ExitWritable`].
     pub fn handle_exit_data(
         &mut self,
@@ -816,7 +839,7 @@ impl RelayCircuit {
     }
 
     /// Exit: `n` bytes of earlier [`RelayAction::ExitData`] were written to the connection;
-    /// returns credit to the client once enough was written (specs/03 §FC.3).
+    /// returns credit to the client once enough was written (specs/03 §11.3).
     pub fn handle_exit_written(
         &mut self,
         stream: StreamId,
@@ -922,7 +945,7 @@ impl RelayCircuit {
     }
 
     /// Queues a message that originates here toward the previous hop. Control messages may
-    /// use the reserve above the data bound; past it the circuit is destroyed (specs/03 §FC.4).
+    /// use the reserve above the data bound; past it the circuit is destroyed (specs/03 §11.4).
     fn send_own(&mut self, stream_id: StreamId, msg: RelayMsg) -> Result<(), ProtoError> {
         if self.to_prev.len() >= RELAY_QUEUE_CELLS + CONTROL_RESERVE_CELLS {
             return Err(ProtoError::QueueFull("relay backward"));

@@ -99,9 +99,10 @@ fn create_times_out() {
 
 #[test]
 fn extend_times_out() {
-    let mut h = build(1);
-    let spec = h.hop_spec(0).unwrap();
-    h.client.extend(&spec, h.now).unwrap(); // a relay cannot extend to itself: never answers
+    let mut h = Harness::with_relays(2).unwrap();
+    assert!(h.build(1));
+    let spec = h.hop_spec(1).unwrap();
+    h.client.extend(&spec, h.now).unwrap();
     let deadline = h.client.poll_timeout().unwrap();
     h.advance(deadline - h.now);
     h.step();
@@ -360,4 +361,28 @@ fn runs_are_deterministic() {
         (ev, h.received(a).len())
     }
     assert_eq!(run(), run());
+}
+
+#[test]
+fn extend_to_itself_is_refused_with_truncated() {
+    let mut h = build(1);
+    let spec = h.hop_spec(0).unwrap();
+    h.client.extend(&spec, h.now).unwrap();
+    h.run_idle(10_000);
+    assert!(h.events.contains(&ClientEvent::ExtendFailed {
+        reason: DestroyReason::ConnectFailed
+    }));
+    assert!(!h.client.is_closed());
+}
+
+#[test]
+fn refused_create_gets_destroy_protocol() {
+    let pre = shallot_proto::ClientCircuit::preamble();
+    let cell = RelayCircuit::refusal(&pre).unwrap();
+    assert_eq!(cell.len(), link_cell_len(0).unwrap());
+    assert_eq!(
+        LinkCell::decode(&cell).unwrap(),
+        LinkCell::Destroy(DestroyReason::Protocol)
+    );
+    assert_eq!(RelayCircuit::refusal(&[9, 9, 9, 9]), None);
 }
