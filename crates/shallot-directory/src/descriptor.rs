@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use libp2p_identity::{PeerId, ed25519};
 use multiaddr::{Multiaddr, Protocol};
 use shallot_crypto::OnionPublicKey;
+use shallot_exit_policy::PolicySummary;
 
 use crate::err::DirectoryError;
 
@@ -19,8 +20,8 @@ pub const MAX_ADDRS: usize = 8;
 pub const MAX_ADDR_LEN: usize = 255;
 /// Most declared family members.
 pub const MAX_FAMILY: usize = 16;
-/// Longest exit-policy summary accepted.
-pub const MAX_POLICY_SUMMARY_LEN: usize = 1024;
+/// Longest exit-policy summary accepted (Tor's summary limit, specs/06 §7).
+pub const MAX_POLICY_SUMMARY_LEN: usize = shallot_exit_policy::MAX_SUMMARY_LEN;
 /// How long a relay's descriptor is valid for (specs/04 §4).
 pub const DESCRIPTOR_LIFETIME_SECS: u64 = 3 * 3600;
 /// The longest lifetime a reader accepts (specs/04 §4).
@@ -103,6 +104,16 @@ impl Descriptor {
         })
     }
 
+    /// The exit-policy summary (specs/06 §7) of an exit; `None` for a non-exit.
+    pub fn exit_policy_summary(&self) -> Result<Option<PolicySummary>, DirectoryError> {
+        if self.policy_summary.is_empty() {
+            return Ok(None);
+        }
+        PolicySummary::decode_bytes(&self.policy_summary)
+            .map(Some)
+            .map_err(|_| DirectoryError::Invalid("exit-policy summary does not parse"))
+    }
+
     /// Checks the field rules of specs/04 §3 that do not depend on time.
     fn check_fields(&self) -> Result<(), DirectoryError> {
         if self.protocols & PROTOCOL_CIRCUIT_V1 == 0 {
@@ -132,6 +143,9 @@ impl Descriptor {
             return Err(DirectoryError::Invalid(
                 "EXIT flag and exit-policy summary disagree",
             ));
+        }
+        if self.flags.is_exit() {
+            self.exit_policy_summary()?;
         }
         Ok(())
     }
@@ -422,6 +436,11 @@ pub(crate) mod tests {
         descriptor.family = vec![PeerId::random(), PeerId::random()];
         descriptor.flags = RelayFlags(RelayFlags::EXIT | 0x8000_0000);
         descriptor.policy_summary = b"accept 80,443".to_vec();
+        let summary = descriptor
+            .exit_policy_summary()
+            .expect("summary")
+            .expect("exit");
+        assert!(summary.allows_port(443) && !summary.allows_port(25));
         let signed = descriptor.sign(&keypair).expect("sign");
         let verified = SignedDescriptor::verify(signed.as_bytes(), NOW + 1).expect("verify");
         assert_eq!(verified.descriptor(), &descriptor);
@@ -626,7 +645,8 @@ pub(crate) mod tests {
             port in 1u16..,
             previous in proptest::option::of(proptest::array::uniform32(proptest::num::u8::ANY)),
             n_family in 0usize..=MAX_FAMILY,
-            summary in proptest::collection::vec(proptest::num::u8::ANY, 1..64),
+            port_a in 1u16..30_000,
+            port_b in 30_002u16..,
         ) {
             let keypair = ed25519::Keypair::generate();
             let exit = flags & RelayFlags::EXIT != 0;
@@ -642,7 +662,11 @@ pub(crate) mod tests {
                 onion_key: OnionPublicKey([3; 32]),
                 previous_onion_key: previous.map(OnionPublicKey),
                 family: (0..n_family).map(|_| PeerId::random()).collect(),
-                policy_summary: if exit { summary } else { Vec::new() },
+                policy_summary: if exit {
+                    format!("accept {port_a},{port_b}").into_bytes()
+                } else {
+                    Vec::new()
+                },
             };
             let signed = descriptor.sign(&keypair).expect("sign");
             let verified = SignedDescriptor::verify(signed.as_bytes(), published).expect("verify");
