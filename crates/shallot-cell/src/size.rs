@@ -2,9 +2,10 @@
 
 /// Length in bytes of a cell on link 0 (client → first hop). specs/01 §3.
 ///
-/// Provisional: the benchmark of specs/01 §8 decides the final value. Every other size derives
-/// from this one constant.
-pub const LINK_CELL_LEN: usize = 1024;
+/// Chosen by the benchmark of specs/01 §8 (2048: the fastest per payload byte through three
+/// layers without the backward-path loss of 4096). Every other size derives from this one
+/// constant.
+pub const LINK_CELL_LEN: usize = 2048;
 
 /// Bytes one onion layer adds to a cell: 1 encrypted marker byte + a 16-byte Poly1305 tag.
 /// specs/01 §3.

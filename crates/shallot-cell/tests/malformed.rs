@@ -118,31 +118,41 @@ fn unknown_link_command() {
 
 #[test]
 fn create_hlen_beyond_body() {
-    // Room after ONION_KEY_ID and HLEN: 1024 - 1 - 10 = 1013.
-    let c = cell(LINK_CELL_LEN, &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0x03, 0xf6]); // HLEN 1014
+    // Room after COMMAND, ONION_KEY_ID and HLEN: LINK_CELL_LEN - 1 - 10.
+    let room = LINK_CELL_LEN - 11;
+    let over = u16::try_from(room + 1).unwrap().to_be_bytes();
+    let c = cell(
+        LINK_CELL_LEN,
+        &[1, 0, 0, 0, 0, 0, 0, 0, 0, over[0], over[1]],
+    );
     assert_eq!(
         LinkCell::decode(&c),
         Err(CellError::HandshakeTooLong {
             what: "create cell",
-            len: 1014,
-            max: 1013
+            len: room + 1,
+            max: room
         })
     );
-    let c = cell(LINK_CELL_LEN, &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0x03, 0xf5]); // HLEN 1013 fits
+    let fits = u16::try_from(room).unwrap().to_be_bytes();
+    let c = cell(
+        LINK_CELL_LEN,
+        &[1, 0, 0, 0, 0, 0, 0, 0, 0, fits[0], fits[1]],
+    );
     assert!(
-        matches!(LinkCell::decode(&c), Ok(LinkCell::Create { handshake, .. }) if handshake.len() == 1013)
+        matches!(LinkCell::decode(&c), Ok(LinkCell::Create { handshake, .. }) if handshake.len() == room)
     );
 }
 
 #[test]
 fn created_hlen_beyond_body() {
-    let c = cell(905, &[2, 0xff, 0xff]);
+    let len = link_cell_len(7).unwrap();
+    let c = cell(len, &[2, 0xff, 0xff]);
     assert_eq!(
         LinkCell::decode(&c),
         Err(CellError::HandshakeTooLong {
             what: "created cell",
             len: 65535,
-            max: 902
+            max: len - 3
         })
     );
 }
@@ -154,7 +164,7 @@ fn relay_body_of_wrong_length_is_not_encoded() {
         c.encode(LINK_CELL_LEN),
         Err(CellError::RelayBodyLength {
             got: 10,
-            expected: 1023
+            expected: LINK_CELL_LEN - 1
         })
     );
 }
@@ -202,10 +212,11 @@ fn area_smaller_than_header() {
 
 #[test]
 fn length_beyond_area() {
+    let length = u16::try_from(AREA + 100).unwrap().to_be_bytes();
     assert_eq!(
-        decode(&[2, 0, 1, 0x07, 0xd0]),
+        decode(&[2, 0, 1, length[0], length[1]]),
         Err(CellError::LengthExceedsArea {
-            length: 2000,
+            length: AREA + 100,
             max: AREA - 5
         })
     );

@@ -83,11 +83,11 @@ fn expected_preamble(name: &str) -> Option<Preamble> {
     Some(match name {
         "preamble_link0" => Preamble {
             version: 1,
-            cell_len: 1024,
+            cell_len: 2048,
         },
         "preamble_link7" => Preamble {
             version: 1,
-            cell_len: 905,
+            cell_len: 1929,
         },
         _ => return None,
     })
@@ -108,7 +108,7 @@ fn expected_link(name: &str) -> Option<LinkCell> {
             handshake: (0xa0u8..0xd0).collect(),
         },
         "relay_link7" => {
-            let mut body = vec![0u8; 904];
+            let mut body = vec![0u8; 1928];
             body[..4].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
             LinkCell::Relay(body)
         }

@@ -300,7 +300,7 @@ fn bad_preamble_and_bad_create_are_refused() {
     let h = build(1);
     let keys = &h.relays[0].keys;
     let cfg = shallot_proto::RelayConfig::default();
-    let create = vec![0u8; 1024];
+    let create = vec![0u8; shallot_cell::LINK_CELL_LEN];
     assert!(RelayCircuit::accept(&[2, 0, 4, 0], &create, b"r", keys, cfg.clone(), h.now).is_err());
     assert!(RelayCircuit::accept(&[1, 0, 4, 1], &create, b"r", keys, cfg.clone(), h.now).is_err());
     // A CREATE for an onion key the relay does not have.
@@ -308,7 +308,7 @@ fn bad_preamble_and_bad_create_are_refused() {
         onion_key_id: shallot_cell::OnionKeyId([9; 8]),
         handshake: vec![0; 48],
     }
-    .encode(1024)
+    .encode(shallot_cell::LINK_CELL_LEN)
     .unwrap();
     let e = RelayCircuit::accept(
         &shallot_proto::ClientCircuit::preamble(),

@@ -36,7 +36,8 @@ fn data(id: u16, len: usize) -> RelayFrame {
     }
 }
 
-const CHUNK: usize = 1024 - 18 - 5;
+/// The most DATA one cell carries to a one-hop circuit (specs/03 §2).
+const CHUNK: usize = shallot_cell::max_data_len(shallot_cell::LINK_CELL_LEN);
 
 #[test]
 fn a_paused_reader_buffers_exactly_one_window_and_the_exit_gets_backpressure() {
