@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cmd_demo;
 mod cmd_exit_policy;
 
 /// Shallot: an anonymizing onion-routing overlay on libp2p.
@@ -20,6 +21,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run Shallot's circuit core end to end in memory: build a circuit, carry streams,
+    /// detect tampering.
+    Demo {
+        /// Relays in the circuit (1 to 5); the last one is the exit.
+        #[arg(long, default_value_t = 3)]
+        hops: usize,
+        /// MiB to download through the circuit.
+        #[arg(long, default_value_t = 16)]
+        mib: usize,
+    },
     /// Work with exit-policy files (Tor's `accept`/`reject` syntax).
     #[command(subcommand)]
     ExitPolicy(ExitPolicyCommand),
@@ -44,6 +55,7 @@ enum ExitPolicyCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Command::Demo { hops, mib } => cmd_demo::run(hops, mib).map(|()| ExitCode::SUCCESS),
         Command::ExitPolicy(ExitPolicyCommand::Check {
             file,
             targets,
