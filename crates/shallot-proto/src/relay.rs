@@ -413,6 +413,31 @@ impl RelayCircuit {
         }
     }
 
+    /// Opens an exit stream for BEGIN or RESOLVE on `stream` in `state`; `Ok(false)` when it was
+    /// refused with END (a non-exit, specs/03 §8; too many streams, specs/03 §11.6).
+    fn admit_exit_stream(
+        &mut self,
+        stream: StreamId,
+        state: ExitState,
+    ) -> Result<bool, ProtoError> {
+        let id = stream.0;
+        self.check_new_stream(id)?;
+        let refusal = if !self.config.exit {
+            Some(EndReason::ExitPolicy)
+        } else if self.streams.len() >= MAX_STREAMS_PER_CIRCUIT {
+            Some(EndReason::ResourceLimit)
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            self.mark_half_closed(id);
+            self.send_own(stream, RelayMsg::End(reason))?;
+            return Ok(false);
+        }
+        self.streams.insert(id, ExitStream::new(state));
+        Ok(true)
+    }
+
     fn handle_for_me(&mut self, frame: RelayFrame) -> Result<(), ProtoError> {
         // specs/03 §9: unknown commands 128..=255 are dropped, 0..=127 are fatal.
         if frame.msg.is_ignorable_unknown() {
@@ -462,39 +487,20 @@ impl RelayCircuit {
                 Ok(())
             }
             RelayMsg::Begin(b) => {
-                self.check_new_stream(id)?;
-                if !self.config.exit {
-                    // Not an exit: refuse (specs/03 §8).
-                    self.mark_half_closed(id);
-                    return self.send_own(stream, RelayMsg::End(EndReason::ExitPolicy));
+                if self.admit_exit_stream(stream, ExitState::Connecting)? {
+                    self.actions.push_back(RelayAction::Connect {
+                        stream,
+                        host: b.host,
+                        port: b.port,
+                    });
                 }
-                if self.streams.len() >= MAX_STREAMS_PER_CIRCUIT {
-                    self.mark_half_closed(id);
-                    return self.send_own(stream, RelayMsg::End(EndReason::ResourceLimit));
-                }
-                self.streams
-                    .insert(id, ExitStream::new(ExitState::Connecting));
-                self.actions.push_back(RelayAction::Connect {
-                    stream,
-                    host: b.host,
-                    port: b.port,
-                });
                 Ok(())
             }
             RelayMsg::Resolve(host) => {
-                self.check_new_stream(id)?;
-                if !self.config.exit {
-                    self.mark_half_closed(id);
-                    return self.send_own(stream, RelayMsg::End(EndReason::ExitPolicy));
+                if self.admit_exit_stream(stream, ExitState::Resolving)? {
+                    self.actions
+                        .push_back(RelayAction::Resolve { stream, host });
                 }
-                if self.streams.len() >= MAX_STREAMS_PER_CIRCUIT {
-                    self.mark_half_closed(id);
-                    return self.send_own(stream, RelayMsg::End(EndReason::ResourceLimit));
-                }
-                self.streams
-                    .insert(id, ExitStream::new(ExitState::Resolving));
-                self.actions
-                    .push_back(RelayAction::Resolve { stream, host });
                 Ok(())
             }
             RelayMsg::Data(data) => {
