@@ -1,0 +1,894 @@
+//! One task per circuit: drives a `RelayCircuit` (shallot-proto) between the previous hop's
+//! stream, the next hop's stream and the exit's TCP connections. The loop is the IO half of
+//! `shallot_proto::harness`: cells in through `handle_*`, cells out through `poll_transmit_*`
+//! (batched), actions through `poll_action`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::io::AsyncWriteExt;
+use shallot_cell::{DestroyReason, EndReason, Host, ResolvedAnswer, StreamId};
+use shallot_p2p::{CIRCUIT_PROTOCOL, Multiaddr, PeerId};
+use shallot_proto::{MAX_STREAMS_PER_CIRCUIT, RelayAction, RelayCircuit};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, watch};
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::limits::CircuitSlot;
+use crate::link::{self, Link, MAX_BATCH_BYTES, Stream};
+use crate::relay::Context;
+use crate::safelog::Sensitive;
+
+/// Bytes an exit reads from a destination at once (and holds until the circuit takes them).
+pub const EXIT_READ_CHUNK: usize = 16 * 1024;
+/// Events from a circuit's exit tasks waiting for the circuit task. Each stream has at most
+/// one read, one write and one connect or close outstanding, so this never fills in practice;
+/// if it does, the tasks wait.
+pub const EXIT_EVENT_QUEUE: usize = 4 * MAX_STREAMS_PER_CIRCUIT;
+/// Buffers waiting for an exit stream's writer (one in hand, one more for the last bytes
+/// before a close).
+const EXIT_WRITE_QUEUE: usize = 2;
+/// How long closing streams may take to write what they hold (DESTROY cells, a closed exit
+/// stream's last bytes) before they are cut.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// Closed exit streams whose writers may still be finishing, per circuit; past it the oldest
+/// is cut.
+pub const MAX_CLOSING_STREAMS: usize = MAX_STREAMS_PER_CIRCUIT;
+
+/// What the exit tasks of a circuit report.
+enum ExitEvent {
+    Connected {
+        stream: StreamId,
+        generation: u64,
+        conn: TcpStream,
+        addr: IpAddr,
+        ttl: u32,
+    },
+    ConnectFailed {
+        stream: StreamId,
+        generation: u64,
+        reason: EndReason,
+    },
+    Resolved {
+        stream: StreamId,
+        generation: u64,
+        answers: Vec<ResolvedAnswer>,
+    },
+    Data {
+        stream: StreamId,
+        generation: u64,
+        data: Vec<u8>,
+    },
+    /// The destination closed (`Done`) or failed.
+    ReadEnd {
+        stream: StreamId,
+        generation: u64,
+        reason: EndReason,
+    },
+    Written {
+        stream: StreamId,
+        generation: u64,
+        n: usize,
+    },
+    WriteFailed {
+        stream: StreamId,
+        generation: u64,
+    },
+}
+
+impl ExitEvent {
+    fn key(&self) -> (StreamId, u64) {
+        match self {
+            Self::Connected {
+                stream, generation, ..
+            }
+            | Self::ConnectFailed {
+                stream, generation, ..
+            }
+            | Self::Resolved {
+                stream, generation, ..
+            }
+            | Self::Data {
+                stream, generation, ..
+            }
+            | Self::ReadEnd {
+                stream, generation, ..
+            }
+            | Self::Written {
+                stream, generation, ..
+            }
+            | Self::WriteFailed { stream, generation } => (*stream, *generation),
+        }
+    }
+}
+
+/// One exit stream's IO state.
+struct ExitConn {
+    generation: u64,
+    /// The connect or resolve task, while it runs.
+    setup: Option<AbortHandle>,
+    reader: Option<AbortHandle>,
+    /// Permission for the reader to read again (capacity 1).
+    reader_go: Option<mpsc::Sender<()>>,
+    writer: Option<JoinHandle<()>>,
+    writer_tx: Option<mpsc::Sender<Vec<u8>>>,
+    /// A buffer is with the writer.
+    writing: bool,
+    /// Bytes for the destination not yet handed to the writer; bounded by the stream's credit
+    /// window, which the client may not exceed (specs/03 §11.2).
+    out: Vec<u8>,
+    /// Bytes read from the destination that the circuit has not taken yet (at most one read).
+    pending_in: Vec<u8>,
+    pending_off: usize,
+    /// The destination's side ended; reported once `pending_in` is taken.
+    read_end: Option<EndReason>,
+}
+
+impl ExitConn {
+    fn new(generation: u64, setup: AbortHandle) -> Self {
+        Self {
+            generation,
+            setup: Some(setup),
+            reader: None,
+            reader_go: None,
+            writer: None,
+            writer_tx: None,
+            writing: false,
+            out: Vec::new(),
+            pending_in: Vec::new(),
+            pending_off: 0,
+            read_end: None,
+        }
+    }
+}
+
+/// What woke the circuit task.
+enum Wake {
+    PrevCell(Option<Vec<u8>>),
+    NextCell(Option<Vec<u8>>),
+    /// Whether the previous hop's writer can take a batch (`false`: it is gone).
+    PrevRoom(bool),
+    NextRoom(bool),
+    Opened(Opened),
+    Exit(ExitEvent),
+    Timer,
+    Shutdown,
+}
+
+enum Next {
+    None,
+    Opening(JoinHandle<Result<Stream, DestroyReason>>),
+    Open {
+        link: Link,
+        /// Until the first cell (CREATED) comes back.
+        created_deadline: Option<Instant>,
+    },
+}
+
+/// A circuit and its IO.
+pub(crate) struct CircuitTask {
+    ctx: Arc<Context>,
+    circ: RelayCircuit,
+    prev_peer: PeerId,
+    prev: Option<Link>,
+    next: Next,
+    exits: HashMap<u16, ExitConn>,
+    events_tx: mpsc::Sender<ExitEvent>,
+    events: mpsc::Receiver<ExitEvent>,
+    generation: u64,
+    closing: Vec<(Instant, JoinHandle<()>)>,
+    _slot: CircuitSlot,
+}
+
+impl CircuitTask {
+    pub(crate) fn new(
+        ctx: Arc<Context>,
+        circ: RelayCircuit,
+        prev_peer: PeerId,
+        prev: Link,
+        slot: CircuitSlot,
+    ) -> Self {
+        let (events_tx, events) = mpsc::channel(EXIT_EVENT_QUEUE);
+        Self {
+            ctx,
+            circ,
+            prev_peer,
+            prev: Some(prev),
+            next: Next::None,
+            exits: HashMap::new(),
+            events_tx,
+            events,
+            generation: 0,
+            closing: Vec::new(),
+            _slot: slot,
+        }
+    }
+
+    /// Runs the circuit until it is destroyed (or the relay shuts down), then closes both
+    /// streams after writing the DESTROY cells.
+    pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            self.run_actions();
+            if self.circ.is_closed() {
+                break;
+            }
+            let now = Instant::now();
+            let wants_prev = self.prev.is_some() && self.circ.wants_prev_cell();
+            let wants_next = matches!(self.next, Next::Open { .. }) && self.circ.wants_next_cell();
+            let send_prev = self.prev.is_some() && self.circ.queued_prev() > 0;
+            let send_next = matches!(self.next, Next::Open { .. }) && self.circ.queued_next() > 0;
+            let deadline = self.next_deadline();
+            let Self {
+                prev, next, events, ..
+            } = &mut self;
+            let (prev_cells, prev_batches) = link_parts(prev.as_mut());
+            let (next_cells, next_batches, next_opening) = match next {
+                Next::Open { link, .. } => {
+                    let (c, b) = link_parts(Some(link));
+                    (c, b, None)
+                }
+                Next::Opening(h) => (None, None, Some(h)),
+                Next::None => (None, None, None),
+            };
+            let wake = tokio::select! {
+                cell = recv(prev_cells), if wants_prev => Wake::PrevCell(cell),
+                cell = recv(next_cells), if wants_next => Wake::NextCell(cell),
+                // The permit is dropped at once: only this task sends, so the slot it proved
+                // free stays free for the `try_send` below.
+                permit = reserve(prev_batches), if send_prev => Wake::PrevRoom(permit.is_some()),
+                permit = reserve(next_batches), if send_next => Wake::NextRoom(permit.is_some()),
+                opened = opening(next_opening) => Wake::Opened(opened),
+                Some(ev) = events.recv() => Wake::Exit(ev),
+                () = sleep_until(deadline) => Wake::Timer,
+                _ = shutdown.changed() => Wake::Shutdown,
+            };
+            self.wake(wake, now);
+        }
+        self.close().await;
+    }
+
+    fn wake(&mut self, wake: Wake, now: Instant) {
+        let t = now.into_std();
+        match wake {
+            Wake::PrevCell(Some(cell)) => {
+                if let Err(e) = self.circ.handle_prev_cell(cell, t) {
+                    debug!(error = %e, "circuit destroyed on a cell from the previous hop");
+                }
+            }
+            Wake::NextCell(Some(cell)) => {
+                if let Next::Open {
+                    created_deadline, ..
+                } = &mut self.next
+                {
+                    *created_deadline = None;
+                }
+                if let Err(e) = self.circ.handle_next_cell(cell, t) {
+                    debug!(error = %e, "circuit destroyed on a cell from the next hop");
+                }
+                self.drop_next_if_gone();
+            }
+            Wake::PrevCell(None) | Wake::PrevRoom(false) => {
+                self.prev = None;
+                self.circ.handle_prev_closed(t);
+            }
+            Wake::NextCell(None) | Wake::NextRoom(false) => {
+                self.next = Next::None;
+                self.circ.handle_next_closed(t);
+            }
+            Wake::PrevRoom(true) => {
+                let batch = drain(&mut self.circ, true);
+                if let Some(tx) = self.prev.as_ref().and_then(|l| l.batches.as_ref())
+                    && tx.try_send(batch).is_err()
+                {
+                    self.prev = None;
+                    self.circ.handle_prev_closed(t);
+                }
+            }
+            Wake::NextRoom(true) => {
+                let batch = drain(&mut self.circ, false);
+                let tx = match &self.next {
+                    Next::Open { link, .. } => link.batches.as_ref(),
+                    _ => None,
+                };
+                if let Some(tx) = tx
+                    && tx.try_send(batch).is_err()
+                {
+                    self.next = Next::None;
+                    self.circ.handle_next_closed(t);
+                }
+            }
+            Wake::Opened(opened) => self.next_opened(opened),
+            Wake::Exit(ev) => self.exit_event(ev),
+            Wake::Timer => self.timers(),
+            Wake::Shutdown => self.circ.destroy(DestroyReason::Hibernating),
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let created = match &self.next {
+            Next::Open {
+                created_deadline, ..
+            } => *created_deadline,
+            _ => None,
+        };
+        let closing = self.closing.iter().map(|(t, _)| *t).min();
+        match (created, closing) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn timers(&mut self) {
+        let now = Instant::now();
+        self.closing.retain(|(t, h)| {
+            if *t <= now {
+                h.abort();
+                false
+            } else {
+                !h.is_finished()
+            }
+        });
+        if let Next::Open {
+            created_deadline: Some(t),
+            ..
+        } = &self.next
+            && *t <= now
+        {
+            // No CREATED in time: the extend failed (specs/03 §4.8), the circuit stays.
+            debug!("next hop sent no CREATED in time");
+            self.next = Next::None;
+            self.circ.handle_next_closed(now.into_std());
+        }
+    }
+
+    /// The proto side dropped its next hop (TRUNCATED after a refused CREATE): drop ours.
+    fn drop_next_if_gone(&mut self) {
+        if matches!(self.next, Next::Open { .. }) && !self.circ.has_next_hop() {
+            self.next = Next::None;
+        }
+    }
+
+    fn next_opened(&mut self, opened: Opened) {
+        let now = Instant::now();
+        let result = opened.unwrap_or(Err(DestroyReason::Internal));
+        match result {
+            Ok(stream) => {
+                let cell_len = self.circ.next_cell_len();
+                let (r, w) = link::split(stream, cell_len);
+                let link = Link::spawn(r, w, cell_len);
+                match self.circ.handle_next_hop_opened(now.into_std()) {
+                    Ok(()) => {
+                        self.next = Next::Open {
+                            link,
+                            created_deadline: Some(now + self.ctx.extend_timeout),
+                        };
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "next hop opened but the CREATE was refused");
+                        self.next = Next::None;
+                    }
+                }
+            }
+            Err(reason) => {
+                self.next = Next::None;
+                self.ctx.stats.extends_failed.inc();
+                let _ = self.circ.handle_next_hop_failed(reason, now.into_std());
+            }
+        }
+    }
+
+    fn run_actions(&mut self) {
+        while let Some(action) = self.circ.poll_action() {
+            match action {
+                RelayAction::OpenNextHop {
+                    peer_id,
+                    addrs,
+                    preamble,
+                } => self.open_next_hop(&peer_id, addrs, preamble),
+                RelayAction::Connect { stream, host, port } => {
+                    self.exit_connect(stream, host, port)
+                }
+                RelayAction::Resolve { stream, host } => self.exit_resolve(stream, host),
+                RelayAction::ExitData { stream, data } => {
+                    if let Some(c) = self.exits.get_mut(&stream.0) {
+                        c.out.extend_from_slice(&data);
+                        flush_writes(c);
+                    }
+                }
+                RelayAction::CloseStream { stream } => self.close_exit(stream),
+                RelayAction::ExitWritable { stream } => self.offer(stream),
+                _ => {}
+            }
+        }
+    }
+
+    fn open_next_hop(&mut self, peer_id: &[u8], addrs: Vec<Vec<u8>>, preamble: [u8; 4]) {
+        let now = Instant::now().into_std();
+        let peer = match PeerId::from_bytes(peer_id) {
+            // specs/03 §4.6 (2): not back to the previous hop.
+            Ok(p) if p != self.prev_peer => p,
+            _ => {
+                let _ = self
+                    .circ
+                    .handle_next_hop_failed(DestroyReason::ConnectFailed, now);
+                return;
+            }
+        };
+        self.ctx.stats.extends.inc();
+        let ctx = Arc::clone(&self.ctx);
+        self.next = Next::Opening(tokio::spawn(async move {
+            let timeout = ctx.extend_timeout;
+            tokio::time::timeout(timeout, open_next(ctx, peer, addrs, preamble))
+                .await
+                .unwrap_or(Err(DestroyReason::Timeout))
+        }));
+    }
+
+    fn exit_connect(&mut self, stream: StreamId, host: Host, port: u16) {
+        let Some(exit) = self.ctx.exit.clone() else {
+            // RelayCircuit answers BEGIN at a non-exit itself; nothing to do.
+            return;
+        };
+        self.generation += 1;
+        let generation = self.generation;
+        let events = self.events_tx.clone();
+        let safe = self.ctx.safe_logging;
+        let task = tokio::spawn(async move {
+            let ev = match exit.connect(&host, port).await {
+                Ok((conn, addr, ttl)) => ExitEvent::Connected {
+                    stream,
+                    generation,
+                    conn,
+                    addr,
+                    ttl,
+                },
+                Err(reason) => {
+                    debug!(
+                        target_host = %Sensitive::new(&host, safe),
+                        port,
+                        ?reason,
+                        "exit connect failed"
+                    );
+                    ExitEvent::ConnectFailed {
+                        stream,
+                        generation,
+                        reason,
+                    }
+                }
+            };
+            let _ = events.send(ev).await;
+        });
+        self.exits
+            .insert(stream.0, ExitConn::new(generation, task.abort_handle()));
+    }
+
+    fn exit_resolve(&mut self, stream: StreamId, host: Host) {
+        let Some(exit) = self.ctx.exit.clone() else {
+            return;
+        };
+        self.generation += 1;
+        let generation = self.generation;
+        let events = self.events_tx.clone();
+        let task = tokio::spawn(async move {
+            let answers = exit.resolve(&host).await;
+            let _ = events
+                .send(ExitEvent::Resolved {
+                    stream,
+                    generation,
+                    answers,
+                })
+                .await;
+        });
+        self.exits
+            .insert(stream.0, ExitConn::new(generation, task.abort_handle()));
+    }
+
+    fn exit_event(&mut self, ev: ExitEvent) {
+        let (stream, generation) = ev.key();
+        // Events of a stream that was closed meanwhile (or of an older stream on a reused id)
+        // are dropped.
+        if self
+            .exits
+            .get(&stream.0)
+            .is_none_or(|c| c.generation != generation)
+        {
+            return;
+        }
+        let now = Instant::now().into_std();
+        match ev {
+            ExitEvent::Connected {
+                conn, addr, ttl, ..
+            } => {
+                if self
+                    .circ
+                    .handle_exit_connected(stream, addr, ttl, now)
+                    .is_err()
+                {
+                    self.forget_exit(stream);
+                    return;
+                }
+                self.ctx.stats.exit_connects.inc();
+                self.start_exit_io(stream, generation, conn);
+            }
+            ExitEvent::ConnectFailed { reason, .. } => {
+                self.ctx.stats.exit_connect_failures.inc();
+                self.exits.remove(&stream.0);
+                let _ = self.circ.handle_exit_connect_failed(stream, reason, now);
+            }
+            ExitEvent::Resolved { answers, .. } => {
+                self.exits.remove(&stream.0);
+                let _ = self.circ.handle_exit_resolved(stream, answers, now);
+            }
+            ExitEvent::Data { data, .. } => {
+                if let Some(c) = self.exits.get_mut(&stream.0) {
+                    c.pending_in = data;
+                    c.pending_off = 0;
+                }
+                self.offer(stream);
+            }
+            ExitEvent::ReadEnd { reason, .. } => {
+                if let Some(c) = self.exits.get_mut(&stream.0) {
+                    c.read_end = Some(reason);
+                }
+                self.offer(stream);
+            }
+            ExitEvent::Written { n, .. } => {
+                let _ = self.circ.handle_exit_written(stream, n, now);
+                if let Some(c) = self.exits.get_mut(&stream.0) {
+                    c.writing = false;
+                    flush_writes(c);
+                }
+            }
+            ExitEvent::WriteFailed { .. } => {
+                self.forget_exit(stream);
+                let _ = self
+                    .circ
+                    .handle_exit_closed(stream, EndReason::ConnReset, now);
+            }
+        }
+    }
+
+    fn start_exit_io(&mut self, stream: StreamId, generation: u64, conn: TcpStream) {
+        let Some(c) = self.exits.get_mut(&stream.0) else {
+            return;
+        };
+        let (r, w) = conn.into_split();
+        let (go_tx, go_rx) = mpsc::channel(1);
+        let (write_tx, write_rx) = mpsc::channel(EXIT_WRITE_QUEUE);
+        let reader = tokio::spawn(exit_reader(
+            r,
+            stream,
+            generation,
+            self.events_tx.clone(),
+            go_rx,
+        ));
+        let writer = tokio::spawn(exit_writer(
+            w,
+            stream,
+            generation,
+            self.events_tx.clone(),
+            write_rx,
+        ));
+        c.setup = None;
+        c.reader = Some(reader.abort_handle());
+        c.reader_go = Some(go_tx);
+        c.writer = Some(writer);
+        c.writer_tx = Some(write_tx);
+        // Optimistic data may already be waiting (ExitData right after CONNECTED).
+        flush_writes(c);
+    }
+
+    /// Hands the destination's bytes to the circuit as far as its credit and queue allow;
+    /// reports the end of the destination's side once everything was taken.
+    fn offer(&mut self, stream: StreamId) {
+        let now = Instant::now().into_std();
+        let Some(c) = self.exits.get_mut(&stream.0) else {
+            return;
+        };
+        while c.pending_off < c.pending_in.len() {
+            match self
+                .circ
+                .handle_exit_data(stream, &c.pending_in[c.pending_off..], now)
+            {
+                Ok(0) => return,
+                Ok(n) => c.pending_off += n,
+                Err(_) => {
+                    // The stream or the circuit is gone.
+                    self.forget_exit(stream);
+                    return;
+                }
+            }
+        }
+        c.pending_in = Vec::new();
+        c.pending_off = 0;
+        if let Some(reason) = c.read_end {
+            let _ = self.circ.handle_exit_closed(stream, reason, now);
+            self.close_exit(stream);
+        } else if let Some(go) = &c.reader_go {
+            let _ = go.try_send(());
+        }
+    }
+
+    /// The stream is over (END either way): stop reading, let the writer finish what it has
+    /// (within [`CLOSE_GRACE`]), close the connection.
+    fn close_exit(&mut self, stream: StreamId) {
+        let Some(mut c) = self.exits.remove(&stream.0) else {
+            return;
+        };
+        if let Some(h) = c.setup.take() {
+            h.abort();
+        }
+        if let Some(h) = c.reader.take() {
+            h.abort();
+        }
+        if let Some(tx) = c.writer_tx.take()
+            && !c.out.is_empty()
+        {
+            let _ = tx.try_send(std::mem::take(&mut c.out));
+        }
+        if let Some(w) = c.writer.take() {
+            if self.closing.len() >= MAX_CLOSING_STREAMS {
+                let (_, oldest) = self.closing.remove(0);
+                oldest.abort();
+            }
+            self.closing.push((Instant::now() + CLOSE_GRACE, w));
+        }
+    }
+
+    /// The stream is gone without a goodbye: stop everything at once.
+    fn forget_exit(&mut self, stream: StreamId) {
+        if let Some(mut c) = self.exits.remove(&stream.0) {
+            for h in [c.setup.take(), c.reader.take()].into_iter().flatten() {
+                h.abort();
+            }
+            if let Some(w) = c.writer.take() {
+                w.abort();
+            }
+        }
+    }
+
+    async fn close(mut self) {
+        self.run_actions();
+        let prev_batch = drain(&mut self.circ, true);
+        let next_batch = drain(&mut self.circ, false);
+        let mut closing = Vec::new();
+        if let Some(link) = self.prev.take() {
+            closing.push((link, prev_batch));
+        }
+        match std::mem::replace(&mut self.next, Next::None) {
+            Next::Open { link, .. } => closing.push((link, next_batch)),
+            Next::Opening(h) => h.abort(),
+            Next::None => {}
+        }
+        let closes = closing.into_iter().map(|(link, batch)| async move {
+            if !batch.is_empty()
+                && let Some(tx) = &link.batches
+            {
+                let _ = tokio::time::timeout(CLOSE_GRACE, tx.send(batch)).await;
+            }
+            link.close(CLOSE_GRACE).await;
+        });
+        let ids: Vec<u16> = self.exits.keys().copied().collect();
+        for id in ids {
+            self.close_exit(StreamId(id));
+        }
+        let writers = std::mem::take(&mut self.closing);
+        let writers = async move {
+            for (deadline, mut w) in writers {
+                if tokio::time::timeout_at(deadline, &mut w).await.is_err() {
+                    w.abort();
+                }
+            }
+        };
+        futures::join!(futures::future::join_all(closes), writers);
+        self.ctx.stats.circuits_closed.inc();
+    }
+}
+
+impl Drop for CircuitTask {
+    /// A task that is cut (the relay stops) stops its helpers too.
+    fn drop(&mut self) {
+        for (_, c) in self.exits.drain() {
+            for h in [c.setup, c.reader].into_iter().flatten() {
+                h.abort();
+            }
+            if let Some(w) = c.writer {
+                w.abort();
+            }
+        }
+        for (_, w) in self.closing.drain(..) {
+            w.abort();
+        }
+        if let Next::Opening(h) = &self.next {
+            h.abort();
+        }
+    }
+}
+
+/// Drains the queued cells toward one side into one buffer (at most [`MAX_BATCH_BYTES`], at
+/// least one cell).
+fn drain(circ: &mut RelayCircuit, prev: bool) -> Vec<u8> {
+    let mut batch = Vec::new();
+    loop {
+        let cell = if prev {
+            circ.poll_transmit_prev()
+        } else {
+            circ.poll_transmit_next()
+        };
+        let Some(cell) = cell else {
+            break;
+        };
+        batch.extend_from_slice(&cell);
+        let room = MAX_BATCH_BYTES.saturating_sub(batch.len());
+        if room < cell.len() {
+            break;
+        }
+    }
+    batch
+}
+
+fn flush_writes(c: &mut ExitConn) {
+    if c.writing || c.out.is_empty() {
+        return;
+    }
+    let Some(tx) = &c.writer_tx else {
+        return;
+    };
+    if tx.try_send(std::mem::take(&mut c.out)).is_ok() {
+        c.writing = true;
+    }
+}
+
+/// The parts of a link the select loop waits on: its cells and its batch sender.
+type LinkParts<'a> = (
+    Option<&'a mut mpsc::Receiver<Vec<u8>>>,
+    Option<&'a mpsc::Sender<Vec<u8>>>,
+);
+
+fn link_parts(link: Option<&mut Link>) -> LinkParts<'_> {
+    match link {
+        Some(l) => (Some(&mut l.cells), l.batches.as_ref()),
+        None => (None, None),
+    }
+}
+
+async fn recv(cells: Option<&mut mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>> {
+    match cells {
+        Some(c) => c.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn reserve(tx: Option<&mpsc::Sender<Vec<u8>>>) -> Option<mpsc::Permit<'_, Vec<u8>>> {
+    match tx {
+        Some(tx) => tx.reserve().await.ok(),
+        None => None,
+    }
+}
+
+type Opened = Result<Result<Stream, DestroyReason>, tokio::task::JoinError>;
+
+async fn opening(handle: Option<&mut JoinHandle<Result<Stream, DestroyReason>>>) -> Opened {
+    match handle {
+        Some(h) => h.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Opens the circuit stream to the next hop (specs/03 §4.6 steps 3–4): tells the swarm the
+/// addresses from the EXTEND, opens the stream, writes the preamble.
+async fn open_next(
+    ctx: Arc<Context>,
+    peer: PeerId,
+    addrs: Vec<Vec<u8>>,
+    preamble: [u8; 4],
+) -> Result<Stream, DestroyReason> {
+    for bytes in addrs {
+        let Ok(mut addr) = Multiaddr::try_from(bytes) else {
+            continue;
+        };
+        match addr.iter().last() {
+            Some(libp2p::multiaddr::Protocol::P2p(p)) if p != peer => continue,
+            Some(libp2p::multiaddr::Protocol::P2p(_)) => {
+                addr.pop();
+            }
+            _ => {}
+        }
+        if ctx.node.add_address(peer, addr).await.is_err() {
+            return Err(DestroyReason::Internal);
+        }
+    }
+    let mut control = ctx.node.stream_control();
+    let mut stream = control
+        .open_stream(peer, CIRCUIT_PROTOCOL)
+        .await
+        .map_err(|e| {
+            debug!(
+                peer = %Sensitive::new(peer, ctx.safe_logging),
+                error = %e,
+                "cannot open the next hop's stream"
+            );
+            DestroyReason::ConnectFailed
+        })?;
+    stream
+        .write_all(&preamble)
+        .await
+        .map_err(|_| DestroyReason::ConnectFailed)?;
+    Ok(stream)
+}
+
+async fn exit_reader(
+    mut r: OwnedReadHalf,
+    stream: StreamId,
+    generation: u64,
+    events: mpsc::Sender<ExitEvent>,
+    mut go: mpsc::Receiver<()>,
+) {
+    let mut buf = vec![0u8; EXIT_READ_CHUNK];
+    loop {
+        let ev = match r.read(&mut buf).await {
+            Ok(0) => ExitEvent::ReadEnd {
+                stream,
+                generation,
+                reason: EndReason::Done,
+            },
+            Ok(n) => ExitEvent::Data {
+                stream,
+                generation,
+                data: buf[..n].to_vec(),
+            },
+            Err(e) => ExitEvent::ReadEnd {
+                stream,
+                generation,
+                reason: crate::exit::end_reason_of(&e),
+            },
+        };
+        let more = matches!(ev, ExitEvent::Data { .. });
+        if events.send(ev).await.is_err() || !more {
+            return;
+        }
+        // One read outstanding: wait until the circuit took all of it.
+        if go.recv().await.is_none() {
+            return;
+        }
+    }
+}
+
+async fn exit_writer(
+    mut w: OwnedWriteHalf,
+    stream: StreamId,
+    generation: u64,
+    events: mpsc::Sender<ExitEvent>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) {
+    while let Some(buf) = rx.recv().await {
+        if w.write_all(&buf).await.is_err() {
+            let _ = events
+                .send(ExitEvent::WriteFailed { stream, generation })
+                .await;
+            return;
+        }
+        // The circuit may be gone (closing): then the send fails and we go on writing.
+        let _ = events
+            .send(ExitEvent::Written {
+                stream,
+                generation,
+                n: buf.len(),
+            })
+            .await;
+    }
+    let _ = w.shutdown().await;
+}

@@ -1,0 +1,478 @@
+//! The relay's settings (`configs/relay.example.toml`, `configs/exit-relay.example.toml`).
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use libp2p::multiaddr::Protocol;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use shallot_directory::{DESCRIPTOR_LIFETIME_SECS, MAX_ADDRS, MAX_DESCRIPTOR_LIFETIME_SECS};
+use shallot_p2p::{Multiaddr, PeerId};
+
+use crate::err::RelayError;
+
+/// Default [`RelayConfig::data_dir`].
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/shallot/relay";
+/// Default port of [`RelayConfig::listen`] (TCP and QUIC).
+pub const DEFAULT_PORT: u16 = 9001;
+/// Default [`RelayConfig::exit_policy_reject_private`] (specs/06 §6).
+pub const DEFAULT_EXIT_POLICY_REJECT_PRIVATE: bool = shallot_exit_policy::DEFAULT_REJECT_PRIVATE;
+/// Default [`RelayConfig::safe_logging`].
+pub const DEFAULT_SAFE_LOGGING: bool = true;
+/// Default [`RelayConfig::max_circuits`].
+pub const DEFAULT_MAX_CIRCUITS: usize = 8192;
+/// Default [`RelayConfig::max_circuits_per_peer`]. A middle relay sees a guard as one peer that
+/// carries many clients' circuits, so this is well above what one client needs.
+pub const DEFAULT_MAX_CIRCUITS_PER_PEER: usize = 512;
+/// Default [`CreateRate::per_second`].
+pub const DEFAULT_CREATE_RATE_PER_SECOND: u32 = 20;
+/// Default [`CreateRate::burst`].
+pub const DEFAULT_CREATE_RATE_BURST: u32 = 100;
+/// Default [`RelayConfig::handshake_timeout_secs`].
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+/// Default [`RelayConfig::connect_timeout_secs`].
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 15;
+/// Default [`RelayConfig::resolve_timeout_secs`].
+pub const DEFAULT_RESOLVE_TIMEOUT_SECS: u64 = 10;
+/// Default [`RelayConfig::extend_timeout_secs`].
+pub const DEFAULT_EXTEND_TIMEOUT_SECS: u64 = 30;
+/// Default [`RelayConfig::onion_key_rotation_secs`]: 7 days (specs/04 §4).
+pub const DEFAULT_ONION_KEY_ROTATION_SECS: u64 = 7 * 24 * 3600;
+
+/// How fast one peer may open circuits: a token bucket (specs/00 §4.2 item 4).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRate {
+    /// CREATEs per second a peer may sustain. Default [`DEFAULT_CREATE_RATE_PER_SECOND`].
+    #[serde(default = "default_create_rate_per_second")]
+    pub per_second: u32,
+    /// CREATEs a peer may send at once after a quiet period. Default
+    /// [`DEFAULT_CREATE_RATE_BURST`].
+    #[serde(default = "default_create_rate_burst")]
+    pub burst: u32,
+}
+
+impl Default for CreateRate {
+    fn default() -> Self {
+        Self {
+            per_second: DEFAULT_CREATE_RATE_PER_SECOND,
+            burst: DEFAULT_CREATE_RATE_BURST,
+        }
+    }
+}
+
+/// Settings of a relay (and exit). Every field has a default; `announce` must be set when the
+/// relay listens on an unspecified address such as `0.0.0.0`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Directory of the relay's key files (created 0700 if missing). Default
+    /// [`DEFAULT_DATA_DIR`].
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Multiaddrs to listen on. Default: TCP and QUIC on port [`DEFAULT_PORT`] of `0.0.0.0`.
+    #[serde(default = "default_listen", with = "display_list")]
+    pub listen: Vec<Multiaddr>,
+    /// Addresses put in the descriptor, without `/p2p/` (at most 8). Default (empty): the
+    /// bound listen addresses, which must then be specific (not `0.0.0.0` or `::`).
+    #[serde(default, with = "display_list")]
+    pub announce: Vec<Multiaddr>,
+    /// DHT servers to join through, each ending with `/p2p/<PeerId>`. Default: none (this
+    /// relay starts a network).
+    #[serde(default, with = "display_list")]
+    pub bootstrap: Vec<Multiaddr>,
+    /// PeerIds of the operator's other relays (the descriptor's declared family, at most 16).
+    /// Default: none.
+    #[serde(default, with = "display_list")]
+    pub family: Vec<PeerId>,
+    /// The exit-policy file (Tor syntax, specs/06); the relay is an exit if and only if this is
+    /// set. A relative path is relative to the working directory. Default: not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_policy_file: Option<PathBuf>,
+    /// Refuse private, loopback, link-local, multicast destinations and the relay's own
+    /// addresses before the policy file's rules (specs/06 §6). Default
+    /// [`DEFAULT_EXIT_POLICY_REJECT_PRIVATE`].
+    #[serde(default = "default_exit_policy_reject_private")]
+    pub exit_policy_reject_private: bool,
+    /// DNS servers the exit resolves names with. Empty: only `localhost` resolves (to
+    /// 127.0.0.1 and ::1); every other name fails with END RESOLVEFAILED. Never the system
+    /// resolver, never `/etc/hosts`. Default: empty.
+    #[serde(default)]
+    pub dns_upstreams: Vec<SocketAddr>,
+    /// Replace destinations and peer addresses in logs by `[scrubbed]`. Default
+    /// [`DEFAULT_SAFE_LOGGING`].
+    #[serde(default = "default_safe_logging")]
+    pub safe_logging: bool,
+    /// Circuits this relay holds at once, in total. Default [`DEFAULT_MAX_CIRCUITS`].
+    #[serde(default = "default_max_circuits")]
+    pub max_circuits: usize,
+    /// Circuits one previous-hop peer may hold here at once. Default
+    /// [`DEFAULT_MAX_CIRCUITS_PER_PEER`].
+    #[serde(default = "default_max_circuits_per_peer")]
+    pub max_circuits_per_peer: usize,
+    /// How fast one peer may open circuits. Default: [`CreateRate::default`].
+    #[serde(default)]
+    pub create_rate_per_peer: CreateRate,
+    /// Seconds a new circuit stream may take to deliver its preamble and first cell. Default
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT_SECS`].
+    #[serde(default = "default_handshake_timeout_secs")]
+    pub handshake_timeout_secs: u64,
+    /// Seconds an exit connection may take to connect. Default
+    /// [`DEFAULT_CONNECT_TIMEOUT_SECS`].
+    #[serde(default = "default_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+    /// Seconds a name lookup may take. Default [`DEFAULT_RESOLVE_TIMEOUT_SECS`].
+    #[serde(default = "default_resolve_timeout_secs")]
+    pub resolve_timeout_secs: u64,
+    /// Seconds an EXTEND may take to open the next hop's stream and get its CREATED. Default
+    /// [`DEFAULT_EXTEND_TIMEOUT_SECS`].
+    #[serde(default = "default_extend_timeout_secs")]
+    pub extend_timeout_secs: u64,
+    /// Lifetime of each published descriptor (specs/04 §4). Default
+    /// [`DESCRIPTOR_LIFETIME_SECS`].
+    #[serde(default = "default_descriptor_lifetime_secs")]
+    pub descriptor_lifetime_secs: u64,
+    /// Seconds between onion-key rotations (specs/04 §4). Default
+    /// [`DEFAULT_ONION_KEY_ROTATION_SECS`].
+    #[serde(default = "default_onion_key_rotation_secs")]
+    pub onion_key_rotation_secs: u64,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_DATA_DIR)
+}
+
+fn default_listen() -> Vec<Multiaddr> {
+    vec![
+        Multiaddr::empty()
+            .with(Protocol::Ip4([0, 0, 0, 0].into()))
+            .with(Protocol::Tcp(DEFAULT_PORT)),
+        Multiaddr::empty()
+            .with(Protocol::Ip4([0, 0, 0, 0].into()))
+            .with(Protocol::Udp(DEFAULT_PORT))
+            .with(Protocol::QuicV1),
+    ]
+}
+
+fn default_exit_policy_reject_private() -> bool {
+    DEFAULT_EXIT_POLICY_REJECT_PRIVATE
+}
+
+fn default_safe_logging() -> bool {
+    DEFAULT_SAFE_LOGGING
+}
+
+fn default_max_circuits() -> usize {
+    DEFAULT_MAX_CIRCUITS
+}
+
+fn default_max_circuits_per_peer() -> usize {
+    DEFAULT_MAX_CIRCUITS_PER_PEER
+}
+
+fn default_create_rate_per_second() -> u32 {
+    DEFAULT_CREATE_RATE_PER_SECOND
+}
+
+fn default_create_rate_burst() -> u32 {
+    DEFAULT_CREATE_RATE_BURST
+}
+
+fn default_handshake_timeout_secs() -> u64 {
+    DEFAULT_HANDSHAKE_TIMEOUT_SECS
+}
+
+fn default_connect_timeout_secs() -> u64 {
+    DEFAULT_CONNECT_TIMEOUT_SECS
+}
+
+fn default_resolve_timeout_secs() -> u64 {
+    DEFAULT_RESOLVE_TIMEOUT_SECS
+}
+
+fn default_extend_timeout_secs() -> u64 {
+    DEFAULT_EXTEND_TIMEOUT_SECS
+}
+
+fn default_descriptor_lifetime_secs() -> u64 {
+    DESCRIPTOR_LIFETIME_SECS
+}
+
+fn default_onion_key_rotation_secs() -> u64 {
+    DEFAULT_ONION_KEY_ROTATION_SECS
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            listen: default_listen(),
+            announce: Vec::new(),
+            bootstrap: Vec::new(),
+            family: Vec::new(),
+            exit_policy_file: None,
+            exit_policy_reject_private: DEFAULT_EXIT_POLICY_REJECT_PRIVATE,
+            dns_upstreams: Vec::new(),
+            safe_logging: DEFAULT_SAFE_LOGGING,
+            max_circuits: DEFAULT_MAX_CIRCUITS,
+            max_circuits_per_peer: DEFAULT_MAX_CIRCUITS_PER_PEER,
+            create_rate_per_peer: CreateRate::default(),
+            handshake_timeout_secs: DEFAULT_HANDSHAKE_TIMEOUT_SECS,
+            connect_timeout_secs: DEFAULT_CONNECT_TIMEOUT_SECS,
+            resolve_timeout_secs: DEFAULT_RESOLVE_TIMEOUT_SECS,
+            extend_timeout_secs: DEFAULT_EXTEND_TIMEOUT_SECS,
+            descriptor_lifetime_secs: DESCRIPTOR_LIFETIME_SECS,
+            onion_key_rotation_secs: DEFAULT_ONION_KEY_ROTATION_SECS,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Parses a TOML document (unknown keys are errors) and checks it.
+    pub fn from_toml_str(text: &str) -> Result<Self, RelayError> {
+        let config: Self = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and checks a TOML file.
+    pub fn load(path: &Path) -> Result<Self, RelayError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RelayError::ConfigRead {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text)
+    }
+
+    /// Whether this relay is an exit (an exit-policy file is set).
+    pub fn is_exit(&self) -> bool {
+        self.exit_policy_file.is_some()
+    }
+
+    /// Checks the rules that serde cannot express. [`crate::Relay::start`] calls it too.
+    pub fn validate(&self) -> Result<(), RelayError> {
+        let bad = |m: String| Err(RelayError::Config(m));
+        if self.listen.is_empty() {
+            return bad("`listen` is empty: the relay needs at least one address".into());
+        }
+        if self.announce.len() > MAX_ADDRS {
+            return bad(format!("`announce` has more than {MAX_ADDRS} addresses"));
+        }
+        if let Some(a) = self
+            .announce
+            .iter()
+            .find(|a| matches!(a.iter().last(), Some(Protocol::P2p(_))))
+        {
+            return bad(format!("`announce` address {a} must not end with /p2p/"));
+        }
+        if let Some(a) = self
+            .bootstrap
+            .iter()
+            .find(|a| !matches!(a.iter().last(), Some(Protocol::P2p(_))))
+        {
+            return bad(format!(
+                "`bootstrap` address {a} must end with /p2p/<PeerId>"
+            ));
+        }
+        if self.family.len() > shallot_directory::MAX_FAMILY {
+            return bad(format!(
+                "`family` has more than {} PeerIds",
+                shallot_directory::MAX_FAMILY
+            ));
+        }
+        let positive = [
+            ("max_circuits", self.max_circuits as u64),
+            ("max_circuits_per_peer", self.max_circuits_per_peer as u64),
+            (
+                "create_rate_per_peer.per_second",
+                u64::from(self.create_rate_per_peer.per_second),
+            ),
+            (
+                "create_rate_per_peer.burst",
+                u64::from(self.create_rate_per_peer.burst),
+            ),
+            ("handshake_timeout_secs", self.handshake_timeout_secs),
+            ("connect_timeout_secs", self.connect_timeout_secs),
+            ("resolve_timeout_secs", self.resolve_timeout_secs),
+            ("extend_timeout_secs", self.extend_timeout_secs),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return bad(format!("`{name}` must be at least 1"));
+        }
+        if self.descriptor_lifetime_secs < MIN_DESCRIPTOR_LIFETIME_SECS
+            || self.descriptor_lifetime_secs > MAX_DESCRIPTOR_LIFETIME_SECS
+        {
+            return bad(format!(
+                "`descriptor_lifetime_secs` must be within {MIN_DESCRIPTOR_LIFETIME_SECS}..={MAX_DESCRIPTOR_LIFETIME_SECS} (specs/04 §4)"
+            ));
+        }
+        // specs/04 §4: the previous onion key is kept until every descriptor that named it as
+        // current has expired; with one previous key that needs rotation >= lifetime.
+        if self.onion_key_rotation_secs < self.descriptor_lifetime_secs {
+            return bad(
+                "`onion_key_rotation_secs` must be at least `descriptor_lifetime_secs`".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The shortest descriptor lifetime a relay accepts in its config: republication happens at
+/// half the lifetime at the latest, and this keeps it from becoming a busy loop.
+pub const MIN_DESCRIPTOR_LIFETIME_SECS: u64 = 60;
+
+/// Serde for lists of values written as strings (`Multiaddr`, `PeerId`).
+mod display_list {
+    use super::{Deserialize, Deserializer, Display, FromStr, Serializer};
+
+    pub(super) fn serialize<T: Display, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(ToString::to_string))
+    }
+
+    pub(super) fn deserialize<'de, T, D>(d: D) -> Result<Vec<T>, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        let raw = Vec::<String>::deserialize(d)?;
+        raw.iter()
+            .map(|s| {
+                s.parse::<T>()
+                    .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    const RELAY_EXAMPLE: &str = include_str!("../../../configs/relay.example.toml");
+    const EXIT_EXAMPLE: &str = include_str!("../../../configs/exit-relay.example.toml");
+
+    /// Every key of a serialized config, nested tables as `table.key`.
+    fn keys(value: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
+        if let toml::Value::Table(t) = value {
+            for (k, v) in t {
+                let name = format!("{prefix}{k}");
+                if v.is_table() {
+                    keys(v, &format!("{name}."), out);
+                } else {
+                    out.insert(name);
+                }
+            }
+        }
+    }
+
+    /// Every field of the struct: the default with every optional field set, serialized.
+    fn all_fields() -> BTreeSet<String> {
+        let full = RelayConfig {
+            exit_policy_file: Some(PathBuf::from("x")),
+            ..RelayConfig::default()
+        };
+        let mut out = BTreeSet::new();
+        keys(&toml::Value::try_from(&full).unwrap(), "", &mut out);
+        out
+    }
+
+    /// The keys a file sets, plus the optional keys it shows commented out as `# key = ...`.
+    fn file_keys(text: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        keys(&toml::from_str::<toml::Value>(text).unwrap(), "", &mut out);
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# ")
+                && let Some((k, _)) = rest.split_once(" = ")
+                && !k.contains(' ')
+            {
+                out.insert(k.to_owned());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn relay_example_is_the_default_field_for_field() {
+        let parsed: RelayConfig = toml::from_str(RELAY_EXAMPLE).unwrap();
+        assert_eq!(parsed, RelayConfig::default());
+        // The default refuses to start only for lack of `announce`; it validates otherwise.
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn exit_example_differs_only_in_the_policy_file() {
+        let parsed: RelayConfig = toml::from_str(EXIT_EXAMPLE).unwrap();
+        parsed.validate().unwrap();
+        assert_eq!(
+            parsed.exit_policy_file.as_deref(),
+            Some(Path::new("configs/exit-policies/reduced.policy"))
+        );
+        let expected = RelayConfig {
+            exit_policy_file: parsed.exit_policy_file.clone(),
+            ..RelayConfig::default()
+        };
+        assert_eq!(parsed, expected);
+        assert!(parsed.is_exit());
+        // The file it names exists and parses.
+        let policy = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../configs/exit-policies/reduced.policy"),
+        )
+        .unwrap();
+        shallot_exit_policy::ExitPolicy::parse("reduced.policy", &policy).unwrap();
+    }
+
+    #[test]
+    fn examples_miss_no_field() {
+        let all = all_fields();
+        assert!(all.contains("create_rate_per_peer.burst"));
+        assert!(all.contains("exit_policy_file"));
+        for (name, text) in [("relay", RELAY_EXAMPLE), ("exit", EXIT_EXAMPLE)] {
+            let got = file_keys(text);
+            let missing: Vec<_> = all.difference(&got).collect();
+            assert!(missing.is_empty(), "{name} example misses {missing:?}");
+            let unknown: Vec<_> = got.difference(&all).collect();
+            assert!(unknown.is_empty(), "{name} example has unknown {unknown:?}");
+        }
+    }
+
+    #[test]
+    fn empty_file_is_the_default_and_unknown_keys_are_refused() {
+        assert_eq!(
+            toml::from_str::<RelayConfig>("").unwrap(),
+            RelayConfig::default()
+        );
+        assert!(RelayConfig::from_toml_str("max_circuit = 3").is_err());
+        assert!(RelayConfig::from_toml_str("[create_rate_per_peer]\nrate = 3").is_err());
+        assert!(RelayConfig::from_toml_str("listen = [\"not an address\"]").is_err());
+        assert!(RelayConfig::from_toml_str("family = [\"nope\"]").is_err());
+    }
+
+    #[test]
+    fn validation_refuses_unusable_values() {
+        for text in [
+            "listen = []",
+            "max_circuits = 0",
+            "create_rate_per_peer = { per_second = 0, burst = 1 }",
+            "bootstrap = [\"/ip4/127.0.0.1/tcp/1\"]",
+            "descriptor_lifetime_secs = 10",
+            "descriptor_lifetime_secs = 100000",
+            "onion_key_rotation_secs = 60",
+        ] {
+            let err = RelayConfig::from_toml_str(text).unwrap_err();
+            assert!(matches!(err, RelayError::Config(_)), "{text}: {err}");
+        }
+        let peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let ok = RelayConfig::from_toml_str(&format!(
+            "bootstrap = [\"/ip4/127.0.0.1/tcp/1/p2p/{peer}\"]\nfamily = [\"{peer}\"]"
+        ));
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+}

@@ -1,0 +1,314 @@
+//! The exit's outside world: name resolution (hickory, configured upstreams only), the exit
+//! policy checked against the *resolved* address, TCP connects with a timeout, and the mapping
+//! of each failure to an END reason (specs/03 §4.1, §6; specs/06 §5).
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use shallot_cell::{EndReason, Host, MAX_RESOLVED_ANSWERS, ResolvedAnswer};
+use shallot_exit_policy::{Decision, ExitPolicy, ExitPolicyConfig, RelayExitPolicy};
+use tokio::net::TcpStream;
+use tracing::warn;
+
+use crate::config::RelayConfig;
+use crate::err::RelayError;
+
+/// TTL (seconds) the exit reports for `localhost` and for literal addresses' lookups.
+const LOCAL_TTL: u32 = 60;
+/// The longest TTL the exit reports to a client (Tor caps cached answers similarly).
+const MAX_TTL: u32 = 3600;
+/// Resolved addresses an exit tries to connect to, in order, within one connect timeout.
+pub const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+/// An exit's policy, resolver and timeouts.
+pub(crate) struct Exit {
+    policy: RelayExitPolicy,
+    resolver: Option<TokioResolver>,
+    connect_timeout: Duration,
+    resolve_timeout: Duration,
+}
+
+impl Exit {
+    /// Loads the policy file and builds the resolver. `own_addrs` are the relay's addresses
+    /// (rejected by the prelude unless `exit_policy_reject_private` is off, specs/06 §6).
+    pub(crate) fn new(
+        config: &RelayConfig,
+        policy_file: &Path,
+        own_addrs: &[IpAddr],
+    ) -> Result<Self, RelayError> {
+        let text =
+            std::fs::read_to_string(policy_file).map_err(|source| RelayError::PolicyRead {
+                path: policy_file.to_owned(),
+                source,
+            })?;
+        let policy = ExitPolicy::parse(&policy_file.display().to_string(), &text)?;
+        for w in policy.warnings() {
+            warn!("exit policy: {w}");
+        }
+        let policy = RelayExitPolicy::new(
+            policy,
+            &ExitPolicyConfig {
+                reject_private: config.exit_policy_reject_private,
+            },
+            own_addrs,
+        );
+        Ok(Self {
+            policy,
+            resolver: build_resolver(
+                &config.dns_upstreams,
+                Duration::from_secs(config.resolve_timeout_secs),
+            )?,
+            connect_timeout: Duration::from_secs(config.connect_timeout_secs),
+            resolve_timeout: Duration::from_secs(config.resolve_timeout_secs),
+        })
+    }
+
+    /// The relay's exit policy.
+    pub(crate) fn policy(&self) -> &RelayExitPolicy {
+        &self.policy
+    }
+
+    /// Resolves `host` (a literal address resolves to itself).
+    async fn lookup(&self, host: &Host) -> Result<(Vec<IpAddr>, u32), EndReason> {
+        let name = match host {
+            Host::V4(a) => return Ok((vec![IpAddr::V4(*a)], 0)),
+            Host::V6(a) => return Ok((vec![IpAddr::V6(*a)], 0)),
+            Host::Name(n) => n,
+        };
+        if is_localhost(name) {
+            return Ok((
+                vec![
+                    IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    IpAddr::V6(Ipv6Addr::LOCALHOST),
+                ],
+                LOCAL_TTL,
+            ));
+        }
+        let Some(resolver) = &self.resolver else {
+            return Err(EndReason::ResolveFailed);
+        };
+        let lookup = tokio::time::timeout(self.resolve_timeout, resolver.lookup_ip(name.as_str()))
+            .await
+            .map_err(|_| EndReason::ResolveFailed)?
+            .map_err(|_| EndReason::ResolveFailed)?;
+        let ttl = lookup
+            .valid_until()
+            .saturating_duration_since(Instant::now())
+            .as_secs();
+        let addrs: Vec<IpAddr> = lookup.iter().collect();
+        if addrs.is_empty() {
+            return Err(EndReason::ResolveFailed);
+        }
+        Ok((addrs, u32::try_from(ttl).unwrap_or(MAX_TTL).min(MAX_TTL)))
+    }
+
+    /// BEGIN: resolve, check the policy on each resolved address, connect to the first allowed
+    /// one (trying up to [`MAX_CONNECT_ATTEMPTS`] within the connect timeout). Returns the
+    /// connection, the address and the TTL for CONNECTED.
+    pub(crate) async fn connect(
+        &self,
+        host: &Host,
+        port: u16,
+    ) -> Result<(TcpStream, IpAddr, u32), EndReason> {
+        let (addrs, ttl) = self.lookup(host).await?;
+        let allowed: Vec<IpAddr> = addrs
+            .into_iter()
+            // specs/06 §5.1: evaluate (and connect to) the IPv4 address of an IPv4-mapped one.
+            .map(|a| a.to_canonical())
+            .filter(|a| self.policy.evaluate(*a, port).decision == Decision::Accept)
+            .collect();
+        if allowed.is_empty() {
+            return Err(EndReason::ExitPolicy);
+        }
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let mut last = EndReason::Misc;
+        for addr in allowed.into_iter().take(MAX_CONNECT_ATTEMPTS) {
+            match tokio::time::timeout_at(deadline, TcpStream::connect(SocketAddr::new(addr, port)))
+                .await
+            {
+                Err(_) => return Err(EndReason::Timeout),
+                Ok(Ok(conn)) => {
+                    let _ = conn.set_nodelay(true);
+                    return Ok((conn, addr, ttl));
+                }
+                Ok(Err(e)) => last = end_reason_of(&e),
+            }
+        }
+        Err(last)
+    }
+
+    /// RESOLVE: the answers for a name (a reverse lookup of an address is not offered: it
+    /// answers a permanent error).
+    pub(crate) async fn resolve(&self, host: &Host) -> Vec<ResolvedAnswer> {
+        if !matches!(host, Host::Name(_)) {
+            return vec![ResolvedAnswer::PermanentError(0)];
+        }
+        match self.lookup(host).await {
+            Ok((addrs, ttl)) => addrs
+                .into_iter()
+                .take(MAX_RESOLVED_ANSWERS)
+                .map(|a| match a.to_canonical() {
+                    IpAddr::V4(v4) => ResolvedAnswer::V4(v4, ttl),
+                    IpAddr::V6(v6) => ResolvedAnswer::V6(v6, ttl),
+                })
+                .collect(),
+            Err(_) => vec![ResolvedAnswer::PermanentError(0)],
+        }
+    }
+}
+
+/// `localhost` (RFC 6761 §6.3), the one name an exit resolves without upstreams.
+fn is_localhost(name: &str) -> bool {
+    let n = name.strip_suffix('.').unwrap_or(name);
+    n.eq_ignore_ascii_case("localhost")
+}
+
+/// The END reason for a failed connect (specs/03 §4.1).
+pub(crate) fn end_reason_of(e: &io::Error) -> EndReason {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => EndReason::ConnectRefused,
+        io::ErrorKind::TimedOut => EndReason::Timeout,
+        io::ErrorKind::HostUnreachable
+        | io::ErrorKind::NetworkUnreachable
+        | io::ErrorKind::AddrNotAvailable => EndReason::NoRoute,
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => EndReason::ConnReset,
+        _ => EndReason::Misc,
+    }
+}
+
+/// A resolver over `upstreams` only: no system config, no hosts file. `None` without upstreams.
+fn build_resolver(
+    upstreams: &[SocketAddr],
+    timeout: Duration,
+) -> Result<Option<TokioResolver>, RelayError> {
+    if upstreams.is_empty() {
+        return Ok(None);
+    }
+    let mut config = ResolverConfig::default();
+    for up in upstreams {
+        let mut ns = NameServerConfig::udp_and_tcp(up.ip());
+        let mut connections = Vec::new();
+        for mut c in [ConnectionConfig::udp(), ConnectionConfig::tcp()] {
+            c.port = up.port();
+            connections.push(c);
+        }
+        ns.connections = connections;
+        config.add_name_server(ns);
+    }
+    let mut builder = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
+    let opts = builder.options_mut();
+    opts.use_hosts_file = ResolveHosts::Never;
+    opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    opts.timeout = timeout;
+    opts.attempts = 1;
+    builder
+        .build()
+        .map(Some)
+        .map_err(|e| RelayError::Resolver(e.to_string()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn exit_with(policy: &str, reject_private: bool, upstreams: Vec<SocketAddr>) -> Exit {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(policy.as_bytes()).unwrap();
+        let config = RelayConfig {
+            exit_policy_reject_private: reject_private,
+            dns_upstreams: upstreams,
+            connect_timeout_secs: 2,
+            resolve_timeout_secs: 2,
+            ..RelayConfig::default()
+        };
+        Exit::new(&config, f.path(), &[]).unwrap()
+    }
+
+    #[test]
+    fn localhost_is_the_only_name_without_upstreams() {
+        assert!(is_localhost("localhost"));
+        assert!(is_localhost("LocalHost."));
+        assert!(!is_localhost("localhost.example"));
+        assert!(!is_localhost("example.com"));
+    }
+
+    #[tokio::test]
+    async fn names_fail_cleanly_without_upstreams_and_localhost_resolves() {
+        let exit = exit_with("accept *:*", false, Vec::new());
+        let e = exit
+            .connect(&Host::Name("example.com".into()), 80)
+            .await
+            .unwrap_err();
+        assert_eq!(e, EndReason::ResolveFailed);
+        let answers = exit.resolve(&Host::Name("localhost".into())).await;
+        assert_eq!(
+            answers,
+            vec![
+                ResolvedAnswer::V4(Ipv4Addr::LOCALHOST, LOCAL_TTL),
+                ResolvedAnswer::V6(Ipv6Addr::LOCALHOST, LOCAL_TTL)
+            ]
+        );
+        let answers = exit.resolve(&Host::Name("nonexistent.test".into())).await;
+        assert_eq!(answers, vec![ResolvedAnswer::PermanentError(0)]);
+    }
+
+    #[tokio::test]
+    async fn the_policy_is_checked_on_the_resolved_address() {
+        // With the prelude on, localhost resolves to loopback addresses, which are refused.
+        let exit = exit_with("accept *:*", true, Vec::new());
+        let e = exit
+            .connect(&Host::Name("localhost".into()), 80)
+            .await
+            .unwrap_err();
+        assert_eq!(e, EndReason::ExitPolicy);
+        // Port 0 is always refused.
+        let exit = exit_with("accept *:*", false, Vec::new());
+        let e = exit
+            .connect(&Host::V4(Ipv4Addr::LOCALHOST), 0)
+            .await
+            .unwrap_err();
+        assert_eq!(e, EndReason::ExitPolicy);
+        // An IPv4-mapped IPv6 address is judged as its IPv4 address.
+        let exit = exit_with("reject 127.0.0.1:*\naccept *:*", false, Vec::new());
+        let mapped = Ipv4Addr::LOCALHOST.to_ipv6_mapped();
+        let e = exit.connect(&Host::V6(mapped), 9).await.unwrap_err();
+        assert_eq!(e, EndReason::ExitPolicy);
+    }
+
+    #[tokio::test]
+    async fn an_unanswering_upstream_is_a_resolve_failure_within_the_timeout() {
+        // A UDP socket that never answers stands in for a dead DNS server.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let exit = exit_with("accept *:*", false, vec![silent.local_addr().unwrap()]);
+        let e = exit
+            .connect(&Host::Name("example.com".into()), 80)
+            .await
+            .unwrap_err();
+        assert_eq!(e, EndReason::ResolveFailed);
+    }
+
+    #[test]
+    fn connect_errors_map_to_end_reasons() {
+        use io::ErrorKind as K;
+        for (k, r) in [
+            (K::ConnectionRefused, EndReason::ConnectRefused),
+            (K::TimedOut, EndReason::Timeout),
+            (K::HostUnreachable, EndReason::NoRoute),
+            (K::NetworkUnreachable, EndReason::NoRoute),
+            (K::ConnectionReset, EndReason::ConnReset),
+            (K::Other, EndReason::Misc),
+        ] {
+            assert_eq!(end_reason_of(&io::Error::from(k)), r, "{k:?}");
+        }
+    }
+}

@@ -1,0 +1,558 @@
+//! The running relay: the libp2p node, the accept loop (limits, then `RelayCircuit::accept`),
+//! one task per circuit, and descriptor publication with onion-key rotation.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use futures::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
+use libp2p::identity::ed25519;
+use libp2p::multiaddr::Protocol;
+use shallot_cell::{DestroyReason, LINK_CELL_LEN, LinkCell, Preamble};
+use shallot_crypto::{OnionKeyRing, OnionPublicKey};
+use shallot_directory::{
+    Descriptor, MAX_ADDRS, PROTOCOL_CIRCUIT_V1, REPUBLISH_INTERVAL_SECS, RelayFlags,
+    SignedDescriptor,
+};
+use shallot_exit_policy::AddressFamily;
+use shallot_p2p::{CIRCUIT_PROTOCOL, IncomingStreams, Multiaddr, Node, NodeConfig, PeerId, Role};
+use shallot_proto::{RelayCircuit, RelayConfig as CircuitConfig};
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{debug, info, warn};
+
+use crate::circuit::{CLOSE_GRACE, CircuitTask};
+use crate::config::RelayConfig;
+use crate::err::RelayError;
+use crate::exit::Exit;
+use crate::keys;
+use crate::limits::{HandshakeSlot, Limiter, Refusal};
+use crate::link::{self, Link, LinkReader, Stream};
+use crate::safelog::Sensitive;
+
+/// First wait before retrying a failed publication (doubles up to [`PUBLISH_RETRY_MAX`]).
+pub const PUBLISH_RETRY_MIN: Duration = Duration::from_secs(1);
+/// Longest wait between publication retries (while the relay has no DHT peers, say).
+pub const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(16);
+/// Wait before retrying a failed onion-key rotation (a disk error).
+const ROTATION_RETRY: Duration = Duration::from_secs(3600);
+
+/// A monotonic counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What the relay did and refused, for metrics and tests.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct RelayStats {
+    /// Circuits accepted (CREATE answered with CREATED).
+    pub circuits_accepted: Counter,
+    /// Circuits that ended.
+    pub circuits_closed: Counter,
+    /// Circuit streams refused for a bad preamble, a bad or unexpected first cell, a failed
+    /// handshake, or a stream that ended before its first cell.
+    pub refused_malformed: Counter,
+    /// Circuit streams that sent no preamble and first cell in time.
+    pub refused_timeout: Counter,
+    /// Circuits refused because the relay holds `max_circuits`.
+    pub refused_total_limit: Counter,
+    /// Circuits refused because the peer holds `max_circuits_per_peer`.
+    pub refused_peer_limit: Counter,
+    /// Circuits refused by the peer's CREATE rate.
+    pub refused_rate_limit: Counter,
+    /// Circuit streams closed unread because too many handshakes were in progress.
+    pub refused_handshakes: Counter,
+    /// EXTENDs this relay tried.
+    pub extends: Counter,
+    /// EXTENDs that could not reach the next hop.
+    pub extends_failed: Counter,
+    /// Exit connections opened.
+    pub exit_connects: Counter,
+    /// Exit connections refused or failed (policy, DNS, connect).
+    pub exit_connect_failures: Counter,
+    /// Descriptors published.
+    pub descriptors_published: Counter,
+    /// Publications that failed (and were retried).
+    pub publish_failures: Counter,
+    /// Onion-key rotations.
+    pub onion_key_rotations: Counter,
+}
+
+/// What every task of the relay shares.
+pub(crate) struct Context {
+    pub(crate) node: Node,
+    pub(crate) local_peer_bytes: Vec<u8>,
+    pub(crate) keys: RwLock<OnionKeyRing>,
+    pub(crate) exit: Option<Arc<Exit>>,
+    pub(crate) limiter: Limiter,
+    pub(crate) stats: RelayStats,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) extend_timeout: Duration,
+    pub(crate) safe_logging: bool,
+}
+
+/// The relay. See [`Relay::start`].
+#[derive(Debug)]
+pub struct Relay;
+
+impl Relay {
+    /// Starts a relay (an exit if `config.exit_policy_file` is set): loads or creates its keys
+    /// in `data_dir`, starts the libp2p node (Kademlia server mode), accepts circuit streams,
+    /// and publishes its descriptor now, every hour and after each onion-key rotation. Must be
+    /// called inside a tokio runtime; the relay runs until the handle is shut down or dropped.
+    pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
+        config.validate()?;
+        if config.announce.is_empty()
+            && let Some(a) = config.listen.iter().find(|a| is_unspecified(a))
+        {
+            return Err(RelayError::Config(format!(
+                "the relay listens on {a}, an unspecified address that clients cannot dial; \
+                 set `announce` to the addresses to publish in the descriptor"
+            )));
+        }
+        let keys = keys::load_or_create(&config.data_dir)?;
+        let ed = keys
+            .identity
+            .clone()
+            .try_into_ed25519()
+            .map_err(|_| RelayError::KeyFormat {
+                path: config.data_dir.join(keys::IDENTITY_KEY_FILE),
+                what: "not an Ed25519 keypair".into(),
+            })?;
+        let own_ips: Vec<IpAddr> = config
+            .announce
+            .iter()
+            .chain(&config.listen)
+            .filter_map(ip_of)
+            .filter(|ip| !ip.is_unspecified())
+            .collect();
+        let exit = match &config.exit_policy_file {
+            Some(path) => Some(Arc::new(Exit::new(&config, path, &own_ips)?)),
+            None => None,
+        };
+        let policy_summary = exit.as_ref().map_or_else(Vec::new, |e| {
+            e.policy()
+                .summary(AddressFamily::Ipv4)
+                .encode()
+                .into_bytes()
+        });
+        let node = Node::start(
+            keys.identity.clone(),
+            NodeConfig::new(Role::Relay, config.listen.clone(), config.bootstrap.clone()),
+        )
+        .await?;
+        let announce: Vec<Multiaddr> = if config.announce.is_empty() {
+            node.listen_addrs()
+                .iter()
+                .take(MAX_ADDRS)
+                .cloned()
+                .collect()
+        } else {
+            config.announce.clone()
+        };
+        let incoming = node
+            .stream_control()
+            .accept(CIRCUIT_PROTOCOL)
+            .map_err(|_| RelayError::AlreadyAccepting)?;
+        let peer_id = node.peer_id();
+        let ctx = Arc::new(Context {
+            local_peer_bytes: peer_id.to_bytes(),
+            node,
+            keys: RwLock::new(keys.onion),
+            exit,
+            limiter: Limiter::new(&config),
+            stats: RelayStats::default(),
+            handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
+            extend_timeout: Duration::from_secs(config.extend_timeout_secs),
+            safe_logging: config.safe_logging,
+        });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let accept = tokio::spawn(accept_loop(Arc::clone(&ctx), incoming, shutdown_rx));
+        let (kick, kick_rx) = mpsc::channel(1);
+        let rotation = Duration::from_secs(config.onion_key_rotation_secs);
+        let publisher = Publisher {
+            ed,
+            announce: announce.clone(),
+            family: config.family.clone(),
+            lifetime: config.descriptor_lifetime_secs,
+            rotation,
+            data_dir: config.data_dir.clone(),
+            next_rotation: keys.onion_created + rotation,
+            policy_summary,
+        };
+        let publisher = tokio::spawn(publish_loop(Arc::clone(&ctx), publisher, kick_rx));
+        info!(
+            %peer_id,
+            exit = ctx.exit.is_some(),
+            addrs = ?announce,
+            "relay started"
+        );
+        Ok(RelayHandle {
+            ctx,
+            announce,
+            shutdown,
+            accept: Some(accept),
+            publisher,
+            kick,
+        })
+    }
+}
+
+/// A running relay. Dropping it stops the relay at once; [`RelayHandle::shutdown`] first
+/// destroys every circuit cleanly.
+pub struct RelayHandle {
+    ctx: Arc<Context>,
+    announce: Vec<Multiaddr>,
+    shutdown: watch::Sender<bool>,
+    accept: Option<JoinHandle<()>>,
+    publisher: JoinHandle<()>,
+    kick: mpsc::Sender<()>,
+}
+
+impl RelayHandle {
+    /// The relay's PeerId.
+    pub fn peer_id(&self) -> PeerId {
+        self.ctx.node.peer_id()
+    }
+
+    /// The addresses the node listens on, with ports resolved.
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        self.ctx.node.listen_addrs()
+    }
+
+    /// The addresses in the relay's descriptor.
+    pub fn announced_addrs(&self) -> &[Multiaddr] {
+        &self.announce
+    }
+
+    /// The first listen address with `/p2p/<PeerId>`: what other nodes bootstrap from.
+    pub fn bootstrap_addr(&self) -> Option<Multiaddr> {
+        self.ctx.node.bootstrap_addr()
+    }
+
+    /// Whether the relay is an exit.
+    pub fn is_exit(&self) -> bool {
+        self.ctx.exit.is_some()
+    }
+
+    /// The current onion key's public half.
+    pub fn onion_key(&self) -> OnionPublicKey {
+        self.ctx
+            .keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .current_public()
+    }
+
+    /// Circuits open now.
+    pub fn open_circuits(&self) -> usize {
+        self.ctx.limiter.circuits()
+    }
+
+    /// Counters of what the relay did and refused.
+    pub fn stats(&self) -> &RelayStats {
+        &self.ctx.stats
+    }
+
+    /// The libp2p node's counters (DHT records stored and refused).
+    pub fn node_stats(&self) -> &shallot_p2p::NodeStats {
+        self.ctx.node.stats()
+    }
+
+    /// Publishes the descriptor again now (e.g. after the operator changed something).
+    pub fn republish(&self) {
+        let _ = self.kick.try_send(());
+    }
+
+    /// Destroys every circuit (DESTROY both ways, within [`CLOSE_GRACE`]) and stops the
+    /// relay.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        self.publisher.abort();
+        if let Some(accept) = self.accept.take() {
+            let abort = accept.abort_handle();
+            if tokio::time::timeout(CLOSE_GRACE + Duration::from_secs(1), accept)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        self.publisher.abort();
+        if let Some(accept) = &self.accept {
+            accept.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for RelayHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayHandle")
+            .field("peer_id", &self.peer_id())
+            .field("exit", &self.is_exit())
+            .finish_non_exhaustive()
+    }
+}
+
+fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(a) => Some(IpAddr::V4(a)),
+        Protocol::Ip6(a) => Some(IpAddr::V6(a)),
+        _ => None,
+    })
+}
+
+fn is_unspecified(addr: &Multiaddr) -> bool {
+    ip_of(addr).is_some_and(|ip| ip.is_unspecified())
+}
+
+async fn accept_loop(
+    ctx: Arc<Context>,
+    mut incoming: IncomingStreams,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // Bounded by the limiter: handshakes in progress plus admitted circuits.
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            next = incoming.next() => {
+                let Some((peer, stream)) = next else { break };
+                match ctx.limiter.begin_handshake(peer, std::time::Instant::now()) {
+                    Ok(slot) => {
+                        tasks.spawn(serve(Arc::clone(&ctx), peer, stream, slot, shutdown.clone()));
+                    }
+                    Err(_) => {
+                        // Dropping the stream closes it, unread.
+                        ctx.stats.refused_handshakes.inc();
+                    }
+                }
+            }
+            Some(_) = tasks.join_next() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(incoming);
+    // The circuits saw the shutdown too: let them write their DESTROYs.
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
+}
+
+/// Why the first bytes of a circuit stream were refused.
+enum FirstError {
+    /// The preamble is invalid: close without writing (specs/01 §4.2).
+    Preamble,
+    /// The stream ended or failed before a whole first cell.
+    Io,
+}
+
+async fn read_first(r: &mut LinkReader) -> Result<([u8; Preamble::LEN], Vec<u8>), FirstError> {
+    let mut preamble = [0u8; Preamble::LEN];
+    r.read_exact(&mut preamble)
+        .await
+        .map_err(|_| FirstError::Io)?;
+    let p = Preamble::decode(&preamble).map_err(|_| FirstError::Preamble)?;
+    let mut cell = vec![0u8; usize::from(p.cell_len)];
+    r.read_exact(&mut cell).await.map_err(|_| FirstError::Io)?;
+    Ok((preamble, cell))
+}
+
+/// Writes one refusal cell (if any) and closes the stream, within the handshake timeout.
+async fn refuse(ctx: &Context, mut w: WriteHalf<Stream>, cell: Option<Vec<u8>>) {
+    let _ = tokio::time::timeout(ctx.handshake_timeout, async {
+        if let Some(cell) = cell {
+            let _ = w.write_all(&cell).await;
+        }
+        let _ = w.close().await;
+    })
+    .await;
+}
+
+/// One inbound circuit stream: the first cell within the handshake timeout, the limits, the
+/// handshake, then the circuit's task.
+async fn serve(
+    ctx: Arc<Context>,
+    peer: PeerId,
+    stream: Stream,
+    handshake: HandshakeSlot,
+    shutdown: watch::Receiver<bool>,
+) {
+    let (mut r, w) = link::split(stream, LINK_CELL_LEN);
+    let first = tokio::time::timeout(ctx.handshake_timeout, read_first(&mut r)).await;
+    let (preamble, cell) = match first {
+        Ok(Ok(first)) => first,
+        Ok(Err(FirstError::Preamble)) => {
+            ctx.stats.refused_malformed.inc();
+            return refuse(&ctx, w, None).await;
+        }
+        Ok(Err(FirstError::Io)) => {
+            ctx.stats.refused_malformed.inc();
+            return;
+        }
+        Err(_) => {
+            ctx.stats.refused_timeout.inc();
+            return;
+        }
+    };
+    let slot = match ctx.limiter.admit(peer, std::time::Instant::now()) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let counter = match refusal {
+                Refusal::Total => &ctx.stats.refused_total_limit,
+                Refusal::PerPeer => &ctx.stats.refused_peer_limit,
+                Refusal::Rate => &ctx.stats.refused_rate_limit,
+                Refusal::Handshakes => &ctx.stats.refused_handshakes,
+            };
+            counter.inc();
+            debug!(
+                peer = %Sensitive::new(peer, ctx.safe_logging),
+                ?refusal,
+                "circuit refused by a limit"
+            );
+            let destroy = LinkCell::Destroy(DestroyReason::ResourceLimit)
+                .encode(cell.len())
+                .ok();
+            return refuse(&ctx, w, destroy).await;
+        }
+    };
+    drop(handshake);
+    let accepted = {
+        let keys = ctx.keys.read().unwrap_or_else(PoisonError::into_inner);
+        RelayCircuit::accept(
+            &preamble,
+            &cell,
+            &ctx.local_peer_bytes,
+            &keys,
+            CircuitConfig {
+                exit: ctx.exit.is_some(),
+            },
+            std::time::Instant::now(),
+        )
+    };
+    match accepted {
+        Ok(circ) => {
+            ctx.stats.circuits_accepted.inc();
+            let link = Link::spawn(r, w, circ.cell_len());
+            CircuitTask::new(Arc::clone(&ctx), circ, peer, link, slot)
+                .run(shutdown)
+                .await;
+        }
+        Err(e) => {
+            ctx.stats.refused_malformed.inc();
+            debug!(error = %e, "circuit refused");
+            refuse(&ctx, w, RelayCircuit::refusal(&preamble)).await;
+        }
+    }
+}
+
+/// What the publisher needs to build descriptors.
+struct Publisher {
+    ed: ed25519::Keypair,
+    announce: Vec<Multiaddr>,
+    family: Vec<PeerId>,
+    lifetime: u64,
+    rotation: Duration,
+    data_dir: PathBuf,
+    next_rotation: SystemTime,
+    policy_summary: Vec<u8>,
+}
+
+impl Publisher {
+    fn descriptor(&self, ctx: &Context) -> Result<SignedDescriptor, RelayError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let (onion_key, previous_onion_key) = {
+            let keys = ctx.keys.read().unwrap_or_else(PoisonError::into_inner);
+            (keys.current_public(), keys.previous_public())
+        };
+        let flags = if self.policy_summary.is_empty() {
+            RelayFlags::default()
+        } else {
+            RelayFlags(RelayFlags::EXIT)
+        };
+        Ok(Descriptor {
+            identity: self.ed.public(),
+            published_at: now,
+            expires_at: now + self.lifetime,
+            protocols: PROTOCOL_CIRCUIT_V1,
+            flags,
+            addrs: self.announce.clone(),
+            onion_key,
+            previous_onion_key,
+            family: self.family.clone(),
+            policy_summary: self.policy_summary.clone(),
+        }
+        .sign(&self.ed)?)
+    }
+
+    fn rotate(&mut self, ctx: &Context) {
+        let mut keys = ctx.keys.write().unwrap_or_else(PoisonError::into_inner);
+        match keys::rotate_onion(&self.data_dir, &mut keys) {
+            Ok(created) => {
+                self.next_rotation = created + self.rotation;
+                ctx.stats.onion_key_rotations.inc();
+                info!("rotated the onion key");
+            }
+            Err(e) => {
+                self.next_rotation = SystemTime::now() + ROTATION_RETRY;
+                warn!(error = %e, "cannot rotate the onion key; keeping the current one");
+            }
+        }
+    }
+}
+
+/// Publishes at start, every [`REPUBLISH_INTERVAL_SECS`] (or half the lifetime if shorter),
+/// on request and after each rotation; retries failures with a growing delay (specs/04 §4).
+async fn publish_loop(ctx: Arc<Context>, mut p: Publisher, mut kick: mpsc::Receiver<()>) {
+    let republish = Duration::from_secs(REPUBLISH_INTERVAL_SECS.min(p.lifetime / 2));
+    let mut backoff = PUBLISH_RETRY_MIN;
+    loop {
+        let result = match p.descriptor(&ctx) {
+            Ok(d) => ctx.node.publish(d).await.map_err(RelayError::from),
+            Err(e) => Err(e),
+        };
+        let wait = match result {
+            Ok(()) => {
+                ctx.stats.descriptors_published.inc();
+                debug!("descriptor published");
+                backoff = PUBLISH_RETRY_MIN;
+                republish
+            }
+            Err(e) => {
+                ctx.stats.publish_failures.inc();
+                debug!(error = %e, retry_in = ?backoff, "publishing the descriptor failed");
+                let wait = backoff;
+                backoff = (backoff * 2).min(PUBLISH_RETRY_MAX);
+                wait
+            }
+        };
+        let until_rotation = p
+            .next_rotation
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            Some(()) = kick.recv() => {}
+            () = tokio::time::sleep(until_rotation) => p.rotate(&ctx),
+        }
+    }
+}

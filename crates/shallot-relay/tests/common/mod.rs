@@ -1,0 +1,234 @@
+//! Helpers for the relay's network tests: relays on 127.0.<i>.1, a client node, descriptors,
+//! and local TCP servers. Everything binds to loopback and stops when dropped.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod client;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use libp2p::identity::Keypair;
+use shallot_directory::SignedDescriptor;
+use shallot_p2p::{Multiaddr, Node, NodeConfig, PeerId, Role};
+use shallot_proto::HopSpec;
+use shallot_relay::{Relay, RelayConfig, RelayHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// The longest any network in these tests may take to converge; longer is a failure.
+pub const CONVERGE_LIMIT: Duration = Duration::from_secs(90);
+/// The longest one circuit operation may take in these tests.
+pub const STEP_LIMIT: Duration = Duration::from_secs(30);
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// A relay config for a test: listens on 127.0.`subnet`.1 (TCP, any port), keys in `dir`,
+/// short timeouts.
+pub fn test_config(dir: &Path, subnet: u8, bootstrap: Vec<Multiaddr>) -> RelayConfig {
+    RelayConfig {
+        data_dir: dir.to_owned(),
+        listen: vec![format!("/ip4/127.0.{subnet}.1/tcp/0").parse().unwrap()],
+        bootstrap,
+        safe_logging: false,
+        handshake_timeout_secs: 5,
+        connect_timeout_secs: 5,
+        resolve_timeout_secs: 5,
+        extend_timeout_secs: 10,
+        ..RelayConfig::default()
+    }
+}
+
+/// Running relays and their key directories.
+pub struct Relays {
+    pub handles: Vec<RelayHandle>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+/// Starts `configs.len()` relays, relay `i` on 127.0.`i+1`.1, each bootstrapping from the
+/// first. `tweak(i, config)` adjusts each config.
+pub async fn start_relays(n: usize, mut tweak: impl FnMut(usize, &mut RelayConfig)) -> Relays {
+    init_tracing();
+    let mut handles: Vec<RelayHandle> = Vec::new();
+    let mut dirs = Vec::new();
+    for i in 0..n {
+        let dir = tempfile::tempdir().unwrap();
+        let bootstrap = handles
+            .first()
+            .and_then(RelayHandle::bootstrap_addr)
+            .into_iter()
+            .collect();
+        let mut config = test_config(dir.path(), u8::try_from(i + 1).unwrap(), bootstrap);
+        tweak(i, &mut config);
+        handles.push(Relay::start(config).await.expect("start relay"));
+        dirs.push(dir);
+    }
+    Relays {
+        handles,
+        _dirs: dirs,
+    }
+}
+
+/// A client node (fresh identity, Kademlia client mode) bootstrapping from `relays`.
+pub async fn start_client(relays: &[RelayHandle]) -> Node {
+    let bootstrap = relays
+        .iter()
+        .filter_map(RelayHandle::bootstrap_addr)
+        .collect();
+    let mut config = NodeConfig::new(Role::Client, Vec::new(), bootstrap);
+    config.query_timeout = Duration::from_secs(10);
+    Node::start(Keypair::generate_ed25519(), config)
+        .await
+        .expect("start client")
+}
+
+/// A client node that knows `relays`' addresses directly (no DHT).
+pub async fn direct_client(relays: &[&RelayHandle]) -> Node {
+    let node = Node::start(
+        Keypair::generate_ed25519(),
+        NodeConfig::new(Role::Client, Vec::new(), Vec::new()),
+    )
+    .await
+    .expect("start client");
+    for r in relays {
+        for a in r.listen_addrs() {
+            node.add_address(r.peer_id(), a.clone()).await.unwrap();
+        }
+    }
+    node
+}
+
+/// Fetches descriptors until every relay of `relays` is in the client's verified set; returns
+/// them in the order of `relays`.
+pub async fn fetch_all(client: &Node, relays: &[RelayHandle]) -> Vec<SignedDescriptor> {
+    let want: HashSet<PeerId> = relays.iter().map(RelayHandle::peer_id).collect();
+    let started = Instant::now();
+    loop {
+        let outcome = client.fetch_descriptors().await.expect("fetch");
+        let seen: HashSet<PeerId> = outcome.descriptors.iter().map(|d| d.peer_id()).collect();
+        if want.is_subset(&seen) {
+            return relays
+                .iter()
+                .map(|r| {
+                    outcome
+                        .descriptors
+                        .iter()
+                        .find(|d| d.peer_id() == r.peer_id())
+                        .unwrap()
+                        .clone()
+                })
+                .collect();
+        }
+        assert!(
+            started.elapsed() < CONVERGE_LIMIT,
+            "the client saw {} of {} relays after {CONVERGE_LIMIT:?}",
+            seen.intersection(&want).count(),
+            want.len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A hop from a verified descriptor: PeerId, addresses and current onion key.
+pub fn hop_of(d: &SignedDescriptor) -> HopSpec {
+    HopSpec {
+        peer_id: d.peer_id().to_bytes(),
+        addrs: d.descriptor().addrs.iter().map(|a| a.to_vec()).collect(),
+        onion_key: d.descriptor().onion_key,
+    }
+}
+
+/// A hop from a running relay (for tests that skip the DHT).
+pub fn hop_of_relay(r: &RelayHandle) -> HopSpec {
+    HopSpec {
+        peer_id: r.peer_id().to_bytes(),
+        addrs: r.announced_addrs().iter().map(|a| a.to_vec()).collect(),
+        onion_key: r.onion_key(),
+    }
+}
+
+/// A TCP echo server on 127.0.0.1; stops when the handle is dropped.
+pub struct Server {
+    pub port: u16,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Echoes every byte back on each connection.
+pub async fn echo_server() -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                Ok((mut s, _)) = listener.accept() => {
+                    conns.spawn(async move {
+                        let (mut r, mut w) = s.split();
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                        let _ = w.shutdown().await;
+                    });
+                }
+                Some(_) = conns.join_next() => {}
+            }
+        }
+    });
+    Server { port, task }
+}
+
+/// Sends `len` bytes of [`pattern`] on each connection, then closes it.
+pub async fn source_server(len: usize) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                Ok((mut s, _)) = listener.accept() => {
+                    conns.spawn(async move {
+                        let data = pattern(len, 7);
+                        let _ = s.write_all(&data).await;
+                        let _ = s.shutdown().await;
+                        let mut sink = [0u8; 1024];
+                        while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+                    });
+                }
+                Some(_) = conns.join_next() => {}
+            }
+        }
+    });
+    Server { port, task }
+}
+
+/// A port on 127.0.0.1 with nothing listening (bound, then closed).
+pub async fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Deterministic test bytes.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(131).wrapping_add(usize::from(seed) * 17) % 251) as u8)
+        .collect()
+}
+
+/// Runs `f` within [`STEP_LIMIT`], failing the test otherwise.
+pub async fn step<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(STEP_LIMIT, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what} did not finish within {STEP_LIMIT:?}"),
+    }
+}
