@@ -367,6 +367,9 @@ impl SwarmTask {
             Command::Publish { descriptor, reply } => self.publish(*descriptor, reply),
             Command::Fetch { reply } => self.start_refresh(reply),
             Command::AddAddress { peer, addr } => {
+                // No behaviour here keeps `add_peer_address`'s addresses for dialing (there is
+                // no peer store); Kademlia's routing table is what a dial by PeerId asks.
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
                 self.swarm.add_peer_address(peer, addr);
             }
             Command::StoredRecord { key, reply } => {
