@@ -1,0 +1,273 @@
+//! A relay against hostile peers: garbage on circuit streams, silent streams, and the limits
+//! on circuits per peer, CREATE rate and total circuits. Each refusal must be clean (a DESTROY
+//! or a plain close, counted) and must not disturb the relay's other circuits. These tests skip
+//! the DHT: the client is told the relay's address directly.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use common::client::{ClientDriver, DriverError};
+use common::{direct_client, echo_server, hop_of_relay, pattern, start_relays, step};
+use futures::io::{AsyncReadExt, AsyncWriteExt};
+use rand::RngCore;
+use shallot_cell::{DestroyReason, Host, LINK_CELL_LEN, Preamble, link_command};
+use shallot_p2p::{CIRCUIT_PROTOCOL, Node};
+use shallot_relay::{CreateRate, RelayConfig, RelayHandle};
+
+/// One exit relay that may connect to 127.0.0.1, with `tweak` applied.
+async fn one_exit(tweak: impl FnOnce(&mut RelayConfig)) -> (common::Relays, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("loopback.policy");
+    std::fs::write(&policy, "accept 127.0.0.1:*\nreject *:*\n").unwrap();
+    let mut tweak = Some(tweak);
+    let relays = start_relays(1, |_, c| {
+        c.exit_policy_file = Some(policy.clone());
+        c.exit_policy_reject_private = false;
+        if let Some(t) = tweak.take() {
+            t(c);
+        }
+    })
+    .await;
+    (relays, dir)
+}
+
+/// Opens a raw circuit stream, writes `bytes` (then half-closes if `close`), and returns
+/// everything the relay sends until it closes the stream.
+async fn raw_exchange(client: &Node, relay: &RelayHandle, bytes: &[u8], close: bool) -> Vec<u8> {
+    let mut control = client.stream_control();
+    let mut stream = control
+        .open_stream(relay.peer_id(), CIRCUIT_PROTOCOL)
+        .await
+        .unwrap();
+    // The relay may close before reading everything: write errors are part of the game.
+    let _ = stream.write_all(bytes).await;
+    if close {
+        let _ = stream.close().await;
+    }
+    let mut got = Vec::new();
+    let _ = step("the relay closes the stream", stream.read_to_end(&mut got)).await;
+    got
+}
+
+fn preamble() -> Vec<u8> {
+    Preamble::for_link(0).unwrap().encode().to_vec()
+}
+
+fn is_destroy(cells: &[u8], reason: DestroyReason) -> bool {
+    cells.len() == LINK_CELL_LEN
+        && cells[0] == link_command::DESTROY
+        && cells[1] == u8::from(reason)
+}
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    step(what, async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_closes_only_that_stream() {
+    let (relays, _dir) = one_exit(|_| {}).await;
+    let relay = &relays.handles[0];
+    let client = direct_client(&[relay]).await;
+    let echo = echo_server().await;
+
+    // A healthy circuit with a stream, before and after the garbage.
+    let mut control = client.stream_control();
+    let good = step(
+        "CREATE",
+        ClientDriver::connect(&mut control, &hop_of_relay(relay)),
+    )
+    .await
+    .unwrap();
+    let s = step(
+        "BEGIN",
+        good.begin(Host::V4(Ipv4Addr::LOCALHOST), echo.port),
+    )
+    .await
+    .unwrap();
+    step("echo before", good.write_all(s, b"before"))
+        .await
+        .unwrap();
+    assert_eq!(
+        step("echo before", good.read_n(s, 6)).await.unwrap(),
+        b"before"
+    );
+
+    // 1. A bad preamble (version 9): closed without a byte written (specs/01 §4.2).
+    let got = raw_exchange(&client, relay, &[9, 0, 8, 0, 1, 2, 3], false).await;
+    assert!(got.is_empty(), "a bad preamble gets no answer");
+    // 2. A CREATE with a garbage handshake: DESTROY(PROTOCOL), then closed.
+    let mut bad_create = preamble();
+    let mut cell = vec![0u8; LINK_CELL_LEN];
+    cell[0] = link_command::CREATE;
+    cell[9] = 0;
+    cell[10] = 48;
+    bad_create.extend_from_slice(&cell);
+    let got = raw_exchange(&client, relay, &bad_create, false).await;
+    assert!(
+        is_destroy(&got, DestroyReason::Protocol),
+        "{:?}",
+        &got[..got.len().min(4)]
+    );
+    // 3. A first cell that is not CREATE.
+    let mut relay_first = preamble();
+    let mut cell = vec![0u8; LINK_CELL_LEN];
+    cell[0] = link_command::RELAY;
+    relay_first.extend_from_slice(&cell);
+    let got = raw_exchange(&client, relay, &relay_first, false).await;
+    assert!(is_destroy(&got, DestroyReason::Protocol));
+    // 4. Random bytes after a valid preamble.
+    let mut random = preamble();
+    let mut noise = vec![0u8; 3 * LINK_CELL_LEN];
+    rand::rng().fill_bytes(&mut noise);
+    random.extend_from_slice(&noise);
+    let got = raw_exchange(&client, relay, &random, false).await;
+    assert!(is_destroy(&got, DestroyReason::Protocol));
+    // 5. A stream that ends inside its first cell.
+    let mut short = preamble();
+    short.extend_from_slice(&[1u8; 100]);
+    let got = raw_exchange(&client, relay, &short, true).await;
+    assert!(got.is_empty());
+
+    let stats = relay.stats();
+    wait_for("five refusals counted", || {
+        stats.refused_malformed.get() == 5
+    })
+    .await;
+    assert_eq!(stats.circuits_accepted.get(), 1);
+
+    // The healthy circuit never noticed, and new circuits are still served.
+    step("echo after", good.write_all(s, b"after"))
+        .await
+        .unwrap();
+    assert_eq!(
+        step("echo after", good.read_n(s, 5)).await.unwrap(),
+        b"after"
+    );
+    let another = step(
+        "CREATE after",
+        ClientDriver::connect(&mut control, &hop_of_relay(relay)),
+    )
+    .await
+    .unwrap();
+    let s2 = step(
+        "BEGIN after",
+        another.begin(Host::V4(Ipv4Addr::LOCALHOST), echo.port),
+    )
+    .await
+    .unwrap();
+    let data = pattern(200_000, 3);
+    let (w, r) = step("echo on the new circuit", async {
+        tokio::join!(another.write_all(s2, &data), another.read_n(s2, data.len()))
+    })
+    .await;
+    w.unwrap();
+    assert!(r.unwrap() == data);
+    assert!(good.destroyed().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_stream_is_closed_after_the_handshake_timeout() {
+    let (relays, _dir) = one_exit(|c| c.handshake_timeout_secs = 1).await;
+    let relay = &relays.handles[0];
+    let client = direct_client(&[relay]).await;
+    let mut control = client.stream_control();
+    let mut stream = control
+        .open_stream(relay.peer_id(), CIRCUIT_PROTOCOL)
+        .await
+        .unwrap();
+    // A valid preamble and then nothing: the relay must not wait forever.
+    stream.write_all(&preamble()).await.unwrap();
+    let mut got = Vec::new();
+    let _ = step("the relay gives up", stream.read_to_end(&mut got)).await;
+    assert!(got.is_empty());
+    assert_eq!(relay.stats().refused_timeout.get(), 1);
+    assert_eq!(relay.stats().circuits_accepted.get(), 0);
+}
+
+/// Builds one-hop circuits from `client` until one is refused; returns the circuits.
+async fn connect(client: &Node, relay: &RelayHandle) -> Result<ClientDriver, DriverError> {
+    let mut control = client.stream_control();
+    step(
+        "CREATE",
+        ClientDriver::connect(&mut control, &hop_of_relay(relay)),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_peer_circuit_limit_refuses_cleanly() {
+    let (relays, _dir) = one_exit(|c| c.max_circuits_per_peer = 2).await;
+    let relay = &relays.handles[0];
+    let a = direct_client(&[relay]).await;
+    let first = connect(&a, relay).await.unwrap();
+    let _second = connect(&a, relay).await.unwrap();
+    let refused = connect(&a, relay).await.err();
+    assert_eq!(
+        refused,
+        Some(DriverError::Destroyed(DestroyReason::ResourceLimit))
+    );
+    assert_eq!(relay.stats().refused_peer_limit.get(), 1);
+    // Another peer is not affected.
+    let b = direct_client(&[relay]).await;
+    let _other = connect(&b, relay).await.unwrap();
+    // Closing a circuit frees its slot.
+    step("DESTROY", first.destroy()).await;
+    wait_for("the slot is freed", || relay.open_circuits() == 2).await;
+    let _again = connect(&a, relay).await.unwrap();
+    assert_eq!(relay.stats().refused_peer_limit.get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_create_rate_limit_refuses_cleanly() {
+    let (relays, _dir) = one_exit(|c| {
+        c.create_rate_per_peer = CreateRate {
+            per_second: 1,
+            burst: 2,
+        };
+    })
+    .await;
+    let relay = &relays.handles[0];
+    let a = direct_client(&[relay]).await;
+    let mut held = vec![
+        connect(&a, relay).await.unwrap(),
+        connect(&a, relay).await.unwrap(),
+    ];
+    let refused = connect(&a, relay).await.err();
+    assert_eq!(
+        refused,
+        Some(DriverError::Destroyed(DestroyReason::ResourceLimit))
+    );
+    assert_eq!(relay.stats().refused_rate_limit.get(), 1);
+    // The bucket refills at one CREATE per second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    held.push(connect(&a, relay).await.unwrap());
+    assert_eq!(relay.open_circuits(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_total_circuit_limit_refuses_cleanly() {
+    let (relays, _dir) = one_exit(|c| c.max_circuits = 2).await;
+    let relay = &relays.handles[0];
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let c = direct_client(&[relay]).await;
+        held.push((connect(&c, relay).await.unwrap(), c));
+    }
+    let c = direct_client(&[relay]).await;
+    let refused = connect(&c, relay).await.err();
+    assert_eq!(
+        refused,
+        Some(DriverError::Destroyed(DestroyReason::ResourceLimit))
+    );
+    assert_eq!(relay.stats().refused_total_limit.get(), 1);
+    assert_eq!(relay.open_circuits(), 2);
+}
