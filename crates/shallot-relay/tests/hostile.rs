@@ -11,7 +11,9 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use common::client::{ClientDriver, DriverError};
-use common::{direct_client, echo_server, hop_of_relay, pattern, start_relays, step};
+use common::{
+    direct_client, echo_server, hop_of_relay, pattern, start_relays, step, tarpit_server,
+};
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use rand::RngCore;
 use shallot_cell::{DestroyReason, Host, LINK_CELL_LEN, Preamble, link_command};
@@ -270,4 +272,46 @@ async fn the_total_circuit_limit_refuses_cleanly() {
     );
     assert_eq!(relay.stats().refused_total_limit.get(), 1);
     assert_eq!(relay.open_circuits(), 2);
+}
+
+/// A destination that never reads: what the client may send it is bounded by the stream's
+/// credit window at the exit (plus the kernel's socket buffers), so 64 MiB cannot all be
+/// taken, and the circuit's other streams go on meanwhile (specs/03 §11).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_that_never_reads_stalls_only_its_stream() {
+    let (relays, _dir) = one_exit(|_| {}).await;
+    let relay = &relays.handles[0];
+    let client = direct_client(&[relay]).await;
+    let echo = echo_server().await;
+    let tarpit = tarpit_server().await;
+    let circuit = connect(&client, relay).await.unwrap();
+    let stuck = step(
+        "BEGIN to the tarpit",
+        circuit.begin(Host::V4(Ipv4Addr::LOCALHOST), tarpit.port),
+    )
+    .await
+    .unwrap();
+    let flood = pattern(64 << 20, 9);
+    let mut writer = Box::pin(circuit.write_all(stuck, &flood));
+    let data = pattern(1 << 20, 4);
+    let echoed = step("echo beside a stalled stream", async {
+        let s = circuit
+            .begin(Host::V4(Ipv4Addr::LOCALHOST), echo.port)
+            .await
+            .unwrap();
+        let (w, r) = tokio::join!(circuit.write_all(s, &data), circuit.read_n(s, data.len()));
+        w.unwrap();
+        r.unwrap()
+    });
+    // Drive the flood and the echo together; the echo must finish first.
+    tokio::select! {
+        biased;
+        got = echoed => assert!(got == data),
+        r = &mut writer => panic!("64 MiB went into a destination that never reads: {r:?}"),
+    }
+    assert!(
+        futures::poll!(&mut writer).is_pending(),
+        "the flood is held back by backpressure"
+    );
+    assert!(circuit.destroyed().is_none());
 }

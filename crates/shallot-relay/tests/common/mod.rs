@@ -212,6 +212,19 @@ pub async fn source_server(len: usize) -> Server {
     Server { port, task }
 }
 
+/// Accepts connections and never reads from them.
+pub async fn tarpit_server() -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    Server { port, task }
+}
+
 /// A port on 127.0.0.1 with nothing listening (bound, then closed).
 pub async fn closed_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
