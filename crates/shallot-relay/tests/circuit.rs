@@ -200,3 +200,70 @@ async fn exit_answers_each_failure_with_its_end_reason() {
     assert!(got == pattern(100_000, 7));
     assert!(circuit.destroyed().is_none());
 }
+
+/// EXTEND failures answer TRUNCATED and keep the circuit: a relay nobody can reach, and the
+/// previous hop itself (specs/03 §4.6 (2)); then a real EXTEND still succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_extends_answer_truncated_and_keep_the_circuit() {
+    let relays = start_relays(2, |_, _| {}).await;
+    let (guard, middle) = (&relays.handles[0], &relays.handles[1]);
+    let client = common::direct_client(&[guard]).await;
+    let mut control = client.stream_control();
+    let circuit = step(
+        "CREATE",
+        ClientDriver::connect(&mut control, &common::hop_of_relay(guard)),
+    )
+    .await
+    .unwrap();
+
+    // A relay that does not exist, at a port where nothing listens.
+    let nobody = libp2p::identity::Keypair::generate_ed25519();
+    let port = closed_port().await;
+    let ghost = shallot_proto::HopSpec {
+        peer_id: nobody.public().to_peer_id().to_bytes(),
+        addrs: vec![
+            format!("/ip4/127.0.0.1/tcp/{port}")
+                .parse::<shallot_p2p::Multiaddr>()
+                .unwrap()
+                .to_vec(),
+        ],
+        onion_key: middle.onion_key(),
+    };
+    let r = step("EXTEND to nobody", circuit.extend(&ghost)).await;
+    assert!(
+        matches!(
+            r,
+            Err(DriverError::Truncated(
+                shallot_cell::DestroyReason::ConnectFailed | shallot_cell::DestroyReason::Timeout
+            ))
+        ),
+        "{r:?}"
+    );
+    // Back to the client itself is refused too.
+    let mut back = common::hop_of_relay(guard);
+    back.peer_id = client.peer_id().to_bytes();
+    let r = step("EXTEND back to the client", circuit.extend(&back)).await;
+    assert_eq!(
+        r,
+        Err(DriverError::Truncated(
+            shallot_cell::DestroyReason::ConnectFailed
+        ))
+    );
+    assert_eq!(circuit.hops(), 1);
+    assert_eq!(guard.stats().extends_failed.get(), 1);
+
+    step(
+        "EXTEND to the middle",
+        circuit.extend(&common::hop_of_relay(middle)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(circuit.hops(), 2);
+    // A non-exit answers BEGIN with END(EXITPOLICY).
+    let r = step(
+        "BEGIN at a non-exit",
+        circuit.begin(Host::V4(Ipv4Addr::LOCALHOST), 80),
+    )
+    .await;
+    assert_eq!(r, Err(DriverError::Ended(EndReason::ExitPolicy)));
+}
