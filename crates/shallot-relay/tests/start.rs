@@ -48,3 +48,53 @@ async fn a_bad_policy_file_is_refused_with_its_location() {
     let err = Relay::start(config).await.unwrap_err().to_string();
     assert!(err.contains("bad.policy:2:"), "{err}");
 }
+
+/// An onion key older than the rotation period is rotated at start: the relay then publishes
+/// a new current key and still accepts circuits made with the previous one (specs/04 §4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_onion_key_is_rotated_and_still_accepted() {
+    use std::time::{Duration, SystemTime};
+
+    let dir = tempfile::tempdir().unwrap();
+    keygen(dir.path()).unwrap();
+    let key_file = dir.path().join(shallot_relay::ONION_KEY_FILE);
+    let bytes: [u8; 32] = std::fs::read(&key_file).unwrap().try_into().unwrap();
+    let old = shallot_crypto::OnionSecretKey::from_bytes(bytes).public_key();
+    let eight_days_ago = SystemTime::now() - Duration::from_secs(8 * 24 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&key_file)
+        .unwrap()
+        .set_modified(eight_days_ago)
+        .unwrap();
+
+    let relay = Relay::start(common::test_config(dir.path(), 9, Vec::new()))
+        .await
+        .unwrap();
+    common::step("the key is rotated", async {
+        while relay.stats().onion_key_rotations.get() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_ne!(relay.onion_key(), old);
+    assert!(
+        dir.path()
+            .join(shallot_relay::PREVIOUS_ONION_KEY_FILE)
+            .exists()
+    );
+
+    let client = common::direct_client(&[&relay]).await;
+    let mut control = client.stream_control();
+    for key in [old, relay.onion_key()] {
+        let mut hop = common::hop_of_relay(&relay);
+        hop.onion_key = key;
+        common::step(
+            "CREATE",
+            common::client::ClientDriver::connect(&mut control, &hop),
+        )
+        .await
+        .expect("current and previous onion keys are accepted");
+    }
+    assert_eq!(relay.stats().circuits_accepted.get(), 2);
+}
