@@ -11,6 +11,7 @@ pub use behaviour::{
 };
 pub use config::{ConnectionLimits, NodeConfig, Role};
 pub use err::{ErrorKind, P2pError};
+pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId, identity};
 pub use libp2p_stream::{Control as StreamControl, IncomingStreams, OpenStreamError};
 pub use node::{
