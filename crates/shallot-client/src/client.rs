@@ -1,0 +1,342 @@
+//! The client process: starts the libp2p node, the view refresh, the circuit manager, the
+//! proxy front and the metrics responder; reports bootstrap progress the way Tor does.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use shallot_directory::{NetworkView, ViewConfig, load_cache, write_cache};
+use shallot_p2p::{Node, NodeConfig, Role, identity::Keypair};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+pub use crate::manager::CircuitSummary;
+
+use crate::config::ClientConfig;
+use crate::err::ClientError;
+use crate::front::{self, FrontConfig, HANDSHAKE_TIMEOUT};
+use crate::manager::{MAINTENANCE_INTERVAL, Manager};
+use crate::metrics::{self, Metrics};
+use crate::path::{InterimSelector, PathSelector};
+use crate::sensitive::set_safe_logging;
+
+/// The view cache's file name inside the data directory.
+const VIEW_CACHE_FILE: &str = "view.cache";
+/// Longest wait between view fetches while the view cannot make a path yet.
+const BOOTSTRAP_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// How far the client got (Tor's "Bootstrapped N%: …").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bootstrap {
+    /// 0..=100; 100 means a circuit was built and the proxy can carry streams.
+    pub percent: u8,
+    /// What the client is doing, as in the log line.
+    pub summary: &'static str,
+}
+
+impl Bootstrap {
+    const STARTING: Self = Self::at(0, "starting");
+    const CACHE: Self = Self::at(5, "loaded relays from the cache");
+    const CONNECTING: Self = Self::at(10, "asking the DHT for relays");
+    const FOUND: Self = Self::at(25, "found relays");
+    const ENOUGH: Self = Self::at(50, "enough relays for a path");
+    const BUILDING: Self = Self::at(75, "building a first circuit");
+    const DONE: Self = Self::at(100, "done");
+
+    const fn at(percent: u8, summary: &'static str) -> Self {
+        Self { percent, summary }
+    }
+}
+
+/// Starts the client.
+pub struct Client;
+
+impl Client {
+    /// Starts a client with `config`; `metrics` (e.g. from `--metrics ADDR`) overrides
+    /// `config.metrics_listen`. Returns once every listener is bound and the node is up;
+    /// bootstrapping continues in the background ([`ClientHandle::wait_bootstrapped`]).
+    /// Must be called inside a tokio runtime (multi-threaded or not).
+    pub async fn start(
+        config: ClientConfig,
+        metrics: Option<SocketAddr>,
+    ) -> Result<ClientHandle, ClientError> {
+        config.validate()?;
+        set_safe_logging(config.safe_logging);
+        let bootstrap = config.bootstrap_addrs()?;
+        let (progress_tx, progress) = watch::channel(Bootstrap::STARTING);
+        let report = move |b: Bootstrap| {
+            progress_tx.send_if_modified(|cur| {
+                if b.percent > cur.percent {
+                    info!("bootstrapped {}%: {}", b.percent, b.summary);
+                    *cur = b;
+                    true
+                } else {
+                    false
+                }
+            });
+        };
+        let report = Arc::new(report);
+        report(Bootstrap::STARTING);
+
+        let cache_path = match &config.data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|source| ClientError::DataDir {
+                    path: dir.clone(),
+                    source,
+                })?;
+                Some(dir.join(VIEW_CACHE_FILE))
+            }
+            None => None,
+        };
+        let socks = TcpListener::bind(config.socks_listen)
+            .await
+            .map_err(|source| ClientError::Bind {
+                addr: config.socks_listen,
+                source,
+            })?;
+        let socks_addr = socks.local_addr().map_err(|source| ClientError::Bind {
+            addr: config.socks_listen,
+            source,
+        })?;
+        let metrics_listen = metrics.or(config.metrics_listen);
+        let metrics_listener = match metrics_listen {
+            Some(addr) => Some(
+                metrics::bind(addr)
+                    .await
+                    .map_err(|source| ClientError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+        // A fresh identity on every run (specs/00 §3).
+        let node = Node::start(
+            Keypair::generate_ed25519(),
+            NodeConfig::new(Role::Client, Vec::new(), bootstrap),
+        )
+        .await
+        .map_err(ClientError::P2p)?;
+        let node = Arc::new(node);
+
+        let metrics = Metrics::new();
+        let mut view = NetworkView::new(ViewConfig::default());
+        if let Some(path) = &cache_path {
+            match load_cache(path, &mut view, unix_now()) {
+                Ok(n) if n > 0 => {
+                    info!(relays = n, "view cache loaded");
+                    report(Bootstrap::CACHE);
+                }
+                Ok(_) => {}
+                Err(err) => warn!(%err, "view cache unreadable: ignored"),
+            }
+        }
+        for entry in view.entries() {
+            let peer = entry.descriptor.peer_id();
+            for addr in &entry.descriptor.descriptor().addrs {
+                let _ = node.add_address(peer, addr.clone()).await;
+            }
+        }
+        let selector: Box<dyn PathSelector> = Box::new(InterimSelector);
+        let manager = Arc::new(Manager::new(
+            config.clone(),
+            Arc::clone(&node),
+            view,
+            selector,
+            metrics.clone(),
+        ));
+        manager.update_view(|_| ());
+
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(front::serve(
+            socks,
+            Arc::clone(&manager),
+            FrontConfig {
+                handshake_timeout: HANDSHAKE_TIMEOUT,
+                max_connections: config.max_connections,
+            },
+        )));
+        if let Some(listener) = metrics_listener {
+            tasks.push(tokio::spawn(metrics::serve(listener, metrics.clone())));
+        }
+        tasks.push(tokio::spawn(refresh_view(
+            Arc::clone(&node),
+            Arc::clone(&manager),
+            cache_path,
+            config.view_refresh(),
+            {
+                let report = Arc::clone(&report);
+                move |b| report(b)
+            },
+        )));
+        tasks.push(tokio::spawn(maintain(Arc::clone(&manager))));
+        tasks.push(tokio::spawn({
+            let mut built = manager.first_built();
+            let report = Arc::clone(&report);
+            async move {
+                if built.wait_for(|b| *b).await.is_ok() {
+                    report(Bootstrap::DONE);
+                }
+            }
+        }));
+        info!(%socks_addr, metrics = ?metrics_addr, "shallot client listening (SOCKS5 and HTTP CONNECT)");
+        Ok(ClientHandle {
+            socks_addr,
+            metrics_addr,
+            manager,
+            progress,
+            tasks,
+            _node: node,
+        })
+    }
+}
+
+/// A running client. Dropping it stops it (as [`ClientHandle::shutdown`] does, without
+/// waiting).
+pub struct ClientHandle {
+    socks_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    manager: Arc<Manager>,
+    progress: watch::Receiver<Bootstrap>,
+    tasks: Vec<JoinHandle<()>>,
+    _node: Arc<Node>,
+}
+
+impl std::fmt::Debug for ClientHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientHandle")
+            .field("socks_addr", &self.socks_addr)
+            .field("metrics_addr", &self.metrics_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientHandle {
+    /// Where the SOCKS5 / HTTP CONNECT front listens (the port resolved if 0 was asked).
+    pub fn socks_addr(&self) -> SocketAddr {
+        self.socks_addr
+    }
+
+    /// Where metrics are served, if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Bootstrap progress now.
+    pub fn bootstrap(&self) -> Bootstrap {
+        *self.progress.borrow()
+    }
+
+    /// Waits until bootstrapped to 100% (a circuit was built). Bound it with a timeout:
+    /// without relays it never finishes.
+    pub async fn wait_bootstrapped(&self) -> Result<(), ClientError> {
+        let mut rx = self.progress.clone();
+        rx.wait_for(|b| b.percent >= 100)
+            .await
+            .map(|_| ())
+            .map_err(|_| ClientError::Stopped)
+    }
+
+    /// Relays in the verified view.
+    pub fn relays_known(&self) -> usize {
+        self.manager.with_view(NetworkView::len)
+    }
+
+    /// A snapshot of the open circuits (for status views and tests).
+    pub fn circuits(&self) -> Vec<CircuitSummary> {
+        self.manager.circuits()
+    }
+
+    /// Stops accepting connections, closes every circuit (DESTROY is sent by each circuit
+    /// task) and stops the background tasks.
+    pub async fn shutdown(mut self) {
+        self.stop();
+        // Give circuit tasks a moment to write their DESTROY cells.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    fn stop(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        self.manager.close_all();
+    }
+}
+
+impl Drop for ClientHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Refreshes the view from the DHT at start and every `interval` (faster while the view
+/// cannot make a path yet), caching it on disk. specs/04 §6.1.
+async fn refresh_view(
+    node: Arc<Node>,
+    manager: Arc<Manager>,
+    cache_path: Option<PathBuf>,
+    interval: Duration,
+    report: impl Fn(Bootstrap) + Send + 'static,
+) {
+    let mut retry = Duration::from_millis(500);
+    loop {
+        report(Bootstrap::CONNECTING);
+        match node.fetch_descriptors().await {
+            Ok(outcome) => {
+                let now = unix_now();
+                let fetched = outcome.descriptors.len();
+                let (known, usable) = manager.update_view(|view| {
+                    for d in outcome.descriptors {
+                        let first_seen = view.get(&d.peer_id()).map_or(now, |e| e.first_seen);
+                        view.offer(d, first_seen);
+                    }
+                    view.prune_expired(now);
+                    (view.len(), view.clone())
+                });
+                info!(fetched, known, "view refreshed");
+                if known > 0 {
+                    report(Bootstrap::FOUND);
+                }
+                if manager.path_possible(&usable) {
+                    report(Bootstrap::ENOUGH);
+                    report(Bootstrap::BUILDING);
+                }
+                if let Some(Err(err)) = cache_path.as_ref().map(|p| write_cache(p, &usable)) {
+                    warn!(%err, "cannot write the view cache");
+                }
+            }
+            Err(err) => warn!(%err, "view refresh failed"),
+        }
+        let ready = manager.with_view(|v| manager.path_possible(v));
+        let wait = if ready {
+            retry = Duration::from_millis(500);
+            interval
+        } else {
+            retry = (retry * 2).min(BOOTSTRAP_RETRY_MAX);
+            retry
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Builds ahead and closes used-up circuits, every few seconds or when woken.
+async fn maintain(manager: Arc<Manager>) {
+    loop {
+        if manager.with_view(|v| manager.path_possible(v)) {
+            manager.maintain().await;
+        }
+        tokio::select! {
+            () = manager.wake.notified() => {}
+            () = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
+        }
+    }
+}

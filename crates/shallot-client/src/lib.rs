@@ -1,0 +1,29 @@
+#![doc = include_str!("../README.md")]
+
+mod circuit;
+mod client;
+mod config;
+mod err;
+mod front;
+mod http_connect;
+mod manager;
+mod metrics;
+mod path;
+mod sensitive;
+mod socks;
+mod stream;
+mod timeout;
+
+pub use client::{Bootstrap, CircuitSummary, Client, ClientHandle};
+pub use config::{
+    ClientConfig, DEFAULT_BUILD_TIMEOUT_INITIAL_SECS, DEFAULT_BUILD_TIMEOUT_MAX_SECS,
+    DEFAULT_BUILD_TIMEOUT_MIN_SECS, DEFAULT_CIRCUIT_REUSE_SECS, DEFAULT_MAX_CIRCUITS,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_STREAM_ATTEMPTS, DEFAULT_PREEMPTIVE_PORTS,
+    DEFAULT_SOCKS_LISTEN, DEFAULT_STREAM_TIMEOUT_SECS, DEFAULT_VIEW_REFRESH_SECS,
+};
+pub use err::{ClientError, ErrorKind, StreamFailure};
+pub use front::{HANDSHAKE_TIMEOUT, MAX_HTTP_HEAD};
+pub use metrics::{BUILD_TIME_BUCKETS, METRICS_PATH};
+pub use sensitive::{Sensitive, set_safe_logging};
+pub use stream::{APP_CHANNEL_CHUNKS, APP_CHUNK, HALF_CLOSE_GRACE};
+pub use timeout::BUILD_TIME_SAMPLES;

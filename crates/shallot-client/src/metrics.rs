@@ -1,0 +1,239 @@
+//! Prometheus metrics (`prometheus-client`, the crate libp2p already uses) and a tiny HTTP
+//! responder for `GET /metrics`.
+//!
+//! The responder is a few lines of tokio: one fixed path, one method, bounded request size,
+//! bounded connections. A web framework (axum, hyper's server) would add dozens of crates to
+//! the client's dependency tree for that.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::debug;
+
+/// The path metrics are served at.
+pub const METRICS_PATH: &str = "/metrics";
+/// Buckets (seconds) of `shallot_circuit_build_seconds`.
+pub const BUILD_TIME_BUCKETS: [f64; 12] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Most metrics requests served at once.
+const MAX_METRICS_CONNECTIONS: usize = 8;
+/// Largest request head the responder reads.
+const MAX_METRICS_REQUEST: usize = 4096;
+/// How long a metrics request may take to arrive.
+const METRICS_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Labels = [(&'static str, &'static str); 1];
+
+/// The client's metrics. Cloning shares them.
+#[derive(Clone, Debug)]
+pub(crate) struct Metrics {
+    /// `shallot_relays_known`: relays in the view.
+    pub(crate) relays_known: Gauge,
+    /// `shallot_circuits_open`: built circuits not yet closed.
+    pub(crate) circuits_open: Gauge,
+    /// `shallot_circuit_build_seconds`.
+    pub(crate) build_seconds: Histogram,
+    /// `shallot_streams_open`.
+    pub(crate) streams_open: Gauge,
+    /// `shallot_bytes_total{direction="up"}`: application bytes sent into circuits.
+    pub(crate) bytes_up: Counter,
+    /// `shallot_bytes_total{direction="down"}`: bytes delivered to applications.
+    pub(crate) bytes_down: Counter,
+    failures: Family<Labels, Counter>,
+    registry: Arc<Registry>,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::default();
+        let relays_known = Gauge::default();
+        let circuits_open = Gauge::default();
+        let build_seconds = Histogram::new(BUILD_TIME_BUCKETS);
+        let streams_open = Gauge::default();
+        let bytes = Family::<Labels, Counter>::default();
+        let failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "shallot_relays_known",
+            "Relays in the client's verified view",
+            relays_known.clone(),
+        );
+        registry.register(
+            "shallot_circuits_open",
+            "Built circuits not yet closed",
+            circuits_open.clone(),
+        );
+        registry.register(
+            "shallot_circuit_build_seconds",
+            "Time to build a circuit, dial of the first hop included",
+            build_seconds.clone(),
+        );
+        registry.register(
+            "shallot_streams_open",
+            "Streams open on circuits",
+            streams_open.clone(),
+        );
+        registry.register(
+            "shallot_bytes",
+            "Application bytes carried, up (into circuits) and down (to applications)",
+            bytes.clone(),
+        );
+        registry.register(
+            "shallot_circuit_failures",
+            "Circuits that failed to build or were destroyed, by reason",
+            failures.clone(),
+        );
+        let bytes_up = bytes.get_or_create(&[("direction", "up")]).clone();
+        let bytes_down = bytes.get_or_create(&[("direction", "down")]).clone();
+        Self {
+            relays_known,
+            circuits_open,
+            build_seconds,
+            streams_open,
+            bytes_up,
+            bytes_down,
+            failures,
+            registry: Arc::new(registry),
+        }
+    }
+
+    /// Counts a circuit failure with `reason` (a fixed label: timeout, extend_failed, …).
+    pub(crate) fn circuit_failure(&self, reason: &'static str) {
+        self.failures.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// The metrics in Prometheus text format.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Binds `addr` for the metrics responder.
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped.
+pub(crate) async fn serve(listener: TcpListener, metrics: Metrics) {
+    let permits = Arc::new(Semaphore::new(MAX_METRICS_CONNECTIONS));
+    loop {
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            return;
+        };
+        let Ok((conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(err) = answer(conn, &metrics).await {
+                debug!(%err, "metrics request failed");
+            }
+        });
+    }
+}
+
+async fn answer(mut conn: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 512];
+    let read = tokio::time::timeout(METRICS_REQUEST_TIMEOUT, async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_METRICS_REQUEST {
+            let n = conn.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if !matches!(read, Ok(Ok(()))) {
+        return Ok(());
+    }
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let is_metrics = line.starts_with(format!("GET {METRICS_PATH} ").as_bytes())
+        || line.starts_with(format!("GET {METRICS_PATH}?").as_bytes());
+    let (status, ctype, body) = if is_metrics {
+        (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+        )
+    } else {
+        (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            format!("only GET {METRICS_PATH} is served here\n"),
+        )
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(response.as_bytes()).await?;
+    conn.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_required_metric_is_exported() {
+        let m = Metrics::new();
+        m.bytes_up.inc_by(3);
+        m.circuit_failure("timeout");
+        m.build_seconds.observe(0.2);
+        let text = m.render();
+        for name in [
+            "shallot_relays_known",
+            "shallot_circuits_open",
+            "shallot_circuit_build_seconds_bucket",
+            "shallot_streams_open",
+            "shallot_bytes_total{direction=\"up\"} 3",
+            "shallot_bytes_total{direction=\"down\"} 0",
+            "shallot_circuit_failures_total{reason=\"timeout\"} 1",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn responder_serves_metrics_and_refuses_other_paths() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let m = Metrics::new();
+        m.relays_known.set(7);
+        let task = tokio::spawn(serve(listener, m));
+        let get = |path: &'static str| async move {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .expect("write");
+            let mut out = String::new();
+            c.read_to_string(&mut out).await.expect("read");
+            out
+        };
+        let ok = get("/metrics").await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        assert!(ok.contains("shallot_relays_known 7"), "{ok}");
+        let other = get("/").await;
+        assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+        task.abort();
+    }
+}
