@@ -159,7 +159,13 @@ impl Client {
             },
         )));
         if let Some(listener) = metrics_listener {
-            tasks.push(tokio::spawn(metrics::serve(listener, metrics.clone())));
+            let circuits = Arc::clone(&manager);
+            let status: metrics::StatusSource = Arc::new(move || circuits.circuits());
+            tasks.push(tokio::spawn(metrics::serve(
+                listener,
+                metrics.clone(),
+                status,
+            )));
         }
         tasks.push(tokio::spawn(refresh_view(
             Arc::clone(&node),

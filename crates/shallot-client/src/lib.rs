@@ -23,7 +23,7 @@ pub use config::{
 };
 pub use err::{ClientError, ErrorKind, StreamFailure};
 pub use front::{HANDSHAKE_TIMEOUT, MAX_HTTP_HEAD};
-pub use metrics::{BUILD_TIME_BUCKETS, METRICS_PATH};
+pub use metrics::{BUILD_TIME_BUCKETS, METRICS_PATH, STATUS_PATH};
 pub use sensitive::{Sensitive, set_safe_logging};
 pub use stream::{APP_CHANNEL_CHUNKS, APP_CHUNK, HALF_CLOSE_GRACE};
 pub use timeout::BUILD_TIME_SAMPLES;

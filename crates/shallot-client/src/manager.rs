@@ -135,6 +135,8 @@ pub struct CircuitSummary {
     pub claimed: bool,
     /// Streams open on it now.
     pub streams: usize,
+    /// How long ago its build started.
+    pub age: Duration,
 }
 
 /// The circuit manager. Shared by the front's connection tasks and the background tasks.
@@ -245,6 +247,7 @@ impl Manager {
                 built: e.building.is_none() && e.shared.built.load(Ordering::Relaxed),
                 claimed: e.owner.is_some(),
                 streams: e.shared.streams.load(Ordering::Relaxed),
+                age: e.created.elapsed(),
             })
             .collect()
     }

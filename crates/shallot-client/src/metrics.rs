@@ -20,8 +20,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::debug;
 
+use crate::manager::CircuitSummary;
+
 /// The path metrics are served at.
 pub const METRICS_PATH: &str = "/metrics";
+/// Where the circuit status view is served (JSON), on the metrics address. It names the relays
+/// of each circuit, like Tor's control port does for its controller: serve it only where the
+/// operator alone can reach it (the default metrics address is loopback).
+pub const STATUS_PATH: &str = "/status";
 /// Buckets (seconds) of `shallot_circuit_build_seconds`.
 pub const BUILD_TIME_BUCKETS: [f64; 12] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -126,8 +132,11 @@ pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves `GET /metrics` on `listener` until the task is dropped.
-pub(crate) async fn serve(listener: TcpListener, metrics: Metrics) {
+/// Where `GET /status` gets the circuits it lists.
+pub(crate) type StatusSource = Arc<dyn Fn() -> Vec<CircuitSummary> + Send + Sync>;
+
+/// Serves `GET /metrics` and `GET /status` on `listener` until the task is dropped.
+pub(crate) async fn serve(listener: TcpListener, metrics: Metrics, status: StatusSource) {
     let permits = Arc::new(Semaphore::new(MAX_METRICS_CONNECTIONS));
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
@@ -137,16 +146,21 @@ pub(crate) async fn serve(listener: TcpListener, metrics: Metrics) {
             continue;
         };
         let metrics = metrics.clone();
+        let status = Arc::clone(&status);
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(err) = answer(conn, &metrics).await {
+            if let Err(err) = answer(conn, &metrics, &status).await {
                 debug!(%err, "metrics request failed");
             }
         });
     }
 }
 
-async fn answer(mut conn: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+async fn answer(
+    mut conn: TcpStream,
+    metrics: &Metrics,
+    status: &StatusSource,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 512];
     let read = tokio::time::timeout(METRICS_REQUEST_TIMEOUT, async {
@@ -164,27 +178,51 @@ async fn answer(mut conn: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
         return Ok(());
     }
     let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    let is_metrics = line.starts_with(format!("GET {METRICS_PATH} ").as_bytes())
-        || line.starts_with(format!("GET {METRICS_PATH}?").as_bytes());
-    let (status, ctype, body) = if is_metrics {
+    let asks = |path: &str| {
+        line.starts_with(format!("GET {path} ").as_bytes())
+            || line.starts_with(format!("GET {path}?").as_bytes())
+    };
+    let (code, ctype, body) = if asks(METRICS_PATH) {
         (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
             metrics.render(),
         )
+    } else if asks(STATUS_PATH) {
+        ("200 OK", "application/json", render_status(&status()))
     } else {
         (
             "404 Not Found",
             "text/plain; charset=utf-8",
-            format!("only GET {METRICS_PATH} is served here\n"),
+            format!("only GET {METRICS_PATH} and GET {STATUS_PATH} are served here\n"),
         )
     };
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     conn.write_all(response.as_bytes()).await?;
     conn.shutdown().await
+}
+
+/// The circuits as JSON: `{"circuits": [{"id", "hops" (guard first), "built", "streams",
+/// "age_secs"}]}`. PeerIds are base58 and ids numbers, so nothing needs escaping.
+fn render_status(circuits: &[CircuitSummary]) -> String {
+    let entries: Vec<String> = circuits
+        .iter()
+        .map(|c| {
+            let hops: Vec<String> = c.path.iter().map(|p| format!("\"{p}\"")).collect();
+            format!(
+                "{{\"id\": {}, \"hops\": [{}], \"built\": {}, \"streams\": {}, \"age_secs\": {}}}",
+                c.id,
+                hops.join(", "),
+                c.built,
+                c.streams,
+                c.age.as_secs()
+            )
+        })
+        .collect();
+    format!("{{\"circuits\": [{}]}}\n", entries.join(", "))
 }
 
 #[cfg(test)]
@@ -219,7 +257,18 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let m = Metrics::new();
         m.relays_known.set(7);
-        let task = tokio::spawn(serve(listener, m));
+        let peer = shallot_p2p::PeerId::random();
+        let status: StatusSource = Arc::new(move || {
+            vec![CircuitSummary {
+                id: 3,
+                path: vec![peer, peer, peer],
+                built: true,
+                claimed: true,
+                streams: 2,
+                age: Duration::from_secs(5),
+            }]
+        });
+        let task = tokio::spawn(serve(listener, m, status));
         let get = |path: &'static str| async move {
             let mut c = TcpStream::connect(addr).await.expect("connect");
             c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
@@ -232,6 +281,15 @@ mod tests {
         let ok = get("/metrics").await;
         assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
         assert!(ok.contains("shallot_relays_known 7"), "{ok}");
+        let status = get("/status").await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        assert!(
+            status.ends_with(&format!(
+                "{{\"circuits\": [{{\"id\": 3, \"hops\": [\"{peer}\", \"{peer}\", \"{peer}\"], \
+                 \"built\": true, \"streams\": 2, \"age_secs\": 5}}]}}\n"
+            )),
+            "{status}"
+        );
         let other = get("/").await;
         assert!(other.starts_with("HTTP/1.1 404"), "{other}");
         task.abort();
