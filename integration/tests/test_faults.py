@@ -17,6 +17,8 @@ ERROR_BOUND_SECS = 5.0
 # How long curl may take to notice at most before the test gives up on it (and fails).
 CURL_GIVE_UP_SECS = 60.0
 RATE = "4M"
+# Longest the client may take, after curl failed, to drop its circuits through the dead relay.
+SETTLE_SECS = 5.0
 
 
 def curl() -> str:
@@ -105,8 +107,18 @@ def fetch_small(net, web, site, max_time=30) -> subprocess.CompletedProcess:
 
 
 def assert_next_request_on_new_circuit(net, web, site, victim, old_circuit, record):
-    """The very next request succeeds (no retry by the test: the client's own retries on
-    another path are part of what is tested), and no open circuit uses the dead relay."""
+    """After a bounded settle (until /status lists no circuit through the dead relay, at most
+    SETTLE_SECS), the very next request succeeds (no retry by the test: the client's own
+    retries on another path are part of what is tested), and no open circuit uses the dead
+    relay."""
+    settle_start = time.monotonic()
+    for _ in range(int(SETTLE_SECS / 0.1) + 1):
+        if all(victim.peer_id not in c["hops"] for c in net.status()["circuits"]):
+            break
+        if time.monotonic() - settle_start > SETTLE_SECS:
+            break
+        time.sleep(0.1)
+    record(f"client dropped circuits through the dead relay within {time.monotonic() - settle_start:.3f} s")
     start = time.monotonic()
     result = fetch_small(net, web, site)
     assert result.returncode == 0, f"the next request failed: curl {result.returncode}: {result.stderr.decode()}"
