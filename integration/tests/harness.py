@@ -422,7 +422,10 @@ class DnsServer:
                 reply = self._answer(data, source)
             except (ValueError, IndexError, struct.error):
                 continue
-            self.sock.sendto(reply, source)
+            try:
+                self.sock.sendto(reply, source)
+            except OSError:
+                continue
 
     def _answer(self, data: bytes, source: tuple[str, int]) -> bytes:
         qid, flags, qdcount = struct.unpack(">HHH", data[:6])
