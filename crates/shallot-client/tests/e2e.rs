@@ -1,0 +1,241 @@
+//! End to end on loopback: three relays (`shallot_relay::Relay`, relay i on 127.i.0.1 so each
+//! sits in its own /16), a client (`Client::start`), a local HTTP-ish source server. Bounded:
+//! every wait has a limit, and a limit hit is a failure.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use shallot_client::{Client, ClientConfig, ClientHandle};
+use shallot_relay::{Relay, RelayConfig, RelayHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const LIMIT: Duration = Duration::from_secs(90);
+const FILE_LEN: usize = 20 * 1024 * 1024;
+const DENIED_PORT: u16 = 9;
+
+struct Net {
+    relays: Vec<RelayHandle>,
+    _dirs: Vec<tempfile::TempDir>,
+    client: ClientHandle,
+}
+
+async fn start_net() -> Net {
+    let mut relays: Vec<RelayHandle> = Vec::new();
+    let mut dirs = Vec::new();
+    for i in 1..=3u8 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = RelayConfig {
+            data_dir: dir.path().to_owned(),
+            listen: vec![format!("/ip4/127.{i}.0.1/tcp/0").parse().unwrap()],
+            bootstrap: relays
+                .first()
+                .and_then(RelayHandle::bootstrap_addr)
+                .into_iter()
+                .collect(),
+            safe_logging: false,
+            ..RelayConfig::default()
+        };
+        if i == 3 {
+            let policy = dir.path().join("exit-policy");
+            std::fs::write(&policy, format!("reject *:{DENIED_PORT}\naccept *:*\n")).unwrap();
+            config.exit_policy_file = Some(policy);
+            config.exit_policy_reject_private = false;
+        }
+        relays.push(Relay::start(config).await.expect("relay starts"));
+        dirs.push(dir);
+    }
+    let config = ClientConfig {
+        socks_listen: "127.0.0.1:0".parse().unwrap(),
+        bootstrap: relays
+            .iter()
+            .filter_map(RelayHandle::bootstrap_addr)
+            .map(|a| a.to_string())
+            .collect(),
+        preemptive_ports: vec![],
+        ..ClientConfig::default()
+    };
+    let client = Client::start(config, Some("127.0.0.1:0".parse().unwrap()))
+        .await
+        .expect("client starts");
+    tokio::time::timeout(LIMIT, client.wait_bootstrapped())
+        .await
+        .expect("bootstrapped within the limit")
+        .expect("bootstrapped");
+    Net {
+        relays,
+        _dirs: dirs,
+        client,
+    }
+}
+
+/// Serves FILE_LEN deterministic bytes after any request line.
+async fn file_server() -> (u16, [u8; 32]) {
+    let data: Vec<u8> = (0..FILE_LEN).map(|i| (i * 131 % 251) as u8).collect();
+    let digest: [u8; 32] = Sha256::digest(&data).into();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let data = data.clone();
+            tokio::spawn(async move {
+                let mut head = [0u8; 1024];
+                let _ = s.read(&mut head).await;
+                let hdr = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {FILE_LEN}\r\nConnection: close\r\n\r\n"
+                );
+                let _ = s.write_all(hdr.as_bytes()).await;
+                let _ = s.write_all(&data).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (port, digest)
+}
+
+async fn fetch_socks(
+    proxy: SocketAddr,
+    target: (&str, u16),
+    creds: Option<(&str, &str)>,
+) -> Vec<u8> {
+    let mut s = match creds {
+        Some((u, p)) => tokio_socks::tcp::Socks5Stream::connect_with_password(proxy, target, u, p)
+            .await
+            .expect("socks connect"),
+        None => tokio_socks::tcp::Socks5Stream::connect(proxy, target)
+            .await
+            .expect("socks connect"),
+    };
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    out
+}
+
+fn body_digest(resp: &[u8]) -> [u8; 32] {
+    let at = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("head")
+        + 4;
+    assert_eq!(resp.len() - at, FILE_LEN, "body length");
+    Sha256::digest(&resp[at..]).into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetches_twenty_mib_by_ip_and_name_and_reports_refusals() {
+    let net = tokio::time::timeout(LIMIT, start_net())
+        .await
+        .expect("network up");
+    let proxy = net.client.socks_addr();
+    let (port, digest) = file_server().await;
+
+    // By IP and by name (`localhost` is resolved by the exit, never here), over SOCKS5.
+    for host in ["127.0.0.1", "localhost"] {
+        let resp = tokio::time::timeout(LIMIT, fetch_socks(proxy, (host, port), None))
+            .await
+            .expect("fetch within the limit");
+        assert_eq!(body_digest(&resp), digest, "{host}");
+    }
+
+    // curl through HTTP CONNECT; curl must exist (CI installs it).
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-s",
+            "-p",
+            "-x",
+            &format!("http://{proxy}"),
+            &format!("http://localhost:{port}/"),
+        ])
+        .output();
+    let out = tokio::time::timeout(LIMIT, out)
+        .await
+        .expect("curl within the limit")
+        .expect("curl must be installed for this test (apt-get install curl)");
+    assert!(out.status.success(), "curl failed: {:?}", out.status);
+    assert_eq!(out.stdout.len(), FILE_LEN);
+    let got: [u8; 32] = Sha256::digest(&out.stdout).into();
+    assert_eq!(got, digest, "curl -p body");
+
+    // Policy refusal: 0x02 within 1 s (no exit allows the port: answered without building).
+    let started = Instant::now();
+    let err = tokio_socks::tcp::Socks5Stream::connect(proxy, ("127.0.0.1", DENIED_PORT))
+        .await
+        .expect_err("refused");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(err, tokio_socks::Error::ConnectionNotAllowedByRuleset),
+        "{err:?}"
+    );
+
+    // Closed port: 0x05.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = tokio_socks::tcp::Socks5Stream::connect(proxy, ("127.0.0.1", closed))
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(err, tokio_socks::Error::ConnectionRefused),
+        "{err:?}"
+    );
+    drop(net.relays);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_isolate_circuits() {
+    let net = tokio::time::timeout(LIMIT, start_net())
+        .await
+        .expect("network up");
+    let proxy = net.client.socks_addr();
+    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let open = |u: &'static str| async move {
+        tokio_socks::tcp::Socks5Stream::connect_with_password(proxy, ("127.0.0.1", port), u, "pw")
+            .await
+            .expect("connect")
+    };
+    let busy = |c: &ClientHandle| {
+        let mut v: Vec<(u64, usize)> = c
+            .circuits()
+            .into_iter()
+            .filter(|s| s.streams > 0)
+            .map(|s| (s.id, s.streams))
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let _a1 = open("alice").await;
+    let first = busy(&net.client);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let _a2 = open("alice").await;
+    assert_eq!(
+        busy(&net.client),
+        vec![(first[0].0, 2)],
+        "same credentials share"
+    );
+    let _b = open("bob").await;
+    let now = busy(&net.client);
+    assert_eq!(now.len(), 2, "different credentials never share: {now:?}");
+    assert!(now.contains(&(first[0].0, 2)));
+}
