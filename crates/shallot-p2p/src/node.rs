@@ -94,6 +94,7 @@ enum Command {
     AddAddress {
         peer: PeerId,
         addr: Multiaddr,
+        done: oneshot::Sender<()>,
     },
     StoredRecord {
         key: Vec<u8>,
@@ -238,7 +239,11 @@ impl Node {
 
     /// Tells the swarm an address of `peer` (so a stream to it can be opened).
     pub async fn add_address(&self, peer: PeerId, addr: Multiaddr) -> Result<(), P2pError> {
-        self.send(Command::AddAddress { peer, addr }).await
+        let (done, added) = oneshot::channel();
+        self.send(Command::AddAddress { peer, addr, done }).await?;
+        // Wait until the swarm task has it: a stream opened right after must find the address
+        // (the stream control's requests travel on another channel and could overtake it).
+        added.await.map_err(|_| P2pError::Stopped)
     }
 
     /// The value this node's DHT store holds under `key`, if any (for tests and diagnostics).
@@ -340,10 +345,18 @@ impl Refresh {
     }
 }
 
+/// A publication in progress: the shard announcement first, then (`record` still `Some`) the
+/// descriptor record, so that `Node::publish` reports a failed announcement too, not only a
+/// failed record.
+struct PendingPublish {
+    reply: oneshot::Sender<Result<(), P2pError>>,
+    record: Option<Record>,
+}
+
 struct SwarmTask {
     swarm: Swarm<Behaviour>,
     stats: Arc<NodeStats>,
-    publishes: HashMap<QueryId, oneshot::Sender<Result<(), P2pError>>>,
+    publishes: HashMap<QueryId, PendingPublish>,
     refresh: Option<Refresh>,
 }
 
@@ -366,11 +379,15 @@ impl SwarmTask {
         match command {
             Command::Publish { descriptor, reply } => self.publish(*descriptor, reply),
             Command::Fetch { reply } => self.start_refresh(reply),
-            Command::AddAddress { peer, addr } => {
+            Command::AddAddress { peer, addr, done } => {
                 // No behaviour here keeps `add_peer_address`'s addresses for dialing (there is
                 // no peer store); Kademlia's routing table is what a dial by PeerId asks.
-                self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer, addr.clone());
                 self.swarm.add_peer_address(peer, addr);
+                let _ = done.send(());
             }
             Command::StoredRecord { key, reply } => {
                 use libp2p::kad::store::RecordStore;
@@ -410,15 +427,51 @@ impl SwarmTask {
             expires: Some(std::time::Instant::now() + Duration::from_secs(remaining)),
         };
         let kad = &mut self.swarm.behaviour_mut().kad;
-        if let Err(err) = kad.start_providing(RecordKey::new(&shard_key(
-            shallot_directory::shard_of(&peer),
-        ))) {
+        match kad.start_providing(RecordKey::new(&shard_key(shallot_directory::shard_of(
+            &peer,
+        )))) {
+            Ok(query) => {
+                self.publishes.insert(
+                    query,
+                    PendingPublish {
+                        reply,
+                        record: Some(record),
+                    },
+                );
+            }
+            Err(err) => {
+                let _ = reply.send(Err(P2pError::Publish(err.to_string())));
+            }
+        }
+    }
+
+    /// The shard announcement of a publication finished: store the record next.
+    fn on_announced(&mut self, id: QueryId, outcome: kad::AddProviderResult) {
+        let Some(PendingPublish {
+            reply,
+            record: Some(record),
+        }) = self.publishes.remove(&id)
+        else {
+            return;
+        };
+        if let Err(err) = outcome {
             let _ = reply.send(Err(P2pError::Publish(err.to_string())));
             return;
         }
-        match kad.put_record(record, Quorum::One) {
+        match self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .put_record(record, Quorum::One)
+        {
             Ok(query) => {
-                self.publishes.insert(query, reply);
+                self.publishes.insert(
+                    query,
+                    PendingPublish {
+                        reply,
+                        record: None,
+                    },
+                );
             }
             Err(err) => {
                 let _ = reply.send(Err(P2pError::Publish(err.to_string())));
@@ -518,8 +571,9 @@ impl SwarmTask {
                 id, result, step, ..
             } => {
                 match result {
+                    QueryResult::StartProviding(outcome) => self.on_announced(id, outcome),
                     QueryResult::PutRecord(outcome) => {
-                        if let Some(reply) = self.publishes.remove(&id) {
+                        if let Some(PendingPublish { reply, .. }) = self.publishes.remove(&id) {
                             let _ = reply.send(
                                 outcome
                                     .map(|_| ())
@@ -545,6 +599,9 @@ impl SwarmTask {
         };
         if !refresh.provider_queries.contains(&id) {
             return;
+        }
+        if let Err(err) = &outcome {
+            debug!(%err, "a shard's provider query failed");
         }
         if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = outcome {
             for peer in providers {

@@ -17,7 +17,7 @@ use shallot_directory::{
 use shallot_p2p::{KAD_PROTOCOL, Node, NodeConfig, Role};
 
 /// Upper bound for any network in these tests to converge; a test that needs longer fails.
-const CONVERGE_LIMIT: Duration = Duration::from_secs(90);
+const CONVERGE_LIMIT: Duration = Duration::from_secs(60);
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -122,9 +122,13 @@ async fn wait_for_view(client: &Node, expected: &HashSet<PeerId>) -> Duration {
         }
         assert!(
             started.elapsed() < CONVERGE_LIMIT,
-            "view holds {} of {} relays after {CONVERGE_LIMIT:?}",
+            "view holds {} of {} relays after {CONVERGE_LIMIT:?} (providers listed {}, refused \
+             {:?}, missing {:?})",
             seen.intersection(expected).count(),
-            expected.len()
+            expected.len(),
+            outcome.providers_listed,
+            outcome.refused,
+            expected.difference(&seen).collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -150,10 +154,12 @@ async fn fresh_client_discovers_twenty_relays() {
     discovery_of(20).await;
 }
 
-/// The figure for 100 relays in the discovery note; slow in a debug build, so it runs when
-/// asked: `cargo test --release -p shallot-p2p --test discovery -- --ignored`.
+/// The figure for 100 relays in the discovery note, run when asked:
+/// `cargo test --release -p shallot-p2p --test discovery -- --ignored`.
+/// Known gap (issue 4): with 100 relays started at once, a fresh client lists 94–99 of them;
+/// the missing relays' shard announcements do not reach the nodes its lookups end at.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "100 relays: run explicitly in release mode for the measurement"]
+#[ignore = "100 relays: a measurement with a known gap (94-99 of 100 found), see issue 4"]
 async fn fresh_client_discovers_one_hundred_relays() {
     discovery_of(100).await;
 }

@@ -33,6 +33,16 @@ use crate::limits::{HandshakeSlot, Limiter, Refusal};
 use crate::link::{self, Link, LinkReader, Stream};
 use crate::safelog::Sensitive;
 
+/// Republication delays after the first successful publications. Kademlia stores a record at
+/// the k closest nodes *as the publisher sees them*; a new relay's routing table is still
+/// filling in its first minutes, so it publishes again as it fills, which puts the record and
+/// the shard announcement where lookups go (specs/04 §4). Measured: with a single publication,
+/// a fresh client's view held 94 of 100 new relays after 90 s.
+pub const EARLY_REPUBLISH: [Duration; 3] = [
+    Duration::from_secs(15),
+    Duration::from_secs(60),
+    Duration::from_secs(300),
+];
 /// First wait before retrying a failed publication (doubles up to [`PUBLISH_RETRY_MAX`]).
 pub const PUBLISH_RETRY_MIN: Duration = Duration::from_secs(1);
 /// Longest wait between publication retries (while the relay has no DHT peers, say).
@@ -520,10 +530,12 @@ impl Publisher {
     }
 }
 
-/// Publishes at start, every [`REPUBLISH_INTERVAL_SECS`] (or half the lifetime if shorter),
-/// on request and after each rotation; retries failures with a growing delay (specs/04 §4).
+/// Publishes at start, again after each of [`EARLY_REPUBLISH`] while the routing table fills,
+/// then every [`REPUBLISH_INTERVAL_SECS`] (or half the lifetime if shorter), on request and
+/// after each rotation; retries failures with a growing delay (specs/04 §4).
 async fn publish_loop(ctx: Arc<Context>, mut p: Publisher, mut kick: mpsc::Receiver<()>) {
-    let republish = Duration::from_secs(REPUBLISH_INTERVAL_SECS.min(p.lifetime / 2));
+    let steady = Duration::from_secs(REPUBLISH_INTERVAL_SECS.min(p.lifetime / 2));
+    let mut early = EARLY_REPUBLISH.iter();
     let mut backoff = PUBLISH_RETRY_MIN;
     loop {
         let result = match p.descriptor(&ctx) {
@@ -535,7 +547,7 @@ async fn publish_loop(ctx: Arc<Context>, mut p: Publisher, mut kick: mpsc::Recei
                 ctx.stats.descriptors_published.inc();
                 debug!("descriptor published");
                 backoff = PUBLISH_RETRY_MIN;
-                republish
+                early.next().map_or(steady, |d| (*d).min(steady))
             }
             Err(e) => {
                 ctx.stats.publish_failures.inc();
