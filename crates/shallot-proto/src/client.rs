@@ -12,8 +12,8 @@ use shallot_crypto::{ClientHandshake, ClientLayers, OnionPublicKey};
 
 use crate::err::ProtoError;
 use crate::flow::{
-    CLIENT_QUEUE_CELLS, CONTROL_RESERVE_CELLS, MAX_STREAMS_PER_CIRCUIT, OPTIMISTIC_DATA_MAX,
-    RecvWindow, SendWindow,
+    CIRCUIT_WINDOW_GROWTH_MAX, CLIENT_QUEUE_CELLS, CONTROL_RESERVE_CELLS, MAX_STREAMS_PER_CIRCUIT,
+    OPTIMISTIC_DATA_MAX, RecvWindow, SendWindow,
 };
 
 /// Default time a CREATE or an EXTEND may take before the circuit is abandoned.
@@ -136,6 +136,8 @@ impl ClientStream {
 struct PendingHop {
     handshake: ClientHandshake,
     deadline: Instant,
+    /// When the CREATE or EXTEND was queued.
+    sent: Instant,
     /// `None` for the first hop (CREATE), else EXTEND.
     extend: bool,
 }
@@ -165,6 +167,10 @@ pub struct ClientCircuit {
     queue_blocked: bool,
     /// Some WINDOW_UPDATE could not be queued and waits for room.
     updates_deferred: bool,
+    /// The time of the latest input (reads follow received cells closely).
+    last_now: Instant,
+    /// Round trip of the newest hop's CREATE/EXTEND: the window auto-tuning's RTT.
+    rtt: Option<Duration>,
 }
 
 /// The link-0 cell length.
@@ -195,6 +201,7 @@ impl ClientCircuit {
             pending: Some(PendingHop {
                 handshake,
                 deadline,
+                sent: now,
                 extend: false,
             }),
             out,
@@ -205,6 +212,8 @@ impl ClientCircuit {
             close_error: None,
             queue_blocked: false,
             updates_deferred: false,
+            last_now: now,
+            rtt: None,
         })
     }
 
@@ -283,6 +292,7 @@ impl ClientCircuit {
         self.pending = Some(PendingHop {
             handshake,
             deadline: now + self.config.build_timeout,
+            sent: now,
             extend: true,
         });
         Ok(())
@@ -398,9 +408,11 @@ impl ClientCircuit {
             return Err(ProtoError::WouldBlock);
         }
         let n = buf.len().min(s.buf.len());
-        for (dst, src) in buf.iter_mut().zip(s.buf.drain(..n)) {
-            *dst = src;
-        }
+        let (a, b) = s.buf.as_slices();
+        let from_a = n.min(a.len());
+        buf[..from_a].copy_from_slice(&a[..from_a]);
+        buf[from_a..n].copy_from_slice(&b[..n - from_a]);
+        s.buf.drain(..n);
         if s.buf.is_empty() {
             s.readable_signalled = false;
         }
@@ -526,10 +538,11 @@ impl ClientCircuit {
     /// One whole cell read from the link to hop 1. An `Err` means the cell broke the protocol
     /// and the circuit is now destroyed (DESTROY queued, [`ClientEvent::Destroyed`] emitted).
     /// After the circuit is closed, input is ignored.
-    pub fn handle_cell(&mut self, mut cell: Vec<u8>, _now: Instant) -> Result<(), ProtoError> {
+    pub fn handle_cell(&mut self, mut cell: Vec<u8>, now: Instant) -> Result<(), ProtoError> {
         if self.closed.is_some() {
             return Ok(());
         }
+        self.last_now = self.last_now.max(now);
         let r = self.handle_cell_inner(&mut cell);
         self.fail_on_err(r)
     }
@@ -570,6 +583,7 @@ impl ClientCircuit {
     fn finish_hop(&mut self, p: PendingHop, reply: &[u8]) -> Result<(), ProtoError> {
         let keys = p.handshake.finish(reply).map_err(ProtoError::Handshake)?;
         self.layers.push_hop(keys);
+        self.rtt = Some(self.last_now.saturating_duration_since(p.sent));
         self.events
             .push_back(ClientEvent::HopAdded(self.layers.hops()));
         Ok(())
@@ -717,7 +731,18 @@ impl ClientCircuit {
             return Ok(());
         };
         let hop = s.hop;
-        let Some(inc) = s.recv.take_update() else {
+        if !s.recv.update_due() {
+            return Ok(());
+        }
+        // specs/03 §11.3: growth comes out of the circuit's budget, so the circuit's buffer
+        // bound (MAX_CIRCUIT_STREAM_BUFFER) holds whatever its streams do.
+        let used: u64 = self.streams.values().map(|s| s.recv.growth()).sum();
+        let budget = CIRCUIT_WINDOW_GROWTH_MAX.saturating_sub(used);
+        let (now, rtt) = (self.last_now, self.rtt);
+        let Some(s) = self.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        let Some((inc, _)) = s.recv.take_update_tuned(now, rtt, budget) else {
             return Ok(());
         };
         let frame = RelayFrame {

@@ -4,6 +4,8 @@
 //! `MAX_STREAMS_PER_CIRCUIT`) are part of the wire protocol: both ends MUST agree on them. The
 //! queue bounds are local choices that only shape backpressure.
 
+use std::time::{Duration, Instant};
+
 use crate::err::ProtoError;
 
 /// Credit (bytes) each side of a stream starts with in each direction, without any
@@ -29,11 +31,19 @@ pub const MAX_STREAMS_PER_CIRCUIT: usize = 64;
 /// reuse and drop late messages. specs/03 §7.2.
 pub const HALF_CLOSED_IDS: usize = MAX_STREAMS_PER_CIRCUIT;
 
-/// Bytes a receiver buffers for one stream at most: its window. specs/03 §11.6.
+/// Bytes a receiver buffers for one stream without window growth: its initial window.
+/// specs/03 §11.6.
 pub const MAX_STREAM_BUFFER: usize = STREAM_WINDOW_INITIAL as usize;
 
-/// Bytes a receiver buffers for all the streams of one circuit at most. specs/03 §11.6.
-pub const MAX_CIRCUIT_STREAM_BUFFER: usize = MAX_STREAMS_PER_CIRCUIT * MAX_STREAM_BUFFER;
+/// Credit a receiver may add, in total over the open streams of one circuit, by growing their
+/// windows beyond `STREAM_WINDOW_INITIAL` (specs/03 §11.3, local). 4 MiB covers 180 MB/s at a
+/// 20 ms circuit round trip.
+pub const CIRCUIT_WINDOW_GROWTH_MAX: u64 = 4 * 1024 * 1024;
+
+/// Bytes a receiver buffers for all the streams of one circuit at most: the initial windows
+/// plus the growth budget. specs/03 §11.6.
+pub const MAX_CIRCUIT_STREAM_BUFFER: usize =
+    MAX_STREAMS_PER_CIRCUIT * MAX_STREAM_BUFFER + CIRCUIT_WINDOW_GROWTH_MAX as usize;
 
 /// Cells a relay queues toward each neighbour (forward queue and backward queue) before it
 /// stops reading (`wants_*` turns false). specs/03 §11.4.
@@ -88,14 +98,22 @@ impl SendWindow {
 
 /// Receiver side of one stream's credit window (specs/03 §11.3).
 ///
-/// Invariant: `allowed + buffered + unacked == STREAM_WINDOW_INITIAL`, where `buffered` is
-/// what the application has not consumed yet; so at most one window is ever buffered.
+/// Invariant: `allowed + buffered + unacked == window`, where `buffered` is what the
+/// application has not consumed yet; so at most one window is ever buffered. `window` starts
+/// at `STREAM_WINDOW_INITIAL` and only grows through [`take_update_tuned`](Self::take_update_tuned),
+/// never beyond `STREAM_WINDOW_MAX`.
 #[derive(Debug)]
 pub(crate) struct RecvWindow {
     /// Bytes the peer may still send.
     allowed: u64,
     /// Bytes consumed by the application and not yet granted back.
     unacked: u64,
+    /// The current window.
+    window: u64,
+    /// When the current measurement epoch started (the first update of the epoch).
+    epoch_start: Option<Instant>,
+    /// Bytes granted back since `epoch_start`.
+    epoch_consumed: u64,
 }
 
 impl RecvWindow {
@@ -103,7 +121,52 @@ impl RecvWindow {
         Self {
             allowed: u64::from(STREAM_WINDOW_INITIAL),
             unacked: 0,
+            window: u64::from(STREAM_WINDOW_INITIAL),
+            epoch_start: None,
+            epoch_consumed: 0,
         }
+    }
+
+    /// Credit added beyond `STREAM_WINDOW_INITIAL` by growth.
+    pub(crate) fn growth(&self) -> u64 {
+        self.window - u64::from(STREAM_WINDOW_INITIAL)
+    }
+
+    /// Like [`take_update`](Self::take_update), and grows the window (specs/03 §11.3,
+    /// auto-tuning to the bandwidth-delay product): when the application consumed a whole
+    /// window within two round trips (`rtt`), the window limited the stream, so the update
+    /// also grants up to one more window, at most `budget` and never beyond
+    /// `STREAM_WINDOW_MAX`. Returns the increment and the growth taken from `budget`.
+    pub(crate) fn take_update_tuned(
+        &mut self,
+        now: Instant,
+        rtt: Option<Duration>,
+        budget: u64,
+    ) -> Option<(u32, u64)> {
+        if !self.update_due() {
+            return None;
+        }
+        let start = *self.epoch_start.get_or_insert(now);
+        self.epoch_consumed += self.unacked;
+        let mut growth = 0;
+        if self.epoch_consumed >= self.window {
+            let fast = rtt.is_some_and(|rtt| {
+                !rtt.is_zero() && now.saturating_duration_since(start) < rtt * 2
+            });
+            if fast {
+                growth = self
+                    .window
+                    .min(budget)
+                    .min(u64::from(STREAM_WINDOW_MAX) - self.window);
+            }
+            self.epoch_start = Some(now);
+            self.epoch_consumed = 0;
+        }
+        let inc = u32::try_from(self.unacked + growth).ok()?;
+        self.window += growth;
+        self.allowed += self.unacked + growth;
+        self.unacked = 0;
+        Some((inc, growth))
     }
 
     /// Account for `n` received bytes; more than the credit given is a protocol error.
@@ -163,6 +226,64 @@ mod tests {
         w.consumed(1);
         assert_eq!(w.take_update(), Some(WINDOW_UPDATE_THRESHOLD));
         assert_eq!(w.take_update(), None);
+    }
+
+    #[test]
+    fn window_grows_only_when_consumed_within_two_rtts_and_within_budget() {
+        let t0 = Instant::now();
+        let rtt = Some(Duration::from_millis(10));
+        let w0 = STREAM_WINDOW_INITIAL as usize;
+        let mut w = RecvWindow::new();
+        // A whole window consumed within one RTT: the update grants one more window.
+        w.receive(1, w0).unwrap();
+        w.consumed(w0);
+        let (inc, growth) = w.take_update_tuned(t0, rtt, u64::MAX).unwrap();
+        assert_eq!(growth, w0 as u64);
+        assert_eq!(inc as usize, 2 * w0);
+        // The peer may now send two windows, not more.
+        w.receive(1, 2 * w0).unwrap();
+        assert!(w.receive(1, 1).is_err());
+        // Slow consumption (a window over more than two RTTs): no growth.
+        w.consumed(2 * w0);
+        let later = t0 + Duration::from_millis(100);
+        assert_eq!(
+            w.take_update_tuned(later, rtt, u64::MAX),
+            Some((2 * w0 as u32, 0))
+        );
+        // No budget, or no RTT known: no growth.
+        let mut w = RecvWindow::new();
+        w.receive(1, w0).unwrap();
+        w.consumed(w0);
+        assert_eq!(w.take_update_tuned(t0, rtt, 0), Some((w0 as u32, 0)));
+        let mut w = RecvWindow::new();
+        w.receive(1, w0).unwrap();
+        w.consumed(w0);
+        assert_eq!(
+            w.take_update_tuned(t0, None, u64::MAX),
+            Some((w0 as u32, 0))
+        );
+    }
+
+    #[test]
+    fn window_never_grows_beyond_max() {
+        let t0 = Instant::now();
+        let rtt = Some(Duration::from_secs(1));
+        let mut w = RecvWindow::new();
+        let mut s = SendWindow::new();
+        for _ in 0..64 {
+            let n = w.window as usize;
+            w.receive(1, n).unwrap();
+            s.spend(n);
+            w.consumed(n);
+            let (inc, _) = w.take_update_tuned(t0, rtt, u64::MAX).unwrap();
+            s.grant(1, inc).unwrap();
+            assert!(w.window <= u64::from(STREAM_WINDOW_MAX));
+        }
+        assert_eq!(w.window, u64::from(STREAM_WINDOW_MAX));
+        assert_eq!(
+            w.growth(),
+            u64::from(STREAM_WINDOW_MAX - STREAM_WINDOW_INITIAL)
+        );
     }
 
     #[test]
