@@ -37,6 +37,9 @@ const EXIT_WRITE_QUEUE: usize = 2;
 /// How long closing streams may take to write what they hold (DESTROY cells, a closed exit
 /// stream's last bytes) before they are cut.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// Passes of [`CircuitTask::pump`] per wake-up at most, so one busy circuit cannot starve
+/// the other tasks of a single-threaded runtime.
+const PUMP_ROUNDS: usize = 8;
 /// Closed exit streams whose writers may still be finishing, per circuit; past it the oldest
 /// is cut.
 pub const MAX_CLOSING_STREAMS: usize = MAX_STREAMS_PER_CIRCUIT;
@@ -249,8 +252,90 @@ impl CircuitTask {
                 _ = shutdown.changed() => Wake::Shutdown,
             };
             self.wake(wake, now);
+            self.pump(now);
         }
         self.close().await;
+    }
+
+    /// Moves whatever is ready without waiting: the cells the links already read (while the
+    /// circuit wants them) and the batches their writers have room for. One pass of the
+    /// `select!` per cell cost more than the cell's crypto; this handles a whole read-ahead
+    /// per pass (specs/01 §4.3, batching).
+    fn pump(&mut self, now: Instant) {
+        let t = now.into_std();
+        for _ in 0..PUMP_ROUNDS {
+            let mut moved = false;
+            while !self.circ.is_closed() && self.circ.wants_prev_cell() {
+                let Some(cells) = self.prev.as_mut().map(|l| &mut l.cells) else {
+                    break;
+                };
+                match cells.try_recv() {
+                    Ok(cell) => {
+                        moved = true;
+                        if let Err(e) = self.circ.handle_prev_cell(cell, t) {
+                            debug!(error = %e, "circuit destroyed on a cell from the previous hop");
+                        }
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        self.prev = None;
+                        self.circ.handle_prev_closed(t);
+                        break;
+                    }
+                }
+            }
+            while !self.circ.is_closed() && self.circ.wants_next_cell() {
+                let Next::Open {
+                    link,
+                    created_deadline,
+                } = &mut self.next
+                else {
+                    break;
+                };
+                match link.cells.try_recv() {
+                    Ok(cell) => {
+                        moved = true;
+                        *created_deadline = None;
+                        if let Err(e) = self.circ.handle_next_cell(cell, t) {
+                            debug!(error = %e, "circuit destroyed on a cell from the next hop");
+                        }
+                        self.drop_next_if_gone();
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        self.next = Next::None;
+                        self.circ.handle_next_closed(t);
+                        break;
+                    }
+                }
+            }
+            if self.circ.queued_prev() > 0
+                && let Some(tx) = self.prev.as_ref().and_then(|l| l.batches.as_ref())
+                && tx.capacity() > 0
+            {
+                moved = true;
+                let batch = drain(&mut self.circ, true);
+                if tx.try_send(batch).is_err() {
+                    self.prev = None;
+                    self.circ.handle_prev_closed(t);
+                }
+            }
+            if self.circ.queued_next() > 0
+                && let Next::Open { link, .. } = &self.next
+                && let Some(tx) = link.batches.as_ref()
+                && tx.capacity() > 0
+            {
+                moved = true;
+                let batch = drain(&mut self.circ, false);
+                if tx.try_send(batch).is_err() {
+                    self.next = Next::None;
+                    self.circ.handle_next_closed(t);
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
     }
 
     fn wake(&mut self, wake: Wake, now: Instant) {

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 /// Bytes of cells written at most in one write.
 pub const MAX_BATCH_BYTES: usize = 64 * 1024;
 /// Cells a link's reader may hold for the circuit task (read ahead of `wants_*`).
-pub const READ_AHEAD_CELLS: usize = 8;
+pub const READ_AHEAD_CELLS: usize = 32;
 /// Batches waiting for a link's writer besides the one being written.
 pub const WRITE_QUEUE_BATCHES: usize = 1;
 /// Read buffer of a link, in cells.
