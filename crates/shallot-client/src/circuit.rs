@@ -92,6 +92,8 @@ pub(crate) struct CircuitShared {
     pub(crate) built: AtomicBool,
     /// The circuit is gone.
     pub(crate) closed: AtomicBool,
+    /// Hops built so far (0 until the guard answered CREATE).
+    pub(crate) hops: AtomicUsize,
 }
 
 /// What [`spawn`] returns.
@@ -416,6 +418,7 @@ where
     fn handle_event(&mut self, event: ClientEvent) {
         match event {
             ClientEvent::HopAdded(n) => {
+                self.shared.hops.store(n, Ordering::Relaxed);
                 if let Some(next) = self.path.get(n) {
                     if let Err(err) = self.circ.extend(next, Instant::now()) {
                         debug!(circuit = self.id, %err, "cannot extend");

@@ -20,7 +20,7 @@ use crate::err::ClientError;
 use crate::front::{self, FrontConfig, HANDSHAKE_TIMEOUT};
 use crate::manager::{MAINTENANCE_INTERVAL, Manager};
 use crate::metrics::{self, Metrics};
-use crate::path::{InterimSelector, PathSelector};
+use crate::path::Paths;
 use crate::sensitive::set_safe_logging;
 
 /// The view cache's file name inside the data directory.
@@ -139,12 +139,12 @@ impl Client {
                 let _ = node.add_address(peer, addr.clone()).await;
             }
         }
-        let selector: Box<dyn PathSelector> = Box::new(InterimSelector);
+        let paths = Paths::open(config.data_dir.as_deref()).map_err(ClientError::GuardState)?;
         let manager = Arc::new(Manager::new(
             config.clone(),
             Arc::clone(&node),
             view,
-            selector,
+            paths,
             metrics.clone(),
         ));
         manager.update_view(|_| ());

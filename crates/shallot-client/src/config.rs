@@ -44,8 +44,8 @@ pub struct ClientConfig {
     /// DHT servers to bootstrap from, each a multiaddr ending with `/p2p/<PeerId>`.
     /// Default: none.
     pub bootstrap: Vec<String>,
-    /// Where the view cache (and, with `shallot-path`, the pinned guards) live. Default:
-    /// none (nothing is kept on disk; guards are not pinned across runs).
+    /// Where the view cache and the pinned guards (`guards.state`) live. Default: none
+    /// (nothing is kept on disk; guards are not pinned across runs).
     pub data_dir: Option<PathBuf>,
     /// Where to serve Prometheus metrics at `/metrics`. Default: none (off).
     pub metrics_listen: Option<SocketAddr>,

@@ -61,6 +61,10 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// The pinned guards' state file (`guards.state`, specs/05 §6) cannot be read or is
+    /// corrupt. It is never replaced silently: move it aside to start with fresh guards.
+    #[error("pinned guards unusable")]
+    GuardState(#[source] shallot_path::PathError),
     /// The libp2p node failed.
     #[error("libp2p node failed")]
     P2p(#[source] shallot_p2p::P2pError),
@@ -74,7 +78,9 @@ impl ClientError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::BadBootstrap { .. } | Self::BadSetting { .. } => ErrorKind::BadConfig,
-            Self::Bind { .. } | Self::DataDir { .. } => ErrorKind::Environment,
+            Self::Bind { .. } | Self::DataDir { .. } | Self::GuardState(_) => {
+                ErrorKind::Environment
+            }
             Self::P2p(_) => ErrorKind::Network,
             Self::Stopped => ErrorKind::ShuttingDown,
         }

@@ -23,16 +23,17 @@ use shallot_cell::{Host, ResolvedAnswer};
 use shallot_directory::{NetworkView, ViewEntry};
 use shallot_exit_policy::PolicySummary;
 use shallot_p2p::{CIRCUIT_PROTOCOL, Node, PeerId};
+use shallot_path::{ErrorKind as PathErrorKind, PathError, RelayIndex};
 use shallot_proto::{HopSpec, MAX_STREAMS_PER_CIRCUIT};
 use tokio::io::AsyncRead;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::circuit::{self, BuildFailure, CircuitCommand, CircuitShared};
 use crate::config::ClientConfig;
 use crate::err::StreamFailure;
 use crate::metrics::Metrics;
-use crate::path::{PathError, PathSelector, exit_allows};
+use crate::path::Paths;
 use crate::sensitive::Sensitive;
 use crate::stream::{StreamHandle, stream_pair};
 use crate::timeout::BuildTimes;
@@ -144,7 +145,7 @@ pub(crate) struct Manager {
     config: ClientConfig,
     node: Arc<Node>,
     view: RwLock<NetworkView>,
-    selector: Box<dyn PathSelector>,
+    paths: Paths,
     circuits: Mutex<Vec<Entry>>,
     build_times: Mutex<BuildTimes>,
     recent_ports: Mutex<HashMap<u16, Instant>>,
@@ -161,7 +162,7 @@ impl Manager {
         config: ClientConfig,
         node: Arc<Node>,
         view: NetworkView,
-        selector: Box<dyn PathSelector>,
+        paths: Paths,
         metrics: Metrics,
     ) -> Self {
         let build_times = BuildTimes::new(
@@ -173,7 +174,7 @@ impl Manager {
             config,
             node,
             view: RwLock::new(view),
-            selector,
+            paths,
             circuits: Mutex::new(Vec::new()),
             build_times: Mutex::new(build_times),
             recent_ports: Mutex::new(HashMap::new()),
@@ -186,7 +187,15 @@ impl Manager {
 
     /// Whether `view` holds a usable path (to any exit).
     pub(crate) fn path_possible(&self, view: &NetworkView) -> bool {
-        self.selector.select(view, None, &[]).is_ok()
+        match self.paths.select(view, None, &[]) {
+            Ok(_) => true,
+            Err(err) => {
+                if matches!(err.kind(), PathErrorKind::Storage | PathErrorKind::Internal) {
+                    warn!(%err, "path selection failed");
+                }
+                false
+            }
+        }
     }
 
     /// Waits until the first circuit was built.
@@ -438,10 +447,20 @@ impl Manager {
             .build(port, avoid_exits, Some(iso.clone()))
             .await
             .map_err(|e| match e {
-                BuildError::Path(PathError::NoExit) => StreamFailure::NoExitForPort,
-                BuildError::Path(PathError::TooFewRelays) => StreamFailure::NoPath,
+                BuildError::Path(err) if err.kind() == PathErrorKind::PolicyRefusal => {
+                    StreamFailure::NoExitForPort
+                }
+                BuildError::Path(err) => {
+                    if err.kind() != PathErrorKind::Retry {
+                        warn!(%err, "path selection failed");
+                    }
+                    StreamFailure::NoPath
+                }
                 BuildError::TooMany => StreamFailure::TooManyCircuits,
-                BuildError::Failed(_) => StreamFailure::CircuitFailed,
+                BuildError::Failed(failure) => {
+                    debug!(%failure, "circuit for a stream failed");
+                    StreamFailure::CircuitFailed
+                }
             })?;
         let mut circuits = self.lock();
         let entry = circuits
@@ -464,7 +483,7 @@ impl Manager {
         owner: Option<Isolation>,
     ) -> Result<u64, BuildError> {
         let path = self
-            .with_view(|view| self.selector.select(view, port, avoid_exits))
+            .with_view(|view| self.paths.select(view, port, avoid_exits))
             .map_err(BuildError::Path)?;
         let specs: Vec<HopSpec> = path.iter().map(hop_spec).collect();
         let peers: Vec<PeerId> = path.iter().map(|e| e.descriptor.peer_id()).collect();
@@ -477,10 +496,10 @@ impl Manager {
         });
         let guard = *peers
             .first()
-            .ok_or(BuildError::Path(PathError::TooFewRelays))?;
+            .ok_or(BuildError::Path(PathError::InvariantViolated("empty path")))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (done_tx, done_rx) = watch::channel(None);
-        let shared = Arc::new(CircuitShared::default());
+        let mut shared = Arc::new(CircuitShared::default());
         {
             let mut circuits = self.lock();
             circuits.retain(|e| !e.closed() || e.building.is_some());
@@ -515,9 +534,10 @@ impl Manager {
                 let mut circuits = self.lock();
                 if let Some(e) = circuits.iter_mut().find(|e| e.id == id) {
                     e.commands = Some(spawned.commands);
-                    e.shared = spawned.shared;
+                    e.shared = Arc::clone(&spawned.shared);
                 }
             }
+            shared = spawned.shared;
             spawned
                 .built
                 .await
@@ -551,6 +571,13 @@ impl Manager {
             }
         }
         drop(circuits);
+        // specs/05 §5.4: a build that never got past the guard (no link, or no CREATED from
+        // it) counts against the guard; any later failure says nothing about it.
+        let at_guard = matches!(result, Err(BuildFailure::Failed("dial")))
+            || (result.is_err() && shared.hops.load(Ordering::Relaxed) == 0);
+        if ok || at_guard {
+            self.paths.guard_outcome(&guard, ok);
+        }
         let _ = done_tx.send(Some(ok));
         debug!(circuit = id, ok, "circuit build finished");
         result.map(|_| id).map_err(BuildError::Failed)
@@ -606,9 +633,15 @@ impl Manager {
             needed
         };
         for port in needed {
-            let has_exit = self.with_view(|v| v.entries().any(|e| exit_allows(e, port)));
-            if !has_exit {
-                continue;
+            if let Some(port) = port {
+                let has_exit = self.with_view(|v| {
+                    let relays = RelayIndex::new(v);
+                    v.entries()
+                        .any(|e| relays.exit_allows(&e.descriptor.peer_id(), port))
+                });
+                if !has_exit {
+                    continue;
+                }
             }
             let me = Arc::clone(self);
             tokio::spawn(async move {
@@ -644,7 +677,7 @@ impl Manager {
 }
 
 /// Why a build did not happen or failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum BuildError {
     /// No path.
     Path(PathError),

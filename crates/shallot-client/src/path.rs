@@ -1,119 +1,106 @@
-//! The boundary to path selection.
-//!
-//! `shallot-path` (guard/middle/exit selection with pinned guards) is being written alongside
-//! this crate. Until it lands, [`InterimSelector`] keeps the rules that matter for correctness
-//! and anonymity of a single circuit (three distinct relays, no two in one IPv4 /16 or IPv6
-//! /32 or declared family, an exit whose policy summary allows the port) but does NOT pin
-//! guards: every circuit draws a fresh first hop. Replace it by `shallot-path` behind the same
-//! [`PathSelector`] trait.
+//! The boundary to path selection (`shallot-path`, specs/05): the client's pinned guards and
+//! the paths chosen from the view. The guards live in `guards.state` in the data directory
+//! when there is one, in memory otherwise.
 
-use std::net::IpAddr;
+use std::path::Path as FsPath;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use rand::seq::{IndexedRandom, SliceRandom};
 use shallot_directory::{NetworkView, ViewEntry};
 use shallot_p2p::PeerId;
+use shallot_path::{ExitTarget, PathError, PathSelector, RelayIndex};
+use tracing::{info, warn};
 
-/// Why no path could be chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum PathError {
-    /// No exit in the view allows the port (or every one is excluded).
-    #[error("no exit allows the port")]
-    NoExit,
-    /// Exits exist but not enough other relays for a path that keeps the rules.
-    #[error("not enough relays")]
-    TooFewRelays,
+/// Draws on the full view before a retry that must avoid some exits falls back to a view
+/// without them (which may hide a pinned guard that is also a refused exit).
+const AVOID_DRAWS: usize = 8;
+
+/// The client's path selector and pinned guards, shared by the manager's tasks.
+pub(crate) struct Paths {
+    selector: Mutex<PathSelector>,
 }
 
-/// Chooses guard, middle, exit from the view for a target port (`None`: any exit, e.g. for
-/// RESOLVE), never using an exit in `avoid_exits`.
-pub(crate) trait PathSelector: Send + Sync + 'static {
-    /// The path, first hop first.
-    fn select(
-        &self,
-        view: &NetworkView,
-        port: Option<u16>,
-        avoid_exits: &[PeerId],
-    ) -> Result<Vec<ViewEntry>, PathError>;
-}
-
-/// Whether `entry` is an exit whose summary allows `port` (any port when `None`).
-pub(crate) fn exit_allows(entry: &ViewEntry, port: Option<u16>) -> bool {
-    let d = entry.descriptor.descriptor();
-    if !d.flags.is_exit() {
-        return false;
-    }
-    match d.exit_policy_summary() {
-        Ok(Some(summary)) => match port {
-            Some(p) => summary.allows_port(p),
-            None => !summary.accepts_nothing(),
-        },
-        _ => false,
-    }
-}
-
-/// The stand-in selector; see the module docs.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct InterimSelector;
-
-/// The /16 (IPv4) or /32 (IPv6) prefixes of a relay's addresses.
-fn wide_subnets(entry: &ViewEntry) -> Vec<(u8, u32)> {
-    entry
-        .descriptor
-        .descriptor()
-        .ip_addrs()
-        .map(|ip| match ip {
-            IpAddr::V4(v4) => (4, u32::from(v4) >> 16),
-            IpAddr::V6(v6) => (6, (u128::from(v6) >> 96) as u32),
+impl Paths {
+    /// Guards pinned in `data_dir/guards.state` (specs/05 §6), or in memory only without a
+    /// data directory. A state file that cannot be read is an error, never replaced by fresh
+    /// guards (specs/05 §6.3).
+    pub(crate) fn open(data_dir: Option<&FsPath>) -> Result<Self, PathError> {
+        let selector = match data_dir {
+            Some(dir) => {
+                let selector = PathSelector::open(dir)?;
+                info!(
+                    guards = selector.guards().guards().len(),
+                    state = ?selector.guards().state_path(),
+                    "guards pinned in the data directory"
+                );
+                selector
+            }
+            None => {
+                info!("no data directory: guards live in memory only and change on restart");
+                PathSelector::in_memory()
+            }
+        };
+        Ok(Self {
+            selector: Mutex::new(selector),
         })
-        .collect()
-}
-
-/// Whether two relays may not share a circuit: same relay, same wide subnet, same family.
-fn related(a: &ViewEntry, b: &ViewEntry) -> bool {
-    let (pa, pb) = (a.descriptor.peer_id(), b.descriptor.peer_id());
-    if pa == pb {
-        return true;
     }
-    let sa = wide_subnets(a);
-    if wide_subnets(b).iter().any(|s| sa.contains(s)) {
-        return true;
-    }
-    a.descriptor.descriptor().family.contains(&pb) || b.descriptor.descriptor().family.contains(&pa)
-}
 
-impl PathSelector for InterimSelector {
-    fn select(
+    fn lock(&self) -> MutexGuard<'_, PathSelector> {
+        match self.selector.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// A path (guard, middle, exit) from `view` whose exit allows `port` (`None`: any exit,
+    /// e.g. for RESOLVE), never using an exit in `avoid_exits`.
+    pub(crate) fn select(
         &self,
         view: &NetworkView,
         port: Option<u16>,
         avoid_exits: &[PeerId],
     ) -> Result<Vec<ViewEntry>, PathError> {
-        let all: Vec<&ViewEntry> = view.entries().collect();
-        let mut exits: Vec<&ViewEntry> = all
-            .iter()
-            .copied()
-            .filter(|e| exit_allows(e, port) && !avoid_exits.contains(&e.descriptor.peer_id()))
-            .collect();
-        if exits.is_empty() {
-            return Err(PathError::NoExit);
-        }
+        let target = port.map_or(ExitTarget::Any, ExitTarget::Port);
+        let now = unix_now();
         let mut rng = rand::rng();
-        exits.shuffle(&mut rng);
-        for exit in exits {
-            let middles: Vec<&ViewEntry> =
-                all.iter().copied().filter(|m| !related(m, exit)).collect();
-            let Some(middle) = middles.choose(&mut rng) else {
-                continue;
-            };
-            let guards: Vec<&ViewEntry> = all
-                .iter()
-                .copied()
-                .filter(|g| !related(g, exit) && !related(g, middle))
-                .collect();
-            if let Some(guard) = guards.choose(&mut rng) {
-                return Ok(vec![(*guard).clone(), (*middle).clone(), exit.clone()]);
+        let mut selector = self.lock();
+        let relays = RelayIndex::new(view);
+        // The exit is uniform among those that fit the first usable guard: redrawing keeps
+        // that guard (specs/05 §5.5) when another exit fits it.
+        for _ in 0..AVOID_DRAWS {
+            let path = selector.select_path(&relays, target, now, &mut rng)?;
+            if !avoid_exits.contains(&path.exit().descriptor.peer_id()) {
+                return Ok(Vec::from(path.hops().map(ViewEntry::clone)));
             }
         }
-        Err(PathError::TooFewRelays)
+        let mut pruned = view.clone();
+        for peer in avoid_exits {
+            pruned.remove(peer);
+        }
+        let relays = RelayIndex::new(&pruned);
+        let path = selector.select_path(&relays, target, now, &mut rng)?;
+        Ok(Vec::from(path.hops().map(ViewEntry::clone)))
     }
+
+    /// Records the outcome of a circuit build through `guard` (specs/05 §5.4): `false` when
+    /// the build failed at the guard itself.
+    pub(crate) fn guard_outcome(&self, guard: &PeerId, ok: bool) {
+        let now = unix_now();
+        let mut selector = self.lock();
+        let result = if ok {
+            selector.mark_guard_succeeded(guard, now)
+        } else {
+            selector.mark_guard_failed(guard, now)
+        };
+        if let Err(err) = result {
+            warn!(%err, "cannot record the guard's state");
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

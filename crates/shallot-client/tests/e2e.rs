@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -48,6 +49,16 @@ async fn start_net() -> Net {
         relays.push(Relay::start(config).await.expect("relay starts"));
         dirs.push(dir);
     }
+    let client = start_client(&relays, None).await;
+    Net {
+        relays,
+        _dirs: dirs,
+        client,
+    }
+}
+
+/// Starts a client against `relays` (with `data_dir`, if any) and waits until it bootstrapped.
+async fn start_client(relays: &[RelayHandle], data_dir: Option<PathBuf>) -> ClientHandle {
     let config = ClientConfig {
         socks_listen: "127.0.0.1:0".parse().unwrap(),
         bootstrap: relays
@@ -56,6 +67,7 @@ async fn start_net() -> Net {
             .map(|a| a.to_string())
             .collect(),
         preemptive_ports: vec![],
+        data_dir,
         ..ClientConfig::default()
     };
     let client = Client::start(config, Some("127.0.0.1:0".parse().unwrap()))
@@ -65,11 +77,7 @@ async fn start_net() -> Net {
         .await
         .expect("bootstrapped within the limit")
         .expect("bootstrapped");
-    Net {
-        relays,
-        _dirs: dirs,
-        client,
-    }
+    client
 }
 
 /// Serves FILE_LEN deterministic bytes after any request line.
@@ -238,4 +246,57 @@ async fn credentials_isolate_circuits() {
     let now = busy(&net.client);
     assert_eq!(now.len(), 2, "different credentials never share: {now:?}");
     assert!(now.contains(&(first[0].0, 2)));
+}
+
+/// The first hop of the client's built circuits, which must all share it (specs/05 §5.5).
+fn first_hop(client: &ClientHandle) -> String {
+    let hops: Vec<String> = client
+        .circuits()
+        .into_iter()
+        .filter(|c| c.built)
+        .filter_map(|c| c.path.first().map(ToString::to_string))
+        .collect();
+    assert!(!hops.is_empty(), "a circuit is built");
+    assert!(
+        hops.iter().all(|h| h == &hops[0]),
+        "one guard in use: {hops:?}"
+    );
+    hops[0].clone()
+}
+
+fn guard_lines(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("guards.state"))
+        .expect("guards.state written")
+        .lines()
+        .filter_map(|l| l.strip_prefix("guard "))
+        .filter_map(|l| l.split(' ').next().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guards_stay_pinned_across_restarts() {
+    let net = tokio::time::timeout(LIMIT, start_net())
+        .await
+        .expect("network up");
+    let data = tempfile::tempdir().unwrap();
+    let first = tokio::time::timeout(
+        LIMIT,
+        start_client(&net.relays, Some(data.path().to_owned())),
+    )
+    .await
+    .expect("first client up");
+    let guard = first_hop(&first);
+    let pinned = guard_lines(data.path());
+    assert!(pinned.contains(&guard), "{guard} not in {pinned:?}");
+    first.shutdown().await;
+
+    let second = tokio::time::timeout(
+        LIMIT,
+        start_client(&net.relays, Some(data.path().to_owned())),
+    )
+    .await
+    .expect("second client up");
+    assert_eq!(first_hop(&second), guard, "the same guard after a restart");
+    assert_eq!(guard_lines(data.path()), pinned, "the same pinned guards");
+    second.shutdown().await;
 }
