@@ -19,7 +19,7 @@ pub const READ_AHEAD_CELLS: usize = 32;
 /// Batches waiting for a link's writer besides the one being written.
 pub const WRITE_QUEUE_BATCHES: usize = 1;
 /// Read buffer of a link, in cells.
-pub const READ_BUFFER_CELLS: usize = 16;
+pub const READ_BUFFER_CELLS: usize = 1;
 
 /// A circuit stream from libp2p-stream.
 pub(crate) type Stream = libp2p::Stream;
