@@ -42,6 +42,12 @@ use crate::timeout::BuildTimes;
 pub(crate) const MAX_RECENT_PORTS: usize = 16;
 /// How long a port counts as recently used.
 const RECENT_PORT_TTL: Duration = Duration::from_secs(3600);
+/// How long a relay a circuit could not be extended to stays out of new paths. Long enough for
+/// a retry to go elsewhere, short enough that a relay that was only briefly away comes back
+/// before the next view refresh.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(60);
+/// Most relays left out at once (a bound against a network that fails every extend).
+const MAX_UNREACHABLE: usize = 256;
 /// Most clean circuits kept ready at once.
 pub(crate) const MAX_CLEAN_CIRCUITS: usize = 6;
 /// A clean circuit nobody used is closed after this long.
@@ -155,6 +161,9 @@ pub(crate) struct Manager {
     pub(crate) wake: Notify,
     /// Set once the first circuit is built.
     first_built: watch::Sender<bool>,
+    /// Relays a circuit could not be extended to lately, and until when new paths leave them
+    /// out: until the view drops a dead relay, a retry would otherwise pick it again.
+    unreachable: Mutex<HashMap<PeerId, Instant>>,
 }
 
 impl Manager {
@@ -182,7 +191,32 @@ impl Manager {
             metrics,
             wake: Notify::new(),
             first_built: watch::Sender::new(false),
+            unreachable: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Leaves `peer` out of new paths for [`UNREACHABLE_FOR`].
+    fn mark_unreachable(&self, peer: PeerId) {
+        let mut unreachable = match self.unreachable.lock() {
+            Ok(u) => u,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = Instant::now();
+        unreachable.retain(|_, until| *until > now);
+        if unreachable.len() < MAX_UNREACHABLE {
+            unreachable.insert(peer, now + UNREACHABLE_FOR);
+        }
+    }
+
+    /// The relays new paths leave out now.
+    fn unreachable_now(&self) -> Vec<PeerId> {
+        let mut unreachable = match self.unreachable.lock() {
+            Ok(u) => u,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = Instant::now();
+        unreachable.retain(|_, until| *until > now);
+        unreachable.keys().copied().collect()
     }
 
     /// Whether `view` holds a usable path (to any exit).
@@ -482,11 +516,22 @@ impl Manager {
         avoid_exits: &[PeerId],
         owner: Option<Isolation>,
     ) -> Result<u64, BuildError> {
+        let unreachable = self.unreachable_now();
         let path = self
-            .with_view(|view| self.paths.select(view, port, avoid_exits))
+            .with_view(|view| {
+                if unreachable.is_empty() {
+                    return self.paths.select(view, port, avoid_exits);
+                }
+                let mut reachable = view.clone();
+                for peer in &unreachable {
+                    reachable.remove(peer);
+                }
+                self.paths.select(&reachable, port, avoid_exits)
+            })
             .map_err(BuildError::Path)?;
         let specs: Vec<HopSpec> = path.iter().map(hop_spec).collect();
         let peers: Vec<PeerId> = path.iter().map(|e| e.descriptor.peer_id()).collect();
+        let path_peers = peers.clone();
         let exit_summary = path.last().and_then(|e| {
             e.descriptor
                 .descriptor()
@@ -573,10 +618,23 @@ impl Manager {
         drop(circuits);
         // specs/05 §5.4: a build that never got past the guard (no link, or no CREATED from
         // it) counts against the guard; any later failure says nothing about it.
+        let built_hops = shared.hops.load(Ordering::Relaxed);
         let at_guard = matches!(result, Err(BuildFailure::Failed("dial")))
-            || (result.is_err() && shared.hops.load(Ordering::Relaxed) == 0);
+            || (result.is_err() && built_hops == 0);
         if ok || at_guard {
             self.paths.guard_outcome(&guard, ok);
+        }
+        // An extend that failed names the relay it could not reach: the next hop after the
+        // last one built. Guards are left to the guard rules of specs/05.
+        if result.is_err()
+            && built_hops >= 1
+            && let Some(next) = unreachable_candidate(&path_peers, built_hops)
+        {
+            debug!(
+                circuit = id,
+                "leaving an unreachable relay out of new paths for a while"
+            );
+            self.mark_unreachable(next);
         }
         let _ = done_tx.send(Some(ok));
         debug!(circuit = id, ok, "circuit build finished");
@@ -695,4 +753,10 @@ fn hop_spec(entry: &ViewEntry) -> HopSpec {
         addrs: d.addrs.iter().map(|a| a.to_vec()).collect(),
         onion_key: d.onion_key,
     }
+}
+
+/// The relay an extend failed to reach, given the hops built before it failed (at least the
+/// guard); `None` when every hop was built (the failure came later).
+fn unreachable_candidate(path: &[PeerId], built_hops: usize) -> Option<PeerId> {
+    path.get(built_hops).copied()
 }
