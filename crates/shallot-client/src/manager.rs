@@ -624,9 +624,10 @@ impl Manager {
         if ok || at_guard {
             self.paths.guard_outcome(&guard, ok);
         }
-        // An extend that failed names the relay it could not reach: the next hop after the
-        // last one built. Guards are left to the guard rules of specs/05.
-        if result.is_err()
+        // A refused EXTEND (TRUNCATED) names the relay the last hop could not reach: the next
+        // one after the hops built. Any other failure (a destroy, a timeout) could have happened
+        // anywhere on the path, so it names nobody. Guards are left to the rules of specs/05.
+        if matches!(result, Err(BuildFailure::Failed("extend_failed")))
             && built_hops >= 1
             && let Some(next) = unreachable_candidate(&path_peers, built_hops)
         {
