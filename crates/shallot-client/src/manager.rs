@@ -195,28 +195,23 @@ impl Manager {
         }
     }
 
-    /// Leaves `peer` out of new paths for [`UNREACHABLE_FOR`].
-    fn mark_unreachable(&self, peer: PeerId) {
+    /// The relays left out of new paths, with the expired entries already dropped.
+    fn unreachable(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Instant>> {
         let mut unreachable = match self.unreachable.lock() {
             Ok(u) => u,
             Err(poisoned) => poisoned.into_inner(),
         };
         let now = Instant::now();
         unreachable.retain(|_, until| *until > now);
-        if unreachable.len() < MAX_UNREACHABLE {
-            unreachable.insert(peer, now + UNREACHABLE_FOR);
-        }
+        unreachable
     }
 
-    /// The relays new paths leave out now.
-    fn unreachable_now(&self) -> Vec<PeerId> {
-        let mut unreachable = match self.unreachable.lock() {
-            Ok(u) => u,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let now = Instant::now();
-        unreachable.retain(|_, until| *until > now);
-        unreachable.keys().copied().collect()
+    /// Leaves `peer` out of new paths for [`UNREACHABLE_FOR`].
+    fn mark_unreachable(&self, peer: PeerId) {
+        let mut unreachable = self.unreachable();
+        if unreachable.len() < MAX_UNREACHABLE {
+            unreachable.insert(peer, Instant::now() + UNREACHABLE_FOR);
+        }
     }
 
     /// Whether `view` holds a usable path (to any exit).
@@ -516,7 +511,7 @@ impl Manager {
         avoid_exits: &[PeerId],
         owner: Option<Isolation>,
     ) -> Result<u64, BuildError> {
-        let unreachable = self.unreachable_now();
+        let unreachable: Vec<PeerId> = self.unreachable().keys().copied().collect();
         let path = self
             .with_view(|view| {
                 if unreachable.is_empty() {
@@ -629,7 +624,7 @@ impl Manager {
         // anywhere on the path, so it names nobody. Guards are left to the rules of specs/05.
         if matches!(result, Err(BuildFailure::Failed("extend_failed")))
             && built_hops >= 1
-            && let Some(next) = unreachable_candidate(&path_peers, built_hops)
+            && let Some(next) = path_peers.get(built_hops).copied()
         {
             debug!(
                 circuit = id,
@@ -754,10 +749,4 @@ fn hop_spec(entry: &ViewEntry) -> HopSpec {
         addrs: d.addrs.iter().map(|a| a.to_vec()).collect(),
         onion_key: d.onion_key,
     }
-}
-
-/// The relay an extend failed to reach, given the hops built before it failed (at least the
-/// guard); `None` when every hop was built (the failure came later).
-fn unreachable_candidate(path: &[PeerId], built_hops: usize) -> Option<PeerId> {
-    path.get(built_hops).copied()
 }
