@@ -27,6 +27,14 @@ use crate::sensitive::set_safe_logging;
 const VIEW_CACHE_FILE: &str = "view.cache";
 /// Longest wait between view fetches while the view cannot make a path yet.
 const BOOTSTRAP_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Waits between the first refreshes once the view can make a path: relays that started with
+/// the client publish a little later, and republish 15 s, 60 s and 5 min after their start
+/// (specs/04 §4), so a young view is completed soon instead of one `view_refresh_secs` later.
+const YOUNG_VIEW_REFRESHES: [Duration; 3] = [
+    Duration::from_secs(15),
+    Duration::from_secs(45),
+    Duration::from_secs(240),
+];
 
 /// How far the client got (Tor's "Bootstrapped N%: …").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,8 +292,9 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Refreshes the view from the DHT at start and every `interval` (faster while the view
-/// cannot make a path yet), caching it on disk. specs/04 §6.1.
+/// Refreshes the view from the DHT at start, after [`YOUNG_VIEW_REFRESHES`], then every
+/// `interval` (faster while the view cannot make a path yet, and at once when a build asks),
+/// caching it on disk. specs/04 §6.1.
 async fn refresh_view(
     node: Arc<Node>,
     manager: Arc<Manager>,
@@ -294,6 +303,7 @@ async fn refresh_view(
     report: impl Fn(Bootstrap) + Send + 'static,
 ) {
     let mut retry = Duration::from_millis(500);
+    let mut young = YOUNG_VIEW_REFRESHES.iter();
     loop {
         report(Bootstrap::CONNECTING);
         match node.fetch_descriptors().await {
@@ -322,15 +332,19 @@ async fn refresh_view(
             }
             Err(err) => warn!(%err, "view refresh failed"),
         }
+        manager.view_refreshed();
         let ready = manager.with_view(|v| manager.path_possible(v));
         let wait = if ready {
             retry = Duration::from_millis(500);
-            interval
+            young.next().map_or(interval, |w| (*w).min(interval))
         } else {
             retry = (retry * 2).min(BOOTSTRAP_RETRY_MAX);
             retry
         };
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = manager.refresh_wanted.notified() => {}
+        }
     }
 }
 

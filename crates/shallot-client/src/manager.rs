@@ -13,6 +13,10 @@
 //!   refusal, a different exit), at most `max_stream_attempts` times.
 //! - **Departed relays**: after each view refresh, circuits through relays that left the view
 //!   take no new streams and close once idle.
+//! - **Refresh on demand**: when the view cannot make a path (no exit for the port, too few
+//!   relays once the unreachable ones are left out), a build asks for a view refresh now and
+//!   tries once more with what it brings (specs/04 §6.1): a young view may miss relays that
+//!   published after it was fetched.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +58,12 @@ pub(crate) const MAX_CLEAN_CIRCUITS: usize = 6;
 const CLEAN_CIRCUIT_TTL: Duration = Duration::from_secs(3600);
 /// How often the build-ahead and cleanup pass runs.
 pub(crate) const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
+/// At most one view refresh on demand per this long: a program asking again and again for a
+/// port no exit allows must not turn into a stream of DHT queries.
+const DEMAND_REFRESH_EVERY: Duration = Duration::from_secs(10);
+/// How long a build waits for the refresh it asked for. Below the stream timeout, so the
+/// stream still gets its answer in time when the DHT is slow.
+const DEMAND_REFRESH_WAIT: Duration = Duration::from_secs(5);
 
 /// What keeps streams apart: streams with different keys never share a circuit.
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
@@ -164,6 +174,13 @@ pub(crate) struct Manager {
     /// Relays a circuit could not be extended to lately, and until when new paths leave them
     /// out: until the view drops a dead relay, a retry would otherwise pick it again.
     unreachable: Mutex<HashMap<PeerId, Instant>>,
+    /// Wakes the view refresh task before its time (a build found no path).
+    pub(crate) refresh_wanted: Notify,
+    /// Counts finished view refreshes (failed ones too), so a build can wait for the one it
+    /// asked for.
+    refreshes: watch::Sender<u64>,
+    /// The last refresh on demand: when it was asked, and the refresh count at that moment.
+    last_demand: Mutex<Option<(Instant, u64)>>,
 }
 
 impl Manager {
@@ -192,7 +209,68 @@ impl Manager {
             wake: Notify::new(),
             first_built: watch::Sender::new(false),
             unreachable: Mutex::new(HashMap::new()),
+            refresh_wanted: Notify::new(),
+            refreshes: watch::Sender::new(0),
+            last_demand: Mutex::new(None),
         }
+    }
+
+    /// Called by the refresh task after each attempt, successful or not.
+    pub(crate) fn view_refreshed(&self) {
+        self.refreshes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The view could not make a path: asks the refresh task for a refresh now, or joins the
+    /// one asked for less than [`DEMAND_REFRESH_EVERY`] ago if it has not finished, and waits
+    /// for it at most [`DEMAND_REFRESH_WAIT`]. Whether a refresh finished meanwhile, so that
+    /// one more try at a path may find what the view lacked.
+    async fn refresh_on_demand(&self) -> bool {
+        let mut finished = self.refreshes.subscribe();
+        let now_count = *finished.borrow_and_update();
+        let wait_for = {
+            let mut last = match self.last_demand.lock() {
+                Ok(l) => l,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            match *last {
+                Some((asked, count)) if asked.elapsed() < DEMAND_REFRESH_EVERY => {
+                    if count != now_count {
+                        // The recent refresh on demand has finished: another would bring the
+                        // same view.
+                        return false;
+                    }
+                    count
+                }
+                _ => {
+                    *last = Some((Instant::now(), now_count));
+                    debug!("no path in the view: refreshing it now");
+                    self.refresh_wanted.notify_one();
+                    now_count
+                }
+            }
+        };
+        tokio::time::timeout(DEMAND_REFRESH_WAIT, finished.wait_for(|n| *n != wait_for))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// A path from the view for `port`, leaving out the relays marked unreachable.
+    fn select_path(
+        &self,
+        port: Option<u16>,
+        avoid_exits: &[PeerId],
+    ) -> Result<Vec<ViewEntry>, PathError> {
+        let unreachable: Vec<PeerId> = self.unreachable().keys().copied().collect();
+        self.with_view(|view| {
+            if unreachable.is_empty() {
+                return self.paths.select(view, port, avoid_exits);
+            }
+            let mut reachable = view.clone();
+            for peer in &unreachable {
+                reachable.remove(peer);
+            }
+            self.paths.select(&reachable, port, avoid_exits)
+        })
     }
 
     /// The relays left out of new paths, with the expired entries already dropped.
@@ -511,19 +589,18 @@ impl Manager {
         avoid_exits: &[PeerId],
         owner: Option<Isolation>,
     ) -> Result<u64, BuildError> {
-        let unreachable: Vec<PeerId> = self.unreachable().keys().copied().collect();
-        let path = self
-            .with_view(|view| {
-                if unreachable.is_empty() {
-                    return self.paths.select(view, port, avoid_exits);
-                }
-                let mut reachable = view.clone();
-                for peer in &unreachable {
-                    reachable.remove(peer);
-                }
-                self.paths.select(&reachable, port, avoid_exits)
-            })
-            .map_err(BuildError::Path)?;
+        let path = match self.select_path(port, avoid_exits) {
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    PathErrorKind::PolicyRefusal | PathErrorKind::Retry
+                ) && self.refresh_on_demand().await =>
+            {
+                self.select_path(port, avoid_exits)
+            }
+            selected => selected,
+        }
+        .map_err(BuildError::Path)?;
         let specs: Vec<HopSpec> = path.iter().map(hop_spec).collect();
         let peers: Vec<PeerId> = path.iter().map(|e| e.descriptor.peer_id()).collect();
         let path_peers = peers.clone();

@@ -300,3 +300,70 @@ async fn guards_stay_pinned_across_restarts() {
     assert_eq!(guard_lines(data.path()), pinned, "the same pinned guards");
     second.shutdown().await;
 }
+
+/// specs/07 §5.2 rule 2: an exit that published after the client fetched its view, and the only
+/// exit allowing the port asked for, serves the first request for that port: the failed path
+/// selection refreshes the view on demand instead of answering 0x02 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exit_that_joined_after_bootstrap_serves_the_first_request_for_its_port() {
+    let (port, digest) = file_server().await;
+    let mut relays: Vec<RelayHandle> = Vec::new();
+    let mut dirs = Vec::new();
+    let start_relay = |i: u8, policy: Option<String>, bootstrap: Option<shallot_p2p::Multiaddr>| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = RelayConfig {
+            data_dir: dir.path().to_owned(),
+            listen: vec![format!("/ip4/127.{i}.0.1/tcp/0").parse().unwrap()],
+            bootstrap: bootstrap.into_iter().collect(),
+            safe_logging: false,
+            ..RelayConfig::default()
+        };
+        if let Some(policy) = policy {
+            let file = dir.path().join("exit-policy");
+            std::fs::write(&file, policy).unwrap();
+            config.exit_policy_file = Some(file);
+            config.exit_policy_reject_private = false;
+        }
+        (config, dir)
+    };
+    // Relays 1–3; relay 3 the only exit, refusing the file server's port.
+    for i in 1..=3u8 {
+        let policy = (i == 3).then(|| format!("reject *:{port}\naccept *:*\n"));
+        let bootstrap = relays.first().and_then(RelayHandle::bootstrap_addr);
+        let (config, dir) = start_relay(i, policy, bootstrap);
+        relays.push(Relay::start(config).await.expect("relay starts"));
+        dirs.push(dir);
+    }
+    let client = start_client(&relays, None).await;
+    assert_eq!(client.relays_known(), 3);
+
+    // Relay 4, an exit allowing every port, joins and publishes after the client's refresh.
+    let bootstrap = relays.first().and_then(RelayHandle::bootstrap_addr);
+    let (config, dir) = start_relay(4, Some("accept *:*\n".into()), bootstrap);
+    let late_exit = Relay::start(config).await.expect("relay starts");
+    dirs.push(dir);
+    let published = async {
+        for _ in 0..900 {
+            if late_exit.stats().descriptors_published.get() > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the late exit did not publish within the limit");
+    };
+    tokio::time::timeout(LIMIT, published)
+        .await
+        .expect("published");
+    assert_eq!(client.relays_known(), 3, "the client refreshed on its own");
+
+    let resp = tokio::time::timeout(
+        LIMIT,
+        fetch_socks(client.socks_addr(), ("127.0.0.1", port), None),
+    )
+    .await
+    .expect("fetch within the limit");
+    assert_eq!(body_digest(&resp), digest);
+    assert_eq!(client.relays_known(), 4);
+    drop(late_exit);
+    drop(relays);
+}
