@@ -16,5 +16,5 @@ pub use libp2p::{Multiaddr, PeerId, identity};
 pub use libp2p_stream::{Control as StreamControl, IncomingStreams, OpenStreamError};
 pub use node::{
     COMMAND_QUEUE, FetchOutcome, MAX_FETCHES_IN_FLIGHT, MAX_PENDING_PUBLISHES, MAX_REFRESH_WAITERS,
-    Node, NodeStats, peer_of,
+    Node, NodeStats, StoredProvider, peer_of,
 };

@@ -83,6 +83,16 @@ pub struct FetchOutcome {
     pub refused: HashMap<RecordRefusal, u64>,
 }
 
+/// A provider announcement held in a DHT server's store (see [`Node::stored_providers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredProvider {
+    /// The relay that announced itself.
+    pub provider: PeerId,
+    /// The addresses the announcement carried. A server leaves a provider without addresses
+    /// out of its replies unless it knows them from its routing table (specs/04 §5.3).
+    pub addrs: Vec<Multiaddr>,
+}
+
 enum Command {
     Publish {
         descriptor: Box<SignedDescriptor>,
@@ -102,6 +112,10 @@ enum Command {
     },
     ConnectedPeers {
         reply: oneshot::Sender<usize>,
+    },
+    StoredProviders {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Vec<StoredProvider>>,
     },
 }
 
@@ -253,6 +267,14 @@ impl Node {
         answer.await.map_err(|_| P2pError::Stopped)
     }
 
+    /// The provider announcements this node's DHT store holds under `key` (at most
+    /// [`crate::MAX_PROVIDERS_PER_SHARD`]), for tests and diagnostics.
+    pub async fn stored_providers(&self, key: Vec<u8>) -> Result<Vec<StoredProvider>, P2pError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::StoredProviders { key, reply }).await?;
+        answer.await.map_err(|_| P2pError::Stopped)
+    }
+
     /// How many peers the node is connected to.
     pub async fn connected_peers(&self) -> Result<usize, P2pError> {
         let (reply, answer) = oneshot::channel();
@@ -400,6 +422,22 @@ impl SwarmTask {
                     .map(|r| r.value.clone());
                 let _ = reply.send(value);
             }
+            Command::StoredProviders { key, reply } => {
+                use libp2p::kad::store::RecordStore;
+                let providers = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .store_mut()
+                    .providers(&RecordKey::new(&key))
+                    .into_iter()
+                    .map(|p| StoredProvider {
+                        provider: p.provider,
+                        addrs: p.addresses,
+                    })
+                    .collect();
+                let _ = reply.send(providers);
+            }
             Command::ConnectedPeers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().count());
             }
@@ -426,6 +464,7 @@ impl SwarmTask {
             publisher: Some(peer),
             expires: Some(std::time::Instant::now() + Duration::from_secs(remaining)),
         };
+        self.declare_external_addrs(&descriptor.descriptor().addrs);
         let kad = &mut self.swarm.behaviour_mut().kad;
         match kad.start_providing(RecordKey::new(&shard_key(shallot_directory::shard_of(
             &peer,
@@ -441,6 +480,33 @@ impl SwarmTask {
             }
             Err(err) => {
                 let _ = reply.send(Err(P2pError::Publish(err.to_string())));
+            }
+        }
+    }
+
+    /// Makes the swarm's confirmed external addresses exactly the descriptor's `addrs`.
+    ///
+    /// Why: a provider announcement carries the announcer's external addresses, and a DHT
+    /// server leaves a provider whose record has no addresses out of its GET_PROVIDERS replies
+    /// unless the provider happens to sit in the server's routing table (libp2p-kad 0.49,
+    /// `Behaviour::provider_peers`). Nothing else confirms an external address here (no
+    /// AutoNAT), so without this every announcement went out empty, and a relay absent from
+    /// the full k-buckets of the servers holding its announcement was never listed
+    /// (specs/04 §5.3). The descriptor's addresses are the ones the relay signs and publishes
+    /// anyway, so declaring them reveals nothing new.
+    fn declare_external_addrs(&mut self, addrs: &[Multiaddr]) {
+        let stale: Vec<Multiaddr> = self
+            .swarm
+            .external_addresses()
+            .filter(|a| !addrs.contains(a))
+            .cloned()
+            .collect();
+        for addr in &stale {
+            self.swarm.remove_external_address(addr);
+        }
+        for addr in addrs {
+            if !self.swarm.external_addresses().any(|a| a == addr) {
+                self.swarm.add_external_address(addr.clone());
             }
         }
     }
@@ -568,8 +634,20 @@ impl SwarmTask {
         match event {
             kad::Event::InboundRequest { request } => self.handle_inbound(request),
             kad::Event::OutboundQueryProgressed {
-                id, result, step, ..
+                id,
+                result,
+                step,
+                stats,
             } => {
+                if step.last {
+                    debug!(
+                        ?id,
+                        took = ?stats.duration(),
+                        requests = stats.num_requests(),
+                        failures = stats.num_failures(),
+                        "DHT query finished"
+                    );
+                }
                 match result {
                     QueryResult::StartProviding(outcome) => self.on_announced(id, outcome),
                     QueryResult::PutRecord(outcome) => {
