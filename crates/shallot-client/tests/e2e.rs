@@ -24,7 +24,16 @@ struct Net {
     client: ClientHandle,
 }
 
+/// Logs of relays and client in the test's output (shown for a failed test), by `RUST_LOG`.
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 async fn start_net() -> Net {
+    init_logs();
     let mut relays: Vec<RelayHandle> = Vec::new();
     let mut dirs = Vec::new();
     for i in 1..=3u8 {
@@ -306,6 +315,7 @@ async fn guards_stay_pinned_across_restarts() {
 /// selection refreshes the view on demand instead of answering 0x02 at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exit_that_joined_after_bootstrap_serves_the_first_request_for_its_port() {
+    init_logs();
     let (port, digest) = file_server().await;
     let mut relays: Vec<RelayHandle> = Vec::new();
     let mut dirs = Vec::new();
