@@ -32,6 +32,8 @@ pub const READ_BUFFER_CELLS: usize = 1;
 
 /// Spare buffers a link keeps of each kind (runs, batches).
 pub const SPARE_BUFFERS: usize = 2;
+/// Smallest write buffer (bytes of capacity) worth keeping as a spare.
+pub const SPARE_MIN_BATCH: usize = 16 * 1024;
 /// How long a link's reader waits without a byte before it frees the link's spare buffers, so
 /// a circuit that went quiet holds no more than an idle one.
 pub const SPARE_IDLE: Duration = Duration::from_secs(1);
@@ -96,6 +98,12 @@ impl Spares {
     }
 
     fn give_batch(&self, mut b: Vec<u8>) {
+        // A small batch (a CREATED, a few control cells) is not worth keeping: the reader
+        // frees spares only when it waits while holding some, and an idle circuit's reader
+        // is already waiting when its CREATED is written.
+        if b.capacity() < SPARE_MIN_BATCH {
+            return;
+        }
         b.clear();
         self.with(|s| {
             if s.batches.len() < SPARE_BUFFERS {
@@ -270,7 +278,23 @@ async fn read_runs(
 }
 
 async fn write_batches(mut w: WriteHalf<Stream>, mut rx: mpsc::Receiver<Vec<u8>>, spares: Spares) {
-    while let Some(batch) = rx.recv().await {
+    loop {
+        // As the reader does: spares held through a quiet second are freed (the reader may
+        // have started waiting before this writer gave a batch back).
+        let next = if spares.is_empty() {
+            rx.recv().await
+        } else {
+            match tokio::time::timeout(SPARE_IDLE, rx.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    spares.clear();
+                    rx.recv().await
+                }
+            }
+        };
+        let Some(batch) = next else {
+            break;
+        };
         if w.write_all(&batch).await.is_err() || w.flush().await.is_err() {
             return;
         }
