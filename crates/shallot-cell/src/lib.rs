@@ -15,7 +15,7 @@ pub use link::{
 pub use relay::{
     Begin, EndReason, Extend, MAX_ADDR_LEN, MAX_EXTEND_ADDRS, MAX_PEER_ID_LEN,
     MAX_RESOLVED_ANSWERS, RelayFrame, RelayMsg, ResolvedAnswer, StreamId, StreamIdRule,
-    answer_type, encode_data_into, relay_command,
+    answer_type, decode_data, encode_data_into, relay_command,
 };
 pub use size::{
     LAYER_OVERHEAD, LINK_CELL_LEN, MAX_HOPS, RELAY_HEADER_LEN, link_cell_len,

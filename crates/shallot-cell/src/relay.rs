@@ -680,6 +680,32 @@ impl RelayFrame {
     }
 }
 
+/// Hot path: if the relay-message area `area` holds a DATA message, returns its stream id and
+/// its bytes, borrowed from `area` (no allocation, no copy); `None` for any other command
+/// (decode those with [`RelayFrame::decode`]). Same checks as [`RelayFrame::decode`] for DATA.
+/// specs/03 §4.2.
+pub fn decode_data(area: &[u8]) -> Option<Result<(StreamId, &[u8]), CellError>> {
+    if area.first() != Some(&relay_command::DATA) {
+        return None;
+    }
+    Some((|| {
+        let max = data_room(area.len())?;
+        let mut r = Reader::new(area, "relay header");
+        let command = r.u8()?;
+        let stream_id = StreamId(r.u16()?);
+        let length = usize::from(r.u16()?);
+        if length > max {
+            return Err(CellError::LengthExceedsArea { length, max });
+        }
+        let data = r.take(length)?;
+        check_stream_rule(command, stream_id)?;
+        if data.is_empty() {
+            return Err(CellError::EmptyData);
+        }
+        Ok((stream_id, data))
+    })())
+}
+
 /// Hot path: writes a DATA message for `stream_id` into the relay-message area `out` without
 /// building a [`RelayFrame`]. Same checks as [`RelayFrame::encode_into`]. specs/03 §4.2.
 pub fn encode_data_into(stream_id: StreamId, data: &[u8], out: &mut [u8]) -> Result<(), CellError> {
@@ -731,5 +757,37 @@ fn check_stream_rule(command: u8, stream_id: StreamId) -> Result<(), CellError> 
             })
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod decode_data_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn decode_data_agrees_with_decode() {
+        let mut area = vec![0u8; 64];
+        encode_data_into(StreamId(7), b"hello", &mut area).unwrap();
+        let (id, data) = decode_data(&area).unwrap().unwrap();
+        assert_eq!((id, data), (StreamId(7), &b"hello"[..]));
+        let frame = RelayFrame::decode(&area).unwrap();
+        assert_eq!(frame.msg, RelayMsg::Data(b"hello".to_vec()));
+        // Other commands are not its business; bad DATA fails as in `decode`.
+        let end = RelayFrame {
+            stream_id: StreamId(7),
+            msg: RelayMsg::End(EndReason::Done),
+        }
+        .encode(64)
+        .unwrap();
+        assert!(decode_data(&end).is_none());
+        area[3] = 0xff;
+        assert!(decode_data(&area).unwrap().is_err());
+        assert!(RelayFrame::decode(&area).is_err());
+        let mut zero_id = vec![0u8; 64];
+        zero_id[0] = relay_command::DATA;
+        zero_id[4] = 1;
+        assert!(decode_data(&zero_id).unwrap().is_err());
+        assert!(decode_data(&[relay_command::DATA]).unwrap().is_err());
     }
 }

@@ -148,7 +148,6 @@ where
         timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
         timer_at: None,
         link_dead: false,
-        scratch: vec![0u8; APP_CHUNK],
         shared: Arc::clone(&shared),
         metrics,
         counted_open: false,
@@ -208,7 +207,6 @@ struct Driver<L> {
     timer: Pin<Box<tokio::time::Sleep>>,
     timer_at: Option<Instant>,
     link_dead: bool,
-    scratch: Vec<u8>,
     shared: Arc<CircuitShared>,
     metrics: Metrics,
     counted_open: bool,
@@ -374,7 +372,8 @@ where
         let now = Instant::now();
         let mut off = 0;
         while self.rlen - off >= cell_len {
-            let cell = self.rbuf[off..off + cell_len].to_vec();
+            // Opened in place in the read buffer: no copy per cell.
+            let cell = &mut self.rbuf[off..off + cell_len];
             off += cell_len;
             if let Err(err) = self.circ.handle_cell(cell, now) {
                 debug!(circuit = self.id, %err, "circuit destroyed on a bad cell");
@@ -596,7 +595,10 @@ where
                 }
                 progress = true;
                 let before = self.circ.readable_bytes(sid);
-                match self.circ.read_stream(sid, &mut self.scratch) {
+                // Read straight into the chunk for the application: one copy out of the
+                // circuit (at least one byte, so that an ended stream reports its end).
+                let mut chunk = vec![0u8; before.clamp(1, APP_CHUNK)];
+                match self.circ.read_stream(sid, &mut chunk) {
                     Ok(0) => {
                         // Ended and drained: EOF to the application (the circuit already
                         // forgot the stream).
@@ -606,7 +608,8 @@ where
                     }
                     Ok(n) => {
                         self.metrics.bytes_down.inc_by(n as u64);
-                        let _ = tx.send_item(self.scratch[..n].to_vec());
+                        chunk.truncate(n);
+                        let _ = tx.send_item(chunk);
                     }
                     Err(ProtoError::WouldBlock) => {
                         // Either nothing buffered, or bytes were read but the WINDOW_UPDATE
@@ -614,7 +617,8 @@ where
                         let n = before.saturating_sub(self.circ.readable_bytes(sid));
                         if n > 0 {
                             self.metrics.bytes_down.inc_by(n as u64);
-                            let _ = tx.send_item(self.scratch[..n].to_vec());
+                            chunk.truncate(n);
+                            let _ = tx.send_item(chunk);
                         } else {
                             tx.abort_send();
                             slot.readable = false;

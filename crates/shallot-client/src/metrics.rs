@@ -28,9 +28,12 @@ pub const METRICS_PATH: &str = "/metrics";
 /// of each circuit, like Tor's control port does for its controller: serve it only where the
 /// operator alone can reach it (the default metrics address is loopback).
 pub const STATUS_PATH: &str = "/status";
-/// Buckets (seconds) of `shallot_circuit_build_seconds`.
-pub const BUILD_TIME_BUCKETS: [f64; 12] = [
-    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+/// Buckets (seconds) of `shallot_circuit_build_seconds`. Millisecond steps at the low end:
+/// a 3-hop build on a LAN or loopback takes a few milliseconds, and the benchmark's median is
+/// interpolated inside a bucket, so one 0–10 ms bucket could not tell 2 ms from 8 ms.
+pub const BUILD_TIME_BUCKETS: [f64; 20] = [
+    0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.008, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 /// Most metrics requests served at once.
 const MAX_METRICS_CONNECTIONS: usize = 8;

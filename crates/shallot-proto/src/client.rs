@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use shallot_cell::{
     Begin, DestroyReason, EndReason, Extend, Host, LINK_CELL_LEN, LinkCell, MAX_HOPS, Preamble,
-    RelayFrame, RelayMsg, ResolvedAnswer, StreamId, encode_data_into, link_cell_len, link_command,
-    max_data_len,
+    RelayFrame, RelayMsg, ResolvedAnswer, StreamId, decode_data, encode_data_into, link_cell_len,
+    link_command, max_data_len,
 };
 use shallot_crypto::{ClientHandshake, ClientLayers, OnionPublicKey};
 
@@ -538,12 +538,19 @@ impl ClientCircuit {
     /// One whole cell read from the link to hop 1. An `Err` means the cell broke the protocol
     /// and the circuit is now destroyed (DESTROY queued, [`ClientEvent::Destroyed`] emitted).
     /// After the circuit is closed, input is ignored.
-    pub fn handle_cell(&mut self, mut cell: Vec<u8>, now: Instant) -> Result<(), ProtoError> {
+    ///
+    /// The cell is opened in place: pass a slice of the IO layer's read buffer, no copy is
+    /// needed (a `Vec<u8>` works too).
+    pub fn handle_cell(
+        &mut self,
+        mut cell: impl AsMut<[u8]>,
+        now: Instant,
+    ) -> Result<(), ProtoError> {
         if self.closed.is_some() {
             return Ok(());
         }
         self.last_now = self.last_now.max(now);
-        let r = self.handle_cell_inner(&mut cell);
+        let r = self.handle_cell_inner(cell.as_mut());
         self.fail_on_err(r)
     }
 
@@ -597,11 +604,46 @@ impl ClientCircuit {
         }
         let body = &mut cell[1..];
         let (hop, range) = self.layers.open_backward(body).map_err(ProtoError::Layer)?;
+        if self.take_data(hop, &body[range.clone()])? {
+            return Ok(());
+        }
         let frame = RelayFrame::decode(&body[range]).map_err(|source| ProtoError::Malformed {
             what: "relay message",
             source,
         })?;
         self.handle_frame(hop, frame)
+    }
+
+    /// Hot path: DATA for an open stream goes straight from the opened cell into the stream's
+    /// buffer, without decoding into a `RelayFrame` (which copies the bytes into a `Vec`).
+    /// Returns `Ok(false)` for anything else (another command, a stream in another state),
+    /// which [`handle_frame`](Self::handle_frame) then handles with all its checks.
+    fn take_data(&mut self, hop: usize, area: &[u8]) -> Result<bool, ProtoError> {
+        let (stream_id, data) = match decode_data(area) {
+            None => return Ok(false),
+            Some(Ok(d)) => d,
+            Some(Err(source)) => {
+                return Err(ProtoError::Malformed {
+                    what: "relay message",
+                    source,
+                });
+            }
+        };
+        let id = stream_id.0;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return Ok(false);
+        };
+        if s.hop != hop || s.ended.is_some() || s.state != StreamState::Open {
+            return Ok(false);
+        }
+        s.recv.receive(id, data.len())?;
+        s.buf.extend(data);
+        if !s.readable_signalled {
+            s.readable_signalled = true;
+            self.events
+                .push_back(ClientEvent::StreamReadable(stream_id));
+        }
+        Ok(true)
     }
 
     fn handle_frame(&mut self, hop: usize, frame: RelayFrame) -> Result<(), ProtoError> {

@@ -4,6 +4,7 @@ mod client;
 mod err;
 mod flow;
 pub mod harness;
+mod queue;
 mod relay;
 
 pub use client::{ClientCircuit, ClientConfig, ClientEvent, DEFAULT_BUILD_TIMEOUT, HopSpec};

@@ -17,6 +17,7 @@ use crate::flow::{
     CONTROL_RESERVE_CELLS, HALF_CLOSED_IDS, MAX_PENDING_ACTIONS, MAX_STREAMS_PER_CIRCUIT,
     OPTIMISTIC_DATA_MAX, RELAY_QUEUE_CELLS, RecvWindow, SendWindow,
 };
+use crate::queue::CellQueue;
 
 /// Relay circuit settings.
 #[derive(Clone, Debug, Default)]
@@ -134,8 +135,10 @@ pub struct RelayCircuit {
     config: RelayConfig,
     next: NextHop,
     next_cell_len: usize,
-    to_prev: VecDeque<Vec<u8>>,
-    to_next: VecDeque<Vec<u8>>,
+    /// Cells toward the previous hop, back to back (taken in batches by the IO layer).
+    to_prev: CellQueue,
+    /// Cells toward the next hop.
+    to_next: CellQueue,
     actions: VecDeque<RelayAction>,
     streams: BTreeMap<u16, ExitStream>,
     /// Ids this hop closed (END or RESOLVED sent), most recent last; bounded (specs/03 §7.2).
@@ -196,8 +199,11 @@ impl RelayCircuit {
                 what: "CREATED",
                 source,
             })?;
-        let mut to_prev = VecDeque::with_capacity(RELAY_QUEUE_CELLS);
-        to_prev.push_back(created);
+        let mut to_prev = CellQueue::new(cell_len);
+        to_prev
+            .push_parts(&[&created])
+            .ok_or(ProtoError::WrongState("CREATED of the wrong length"))?;
+        let next_cell_len = link_cell_len(link_index + 1).unwrap_or(0);
         Ok(Self {
             cell_len,
             link_index,
@@ -205,9 +211,9 @@ impl RelayCircuit {
             layer: RelayLayer::new(hop_keys),
             config,
             next: NextHop::None,
-            next_cell_len: link_cell_len(link_index + 1).unwrap_or(0),
+            next_cell_len,
             to_prev,
-            to_next: VecDeque::new(),
+            to_next: CellQueue::new(next_cell_len),
             actions: VecDeque::new(),
             streams: BTreeMap::new(),
             half_closed: VecDeque::new(),
@@ -294,6 +300,31 @@ impl RelayCircuit {
     /// The next cell for the previous hop.
     pub fn poll_transmit_prev(&mut self) -> Option<Vec<u8>> {
         let cell = self.to_prev.pop_front()?;
+        self.prev_room_freed();
+        Some(cell)
+    }
+
+    /// Appends every cell queued for the previous hop to `batch`, back to back: the IO
+    /// layer's batched write (specs/01 §4.3). When `batch` is empty it receives the queue's
+    /// buffer without a copy. The batch is at most `RELAY_QUEUE_CELLS + CONTROL_RESERVE_CELLS`
+    /// cells.
+    pub fn transmit_prev_into(&mut self, batch: &mut Vec<u8>) {
+        if self.to_prev.len() == 0 {
+            return;
+        }
+        self.to_prev.take_into(batch);
+        self.prev_room_freed();
+    }
+
+    /// Appends every cell queued for the next hop to `batch` (as
+    /// [`transmit_prev_into`](Self::transmit_prev_into)).
+    pub fn transmit_next_into(&mut self, batch: &mut Vec<u8>) {
+        self.to_next.take_into(batch);
+    }
+
+    /// Room came back in the backward queue: send deferred WINDOW_UPDATEs, wake blocked exit
+    /// streams.
+    fn prev_room_freed(&mut self) {
         if self.closed.is_none() {
             if self.updates_deferred {
                 self.updates_deferred = false;
@@ -321,7 +352,6 @@ impl RelayCircuit {
                 }
             }
         }
-        Some(cell)
     }
 
     /// The next cell for the next hop.
@@ -336,24 +366,22 @@ impl RelayCircuit {
 
     /// One whole cell from the previous hop. An `Err` means the circuit is now destroyed
     /// (DESTROY queued both ways). After close, input is ignored.
-    pub fn handle_prev_cell(&mut self, mut cell: Vec<u8>, _now: Instant) -> Result<(), ProtoError> {
+    ///
+    /// The cell is opened in place: pass a slice of the IO layer's read buffer, no copy is
+    /// needed (a `Vec<u8>` works too).
+    pub fn handle_prev_cell(
+        &mut self,
+        mut cell: impl AsMut<[u8]>,
+        _now: Instant,
+    ) -> Result<(), ProtoError> {
         if self.closed.is_some() {
             return Ok(());
         }
-        let r = self.prev_cell_inner(&mut cell);
-        match r {
-            Ok(Some(())) => {
-                // Forward: the cell was sliced in place into the next link's cell.
-                self.to_next.push_back(cell);
-                Ok(())
-            }
-            Ok(None) => Ok(()),
-            Err(e) => self.fail(e),
-        }
+        let r = self.prev_cell_inner(cell.as_mut());
+        self.fail_on_err(r)
     }
 
-    /// Returns `Ok(Some(()))` when `cell` now holds a cell to forward.
-    fn prev_cell_inner(&mut self, cell: &mut Vec<u8>) -> Result<Option<()>, ProtoError> {
+    fn prev_cell_inner(&mut self, cell: &mut [u8]) -> Result<(), ProtoError> {
         if !self.wants_prev_cell() {
             return Err(ProtoError::QueueFull("relay inbound from previous hop"));
         }
@@ -366,12 +394,12 @@ impl RelayCircuit {
         }
         if cell[0] != link_command::RELAY {
             return match LinkCell::decode(cell) {
-                Ok(LinkCell::Padding) => Ok(None),
+                Ok(LinkCell::Padding) => Ok(()),
                 Ok(LinkCell::Destroy(reason)) => {
                     // specs/01 §5.6: propagate toward the next hop (as DESTROYED), nothing back.
                     let _ = reason;
                     self.teardown(None, None, true);
-                    Ok(None)
+                    Ok(())
                 }
                 Ok(_) => Err(ProtoError::Unexpected {
                     what: "CREATE or CREATED from the previous hop",
@@ -394,11 +422,11 @@ impl RelayCircuit {
                     });
                 }
                 // specs/02 §4.4: INNER = body[1..n-16] = cell[2..l-16] is the next link's RELAY
-                // body. Put the command in front of it and slide it down: no allocation.
-                cell[1] = link_command::RELAY;
-                cell.copy_within(1..l - 16, 0);
-                cell.truncate(l - 17);
-                Ok(Some(()))
+                // body: the command and INNER go into the queue, the one copy of the cell.
+                self.to_next
+                    .push_parts(&[&[link_command::RELAY], &cell[2..l - 16]])
+                    .ok_or(ProtoError::WrongState("next link's cell length"))?;
+                Ok(())
             }
             ForwardMarker::ForMe => {
                 let frame = RelayFrame::decode(&cell[2..l - 16]).map_err(|source| {
@@ -407,8 +435,7 @@ impl RelayCircuit {
                         source,
                     }
                 })?;
-                self.handle_for_me(frame)?;
-                Ok(None)
+                self.handle_for_me(frame)
             }
         }
     }
@@ -594,7 +621,9 @@ impl RelayCircuit {
         .encode(self.next_cell_len);
         match create {
             Ok(cell) => {
-                self.to_next.push_back(cell);
+                self.to_next
+                    .push_parts(&[&cell])
+                    .ok_or(ProtoError::WrongState("CREATE of the wrong length"))?;
                 Ok(())
             }
             Err(source) => {
@@ -671,23 +700,22 @@ impl RelayCircuit {
     }
 
     /// One whole cell from the next hop. An `Err` means the circuit is now destroyed.
-    pub fn handle_next_cell(&mut self, mut cell: Vec<u8>, _now: Instant) -> Result<(), ProtoError> {
+    ///
+    /// The sealed cell is built directly in the backward queue: pass a slice of the IO layer's
+    /// read buffer (a `Vec<u8>` works too).
+    pub fn handle_next_cell(
+        &mut self,
+        cell: impl AsRef<[u8]>,
+        _now: Instant,
+    ) -> Result<(), ProtoError> {
         if self.closed.is_some() {
             return Ok(());
         }
-        let r = self.next_cell_inner(&mut cell);
-        match r {
-            Ok(true) => {
-                self.to_prev.push_back(cell);
-                Ok(())
-            }
-            Ok(false) => Ok(()),
-            Err(e) => self.fail(e),
-        }
+        let r = self.next_cell_inner(cell.as_ref());
+        self.fail_on_err(r)
     }
 
-    /// Returns `Ok(true)` when `cell` now holds a sealed cell for the previous hop.
-    fn next_cell_inner(&mut self, cell: &mut Vec<u8>) -> Result<bool, ProtoError> {
+    fn next_cell_inner(&mut self, cell: &[u8]) -> Result<(), ProtoError> {
         if !self.wants_next_cell() {
             return Err(ProtoError::QueueFull("relay inbound from next hop"));
         }
@@ -709,22 +737,24 @@ impl RelayCircuit {
                     what: "RELAY before CREATED",
                 });
             }
-            // specs/02 §4.5: the next hop's body becomes our INNER at body[1..n-16].
-            let l = self.cell_len;
-            cell.resize(l, 0);
-            cell.copy_within(1..nl, 2);
-            cell[0] = link_command::RELAY;
-            self.layer
-                .seal_backward(false, &mut cell[1..])
-                .map_err(ProtoError::Layer)?;
-            return Ok(true);
+            // specs/02 §4.5: the next hop's body becomes our INNER at body[1..n-16]; the
+            // marker and the tag are written by the seal.
+            let out = self
+                .to_prev
+                .push_parts(&[&[link_command::RELAY, 0], &cell[1..nl], &[0; 16]])
+                .ok_or(ProtoError::WrongState("previous link's cell length"))?;
+            let sealed = self.layer.seal_backward(false, &mut out[1..]);
+            if let Err(e) = sealed {
+                self.to_prev.pop_back();
+                return Err(ProtoError::Layer(e));
+            }
+            return Ok(());
         }
         match LinkCell::decode(cell) {
-            Ok(LinkCell::Padding) => Ok(false),
+            Ok(LinkCell::Padding) => Ok(()),
             Ok(LinkCell::Created { handshake }) if matches!(self.next, NextHop::AwaitCreated) => {
                 self.next = NextHop::Open;
-                self.send_own(StreamId::CIRCUIT, RelayMsg::Extended { handshake })?;
-                Ok(false)
+                self.send_own(StreamId::CIRCUIT, RelayMsg::Extended { handshake })
             }
             Ok(LinkCell::Destroy(reason)) => {
                 if matches!(self.next, NextHop::AwaitCreated) {
@@ -736,7 +766,7 @@ impl RelayCircuit {
                     let _ = reason;
                     self.teardown(Some(DestroyReason::Destroyed), None, false);
                 }
-                Ok(false)
+                Ok(())
             }
             Ok(_) => Err(ProtoError::Unexpected {
                 what: "unexpected cell from the next hop",
@@ -822,24 +852,24 @@ impl RelayCircuit {
             self.queue_blocked = true;
         }
         let l = self.cell_len;
+        let layer = &mut self.layer;
         for piece in data[..take].chunks(chunk.max(1)) {
-            let mut cell = vec![0u8; l];
-            cell[0] = link_command::RELAY;
-            let r = encode_data_into(stream, piece, &mut cell[2..l - 16]).map_err(|source| {
-                ProtoError::Encode {
-                    what: "DATA",
-                    source,
-                }
-            });
-            let r = r.and_then(|()| {
-                self.layer
+            // Built and sealed in place in the queue: no allocation per cell.
+            let r = self.to_prev.push_with(|cell| {
+                cell[0] = link_command::RELAY;
+                encode_data_into(stream, piece, &mut cell[2..l - 16]).map_err(|source| {
+                    ProtoError::Encode {
+                        what: "DATA",
+                        source,
+                    }
+                })?;
+                layer
                     .seal_backward(true, &mut cell[1..])
                     .map_err(ProtoError::Layer)
             });
             if let Err(e) = r {
                 return self.fail(e).map(|()| 0);
             }
-            self.to_prev.push_back(cell);
         }
         Ok(take)
     }
@@ -957,19 +987,19 @@ impl RelayCircuit {
             return Err(ProtoError::QueueFull("relay backward"));
         }
         let l = self.cell_len;
-        let mut cell = vec![0u8; l];
-        cell[0] = link_command::RELAY;
-        RelayFrame { stream_id, msg }
-            .encode_into(&mut cell[2..l - 16])
-            .map_err(|source| ProtoError::Encode {
-                what: "relay message",
-                source,
-            })?;
-        self.layer
-            .seal_backward(true, &mut cell[1..])
-            .map_err(ProtoError::Layer)?;
-        self.to_prev.push_back(cell);
-        Ok(())
+        let layer = &mut self.layer;
+        self.to_prev.push_with(|cell| {
+            cell[0] = link_command::RELAY;
+            RelayFrame { stream_id, msg }
+                .encode_into(&mut cell[2..l - 16])
+                .map_err(|source| ProtoError::Encode {
+                    what: "relay message",
+                    source,
+                })?;
+            layer
+                .seal_backward(true, &mut cell[1..])
+                .map_err(ProtoError::Layer)
+        })
     }
 
     fn fail_on_err(&mut self, r: Result<(), ProtoError>) -> Result<(), ProtoError> {
@@ -1002,13 +1032,14 @@ impl RelayCircuit {
         self.actions.clear();
         let reason = to_prev.unwrap_or(DestroyReason::Destroyed);
         if let Some(r) = to_prev {
-            self.to_prev.push_back(destroy_cell(self.cell_len, r));
+            let _ = self.to_prev.push_parts(&[&destroy_cell(self.cell_len, r)]);
         }
         // specs/01 §5.6, specs/03 §10: toward the next hop the reason is always DESTROYED,
         // so it cannot serve as a side channel along the circuit.
         if to_next && self.has_next_hop() {
-            self.to_next
-                .push_back(destroy_cell(self.next_cell_len, DestroyReason::Destroyed));
+            let _ = self
+                .to_next
+                .push_parts(&[&destroy_cell(self.next_cell_len, DestroyReason::Destroyed)]);
         }
         for id in std::mem::take(&mut self.streams).into_keys() {
             self.actions.push_back(RelayAction::CloseStream {

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::limits::CircuitSlot;
-use crate::link::{self, Link, MAX_BATCH_BYTES, Stream};
+use crate::link::{self, Link, Run, Stream};
 use crate::relay::Context;
 use crate::safelog::Sensitive;
 
@@ -153,8 +153,9 @@ impl ExitConn {
 
 /// What woke the circuit task.
 enum Wake {
-    PrevCell(Option<Vec<u8>>),
-    NextCell(Option<Vec<u8>>),
+    /// A run of cells from the previous hop (`None`: the link is gone).
+    PrevRun(Option<(Vec<u8>, usize)>),
+    NextRun(Option<(Vec<u8>, usize)>),
     /// Whether the previous hop's writer can take a batch (`false`: it is gone).
     PrevRoom(bool),
     NextRoom(bool),
@@ -224,6 +225,15 @@ impl CircuitTask {
             let now = Instant::now();
             let wants_prev = self.prev.is_some() && self.circ.wants_prev_cell();
             let wants_next = matches!(self.next, Next::Open { .. }) && self.circ.wants_next_cell();
+            let prev_run = self.prev.as_ref().is_some_and(Link::has_run);
+            let next_run = matches!(&self.next, Next::Open { link, .. } if link.has_run());
+            if (wants_prev && prev_run) || (wants_next && next_run) {
+                // `pump` stopped after its rounds with cells in hand that the circuit wants:
+                // let the other tasks run, then go on (no `select!` branch waits for these).
+                tokio::task::yield_now().await;
+                self.pump(Instant::now());
+                continue;
+            }
             let send_prev = self.prev.is_some() && self.circ.queued_prev() > 0;
             let send_next = matches!(self.next, Next::Open { .. }) && self.circ.queued_next() > 0;
             let deadline = self.next_deadline();
@@ -240,8 +250,8 @@ impl CircuitTask {
                 Next::None => (None, None, None),
             };
             let wake = tokio::select! {
-                cell = recv(prev_cells), if wants_prev => Wake::PrevCell(cell),
-                cell = recv(next_cells), if wants_next => Wake::NextCell(cell),
+                run = recv(prev_cells), if wants_prev => Wake::PrevRun(run),
+                run = recv(next_cells), if wants_next => Wake::NextRun(run),
                 // The permit is dropped at once: only this task sends, so the slot it proved
                 // free stays free for the `try_send` below.
                 permit = reserve(prev_batches), if send_prev => Wake::PrevRoom(permit.is_some()),
@@ -258,24 +268,28 @@ impl CircuitTask {
     }
 
     /// Moves whatever is ready without waiting: the cells the links already read (while the
-    /// circuit wants them) and the batches their writers have room for. One pass of the
-    /// `select!` per cell cost more than the cell's crypto; this handles a whole read-ahead
-    /// per pass (specs/01 §4.3, batching).
+    /// circuit wants them), cell by cell out of their runs, and the batches their writers
+    /// have room for. One pass of the `select!` per cell cost more than the cell's crypto;
+    /// this handles a whole read-ahead per pass (specs/01 §4.3, batching).
     fn pump(&mut self, now: Instant) {
         let t = now.into_std();
+        let prev_len = self.circ.cell_len();
+        let next_len = self.circ.next_cell_len();
         for _ in 0..PUMP_ROUNDS {
             let mut moved = false;
             while !self.circ.is_closed() && self.circ.wants_prev_cell() {
-                let Some(cells) = self.prev.as_mut().map(|l| &mut l.cells) else {
+                let Some(link) = self.prev.as_mut() else {
                     break;
                 };
-                match cells.try_recv() {
-                    Ok(cell) => {
-                        moved = true;
-                        if let Err(e) = self.circ.handle_prev_cell(cell, t) {
-                            debug!(error = %e, "circuit destroyed on a cell from the previous hop");
-                        }
+                if let Some(cell) = link.next_cell(prev_len) {
+                    moved = true;
+                    if let Err(e) = self.circ.handle_prev_cell(cell, t) {
+                        debug!(error = %e, "circuit destroyed on a cell from the previous hop");
                     }
+                    continue;
+                }
+                match link.runs.try_recv() {
+                    Ok((bytes, end)) => link.run = Some(Run::new(bytes, end)),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
                         self.prev = None;
@@ -292,15 +306,17 @@ impl CircuitTask {
                 else {
                     break;
                 };
-                match link.cells.try_recv() {
-                    Ok(cell) => {
-                        moved = true;
-                        *created_deadline = None;
-                        if let Err(e) = self.circ.handle_next_cell(cell, t) {
-                            debug!(error = %e, "circuit destroyed on a cell from the next hop");
-                        }
-                        self.drop_next_if_gone();
+                if let Some(cell) = link.next_cell(next_len) {
+                    moved = true;
+                    *created_deadline = None;
+                    if let Err(e) = self.circ.handle_next_cell(cell, t) {
+                        debug!(error = %e, "circuit destroyed on a cell from the next hop");
                     }
+                    self.drop_next_if_gone();
+                    continue;
+                }
+                match link.runs.try_recv() {
+                    Ok((bytes, end)) => link.run = Some(Run::new(bytes, end)),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
                         self.next = Next::None;
@@ -309,12 +325,19 @@ impl CircuitTask {
                     }
                 }
             }
+            if let Some(l) = self.prev.as_mut() {
+                l.settle();
+            }
+            if let Next::Open { link, .. } = &mut self.next {
+                link.settle();
+            }
             if self.circ.queued_prev() > 0
-                && let Some(tx) = self.prev.as_ref().and_then(|l| l.batches.as_ref())
+                && let Some(l) = self.prev.as_ref()
+                && let Some(tx) = l.batches.as_ref()
                 && tx.capacity() > 0
             {
                 moved = true;
-                let batch = drain(&mut self.circ, true);
+                let batch = drain(&mut self.circ, true, l.spares.batch());
                 if tx.try_send(batch).is_err() {
                     self.prev = None;
                     self.circ.handle_prev_closed(t);
@@ -326,7 +349,7 @@ impl CircuitTask {
                 && tx.capacity() > 0
             {
                 moved = true;
-                let batch = drain(&mut self.circ, false);
+                let batch = drain(&mut self.circ, false, link.spares.batch());
                 if tx.try_send(batch).is_err() {
                     self.next = Next::None;
                     self.circ.handle_next_closed(t);
@@ -341,33 +364,28 @@ impl CircuitTask {
     fn wake(&mut self, wake: Wake, now: Instant) {
         let t = now.into_std();
         match wake {
-            Wake::PrevCell(Some(cell)) => {
-                if let Err(e) = self.circ.handle_prev_cell(cell, t) {
-                    debug!(error = %e, "circuit destroyed on a cell from the previous hop");
+            // The run is worked through by `pump`, right after this.
+            Wake::PrevRun(Some((bytes, end))) => {
+                if let Some(l) = self.prev.as_mut() {
+                    l.run = Some(Run::new(bytes, end));
                 }
             }
-            Wake::NextCell(Some(cell)) => {
-                if let Next::Open {
-                    created_deadline, ..
-                } = &mut self.next
-                {
-                    *created_deadline = None;
+            Wake::NextRun(Some((bytes, end))) => {
+                if let Next::Open { link, .. } = &mut self.next {
+                    link.run = Some(Run::new(bytes, end));
                 }
-                if let Err(e) = self.circ.handle_next_cell(cell, t) {
-                    debug!(error = %e, "circuit destroyed on a cell from the next hop");
-                }
-                self.drop_next_if_gone();
             }
-            Wake::PrevCell(None) | Wake::PrevRoom(false) => {
+            Wake::PrevRun(None) | Wake::PrevRoom(false) => {
                 self.prev = None;
                 self.circ.handle_prev_closed(t);
             }
-            Wake::NextCell(None) | Wake::NextRoom(false) => {
+            Wake::NextRun(None) | Wake::NextRoom(false) => {
                 self.next = Next::None;
                 self.circ.handle_next_closed(t);
             }
             Wake::PrevRoom(true) => {
-                let batch = drain(&mut self.circ, true);
+                let spare = self.prev.as_ref().map(|l| l.spares.batch());
+                let batch = drain(&mut self.circ, true, spare.unwrap_or_default());
                 if let Some(tx) = self.prev.as_ref().and_then(|l| l.batches.as_ref())
                     && tx.try_send(batch).is_err()
                 {
@@ -376,7 +394,11 @@ impl CircuitTask {
                 }
             }
             Wake::NextRoom(true) => {
-                let batch = drain(&mut self.circ, false);
+                let spare = match &self.next {
+                    Next::Open { link, .. } => link.spares.batch(),
+                    _ => Vec::new(),
+                };
+                let batch = drain(&mut self.circ, false, spare);
                 let tx = match &self.next {
                     Next::Open { link, .. } => link.batches.as_ref(),
                     _ => None,
@@ -740,8 +762,8 @@ impl CircuitTask {
 
     async fn close(mut self) {
         self.run_actions();
-        let prev_batch = drain(&mut self.circ, true);
-        let next_batch = drain(&mut self.circ, false);
+        let prev_batch = drain(&mut self.circ, true, Vec::new());
+        let next_batch = drain(&mut self.circ, false, Vec::new());
         let mut closing = Vec::new();
         if let Some(link) = self.prev.take() {
             closing.push((link, prev_batch));
@@ -796,24 +818,16 @@ impl Drop for CircuitTask {
     }
 }
 
-/// Drains the queued cells toward one side into one buffer (at most [`MAX_BATCH_BYTES`], at
-/// least one cell).
-fn drain(circ: &mut RelayCircuit, prev: bool) -> Vec<u8> {
-    let mut batch = Vec::new();
-    loop {
-        let cell = if prev {
-            circ.poll_transmit_prev()
-        } else {
-            circ.poll_transmit_next()
-        };
-        let Some(cell) = cell else {
-            break;
-        };
-        batch.extend_from_slice(&cell);
-        let room = MAX_BATCH_BYTES.saturating_sub(batch.len());
-        if room < cell.len() {
-            break;
-        }
+/// Takes every cell queued toward one side as one batch: the queue's own buffer, no copy
+/// (the queue keeps `spare`, an empty buffer the writer gave back, to fill next). The batch is
+/// bounded by the circuit's queue bound (specs/03 §11.4: `RELAY_QUEUE_CELLS` plus the control
+/// reserve).
+fn drain(circ: &mut RelayCircuit, prev: bool, spare: Vec<u8>) -> Vec<u8> {
+    let mut batch = spare;
+    if prev {
+        circ.transmit_prev_into(&mut batch);
+    } else {
+        circ.transmit_next_into(&mut batch);
     }
     batch
 }
@@ -830,21 +844,21 @@ fn flush_writes(c: &mut ExitConn) {
     }
 }
 
-/// The parts of a link the select loop waits on: its cells and its batch sender.
+/// The parts of a link the select loop waits on: its runs of cells and its batch sender.
 type LinkParts<'a> = (
-    Option<&'a mut mpsc::Receiver<Vec<u8>>>,
+    Option<&'a mut mpsc::Receiver<(Vec<u8>, usize)>>,
     Option<&'a mpsc::Sender<Vec<u8>>>,
 );
 
 fn link_parts(link: Option<&mut Link>) -> LinkParts<'_> {
     match link {
-        Some(l) => (Some(&mut l.cells), l.batches.as_ref()),
+        Some(l) => (Some(&mut l.runs), l.batches.as_ref()),
         None => (None, None),
     }
 }
 
-async fn recv(cells: Option<&mut mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>> {
-    match cells {
+async fn recv(runs: Option<&mut mpsc::Receiver<(Vec<u8>, usize)>>) -> Option<(Vec<u8>, usize)> {
+    match runs {
         Some(c) => c.recv().await,
         None => std::future::pending().await,
     }
