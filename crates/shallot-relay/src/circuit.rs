@@ -520,7 +520,11 @@ impl CircuitTask {
         let peer = match PeerId::from_bytes(peer_id) {
             // specs/03 §4.6 (2): not back to the previous hop.
             Ok(p) if p != self.prev_peer => p,
-            _ => {
+            other => {
+                debug!(
+                    bad_peer_id = other.is_err(),
+                    "extend refused: not a PeerId, or back to the previous hop"
+                );
                 let _ = self
                     .circ
                     .handle_next_hop_failed(DestroyReason::ConnectFailed, now);
@@ -922,10 +926,14 @@ async fn open_next(
             );
             DestroyReason::ConnectFailed
         })?;
-    stream
-        .write_all(&preamble)
-        .await
-        .map_err(|_| DestroyReason::ConnectFailed)?;
+    stream.write_all(&preamble).await.map_err(|e| {
+        debug!(
+            peer = %Sensitive::new(peer, ctx.safe_logging),
+            error = %e,
+            "the next hop closed its stream before the preamble"
+        );
+        DestroyReason::ConnectFailed
+    })?;
     Ok(stream)
 }
 
