@@ -22,7 +22,7 @@ use shallot_cell::{DestroyReason, Host, ResolvedAnswer, StreamId};
 use shallot_proto::{ClientCircuit, ClientEvent, ErrorKind as ProtoKind, HopSpec, ProtoError};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::PollSender;
-use tracing::debug;
+use tracing::{debug, trace};
 
 use crate::err::StreamFailure;
 use crate::metrics::Metrics;
@@ -418,6 +418,7 @@ where
         match event {
             ClientEvent::HopAdded(n) => {
                 self.shared.hops.store(n, Ordering::Relaxed);
+                trace!(circuit = self.id, hops = n, since_start = ?self.started.elapsed(), "hop added");
                 if let Some(next) = self.path.get(n) {
                     if let Err(err) = self.circ.extend(next, Instant::now()) {
                         debug!(circuit = self.id, %err, "cannot extend");
