@@ -26,7 +26,7 @@ use crate::relay::Context;
 use crate::safelog::Sensitive;
 
 /// Bytes an exit reads from a destination at once (and holds until the circuit takes them).
-pub const EXIT_READ_CHUNK: usize = 16 * 1024;
+pub const EXIT_READ_CHUNK: usize = 64 * 1024;
 /// Events from a circuit's exit tasks waiting for the circuit task. Each stream has at most
 /// one read, one write and one connect or close outstanding, so this never fills in practice;
 /// if it does, the tasks wait.
@@ -117,8 +117,8 @@ struct ExitConn {
     /// The connect or resolve task, while it runs.
     setup: Option<AbortHandle>,
     reader: Option<AbortHandle>,
-    /// Permission for the reader to read again (capacity 1).
-    reader_go: Option<mpsc::Sender<()>>,
+    /// Gives the reader its buffer back, emptied: permission to read again (capacity 1).
+    reader_go: Option<mpsc::Sender<Vec<u8>>>,
     writer: Option<JoinHandle<()>>,
     writer_tx: Option<mpsc::Sender<Vec<u8>>>,
     /// A buffer is with the writer.
@@ -126,9 +126,13 @@ struct ExitConn {
     /// Bytes for the destination not yet handed to the writer; bounded by the stream's credit
     /// window, which the client may not exceed (specs/03 §11.2).
     out: Vec<u8>,
-    /// Bytes read from the destination that the circuit has not taken yet (at most one read).
+    /// Bytes read from the destination that the circuit has not taken yet: the reader's one
+    /// buffer, held from its `Data` event until everything in it was taken.
     pending_in: Vec<u8>,
     pending_off: usize,
+    /// `pending_in` is the reader's buffer, to be given back once taken. Exactly one buffer
+    /// goes back per read, so the reader never reads ahead of what the circuit took.
+    holding_read: bool,
     /// The destination's side ended; reported once `pending_in` is taken.
     read_end: Option<EndReason>,
 }
@@ -146,6 +150,7 @@ impl ExitConn {
             out: Vec::new(),
             pending_in: Vec::new(),
             pending_off: 0,
+            holding_read: false,
             read_end: None,
         }
     }
@@ -640,6 +645,7 @@ impl CircuitTask {
                 if let Some(c) = self.exits.get_mut(&stream.0) {
                     c.pending_in = data;
                     c.pending_off = 0;
+                    c.holding_read = true;
                 }
                 self.offer(stream);
             }
@@ -716,13 +722,18 @@ impl CircuitTask {
                 }
             }
         }
-        c.pending_in = Vec::new();
         c.pending_off = 0;
         if let Some(reason) = c.read_end {
             let _ = self.circ.handle_exit_closed(stream, reason, now);
             self.close_exit(stream);
-        } else if let Some(go) = &c.reader_go {
-            let _ = go.try_send(());
+        } else if c.holding_read {
+            c.holding_read = false;
+            let mut buf = std::mem::take(&mut c.pending_in);
+            buf.clear();
+            if let Some(go) = &c.reader_go {
+                // Never full: the reader has no buffer until this one arrives.
+                let _ = go.try_send(buf);
+            }
         }
     }
 
@@ -942,20 +953,22 @@ async fn exit_reader(
     stream: StreamId,
     generation: u64,
     events: mpsc::Sender<ExitEvent>,
-    mut go: mpsc::Receiver<()>,
+    mut go: mpsc::Receiver<Vec<u8>>,
 ) {
-    let mut buf = vec![0u8; EXIT_READ_CHUNK];
+    // One buffer, lent to the circuit with each read and given back once taken: no copy and
+    // no allocation per read. `read_buf` fills its spare capacity without zeroing it first.
+    let mut buf = Vec::with_capacity(EXIT_READ_CHUNK);
     loop {
-        let ev = match r.read(&mut buf).await {
+        let ev = match r.read_buf(&mut buf).await {
             Ok(0) => ExitEvent::ReadEnd {
                 stream,
                 generation,
                 reason: EndReason::Done,
             },
-            Ok(n) => ExitEvent::Data {
+            Ok(_) => ExitEvent::Data {
                 stream,
                 generation,
-                data: buf[..n].to_vec(),
+                data: std::mem::take(&mut buf),
             },
             Err(e) => ExitEvent::ReadEnd {
                 stream,
@@ -968,8 +981,9 @@ async fn exit_reader(
             return;
         }
         // One read outstanding: wait until the circuit took all of it.
-        if go.recv().await.is_none() {
-            return;
+        match go.recv().await {
+            Some(returned) => buf = returned,
+            None => return,
         }
     }
 }
