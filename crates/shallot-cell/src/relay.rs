@@ -665,19 +665,26 @@ impl RelayFrame {
     /// Decodes a whole relay-message area: header, LENGTH check, stream-id rule, the command's
     /// layout (no trailing bytes). Padding after DATA is ignored. specs/03 §2–§4.
     pub fn decode(area: &[u8]) -> Result<Self, CellError> {
-        let max = data_room(area.len())?;
-        let mut r = Reader::new(area, "relay header");
-        let command = r.u8()?;
-        let stream_id = StreamId(r.u16()?);
-        let length = usize::from(r.u16()?);
-        if length > max {
-            return Err(CellError::LengthExceedsArea { length, max });
-        }
-        let data = r.take(length)?;
-        check_stream_rule(command, stream_id)?;
+        let (command, stream_id, data) = decode_header(area)?;
         let msg = RelayMsg::read_data(command, data)?;
         Ok(Self { stream_id, msg })
     }
+}
+
+/// The header of a relay-message area: command, stream id (checked against the command's
+/// rule) and the LENGTH bytes of body, borrowed from `area`. specs/03 §2–§3.
+fn decode_header(area: &[u8]) -> Result<(u8, StreamId, &[u8]), CellError> {
+    let max = data_room(area.len())?;
+    let mut r = Reader::new(area, "relay header");
+    let command = r.u8()?;
+    let stream_id = StreamId(r.u16()?);
+    let length = usize::from(r.u16()?);
+    if length > max {
+        return Err(CellError::LengthExceedsArea { length, max });
+    }
+    let data = r.take(length)?;
+    check_stream_rule(command, stream_id)?;
+    Ok((command, stream_id, data))
 }
 
 /// Hot path: if the relay-message area `area` holds a DATA message, returns its stream id and
@@ -688,22 +695,12 @@ pub fn decode_data(area: &[u8]) -> Option<Result<(StreamId, &[u8]), CellError>> 
     if area.first() != Some(&relay_command::DATA) {
         return None;
     }
-    Some((|| {
-        let max = data_room(area.len())?;
-        let mut r = Reader::new(area, "relay header");
-        let command = r.u8()?;
-        let stream_id = StreamId(r.u16()?);
-        let length = usize::from(r.u16()?);
-        if length > max {
-            return Err(CellError::LengthExceedsArea { length, max });
-        }
-        let data = r.take(length)?;
-        check_stream_rule(command, stream_id)?;
+    Some(decode_header(area).and_then(|(_, stream_id, data)| {
         if data.is_empty() {
             return Err(CellError::EmptyData);
         }
         Ok((stream_id, data))
-    })())
+    }))
 }
 
 /// Hot path: writes a DATA message for `stream_id` into the relay-message area `out` without
