@@ -658,6 +658,22 @@ impl RelayCircuit {
         self.fail_on_err(r)
     }
 
+    /// The next hop sent no CREATED within the extend timeout: the extend failed with
+    /// TRUNCATED(TIMEOUT) (specs/03 §4.8) and the circuit stays; the IO layer drops the
+    /// stream it opened. Nothing happens in any other state.
+    pub fn handle_created_timeout(&mut self, _now: Instant) {
+        if self.closed.is_none() && matches!(self.next, NextHop::AwaitCreated) {
+            self.truncate(DestroyReason::Timeout);
+        }
+    }
+
+    /// Ends a pending extend: TRUNCATED(`reason`) to the client, no next hop.
+    fn truncate(&mut self, reason: DestroyReason) {
+        self.next = NextHop::None;
+        let r = self.send_own(StreamId::CIRCUIT, RelayMsg::Truncated(reason));
+        let _ = self.fail_on_err(r);
+    }
+
     /// The stream to the next hop closed without DESTROY: if it was still being created, the
     /// extend failed (TRUNCATED); else the circuit is destroyed toward the previous hop.
     pub fn handle_next_closed(&mut self, _now: Instant) {
@@ -666,12 +682,7 @@ impl RelayCircuit {
         }
         match self.next {
             NextHop::AwaitCreated | NextHop::Opening { .. } => {
-                self.next = NextHop::None;
-                let r = self.send_own(
-                    StreamId::CIRCUIT,
-                    RelayMsg::Truncated(DestroyReason::ChannelClosed),
-                );
-                let _ = self.fail_on_err(r);
+                self.truncate(DestroyReason::ChannelClosed);
             }
             NextHop::Open => {
                 // specs/01 §5.6: as if DESTROY(CHANNEL_CLOSED) came from the next hop.

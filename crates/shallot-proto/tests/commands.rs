@@ -178,3 +178,34 @@ fn a_relay_with_a_failed_next_hop_sends_truncated() {
     );
     assert!(!m.relay.is_closed());
 }
+
+#[test]
+fn no_created_in_time_gives_truncated_timeout() {
+    let mut m = ManualClient::new(false);
+    m.send(&RelayFrame {
+        stream_id: StreamId(0),
+        msg: RelayMsg::Extend(shallot_cell::Extend {
+            peer_id: b"next".to_vec(),
+            addrs: vec![],
+            onion_key_id: shallot_cell::OnionKeyId([1; 8]),
+            handshake: vec![0; 48],
+        }),
+    })
+    .unwrap();
+    // Before the stream is open there is no CREATE to wait for: nothing happens.
+    m.relay.handle_created_timeout(m.now);
+    assert_eq!(m.recv_all(), vec![]);
+    m.relay.handle_next_hop_opened(m.now).unwrap();
+    m.relay.handle_created_timeout(m.now);
+    assert_eq!(
+        m.recv_all(),
+        vec![Some(RelayFrame {
+            stream_id: StreamId(0),
+            msg: RelayMsg::Truncated(DestroyReason::Timeout)
+        })]
+    );
+    assert!(!m.relay.is_closed());
+    // The extend is over: a second timeout says nothing.
+    m.relay.handle_created_timeout(m.now);
+    assert_eq!(m.recv_all(), vec![]);
+}

@@ -455,7 +455,7 @@ impl CircuitTask {
             // No CREATED in time: the extend failed (specs/03 §4.8), the circuit stays.
             debug!("next hop sent no CREATED in time");
             self.next = Next::None;
-            self.circ.handle_next_closed(now.into_std());
+            self.circ.handle_created_timeout(now.into_std());
         }
     }
 

@@ -267,3 +267,55 @@ async fn failed_extends_answer_truncated_and_keep_the_circuit() {
     .await;
     assert_eq!(r, Err(DriverError::Ended(EndReason::ExitPolicy)));
 }
+
+/// A next hop that takes the stream and the CREATE but never answers: after the relay's extend
+/// timeout the EXTEND is answered TRUNCATED(TIMEOUT) (specs/03 §4.8) and the circuit stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_hop_that_never_answers_create_gives_truncated_timeout() {
+    let relays = start_relays(1, |_, config| config.extend_timeout_secs = 1).await;
+    let guard = &relays.handles[0];
+    let client = common::direct_client(&[guard]).await;
+    let mut control = client.stream_control();
+    let circuit = step(
+        "CREATE",
+        ClientDriver::connect(&mut control, &common::hop_of_relay(guard)),
+    )
+    .await
+    .unwrap();
+
+    let silent = shallot_p2p::Node::start(
+        libp2p::identity::Keypair::generate_ed25519(),
+        shallot_p2p::NodeConfig::new(
+            shallot_p2p::Role::Client,
+            vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            Vec::new(),
+        ),
+    )
+    .await
+    .expect("start the silent node");
+    let mut incoming = silent
+        .stream_control()
+        .accept(shallot_p2p::CIRCUIT_PROTOCOL)
+        .expect("accept circuit streams");
+    // Holds every stream open, unread and unanswered, until the test ends.
+    let held = tokio::spawn(async move {
+        use futures::StreamExt as _;
+        let mut streams = Vec::new();
+        while let Some((_, stream)) = incoming.next().await {
+            streams.push(stream);
+        }
+    });
+    let spec = shallot_proto::HopSpec {
+        peer_id: silent.peer_id().to_bytes(),
+        addrs: silent.listen_addrs().iter().map(|a| a.to_vec()).collect(),
+        onion_key: guard.onion_key(),
+    };
+    let r = step("EXTEND to a silent node", circuit.extend(&spec)).await;
+    assert_eq!(
+        r,
+        Err(DriverError::Truncated(shallot_cell::DestroyReason::Timeout))
+    );
+    assert_eq!(circuit.hops(), 1);
+    assert!(circuit.destroyed().is_none());
+    held.abort();
+}
