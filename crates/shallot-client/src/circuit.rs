@@ -457,6 +457,12 @@ where
                 }
             }
             ClientEvent::StreamEnded { stream, reason } => {
+                if let Some(tx) = self.resolves.remove(&stream.0) {
+                    // The exit refused the RESOLVE (specs/03 §4.9).
+                    let _ = tx.send(Err(StreamFailure::End(reason)));
+                    self.count_streams();
+                    return;
+                }
                 let Some(slot) = self.slots.get_mut(&stream.0) else {
                     return;
                 };

@@ -716,6 +716,16 @@ impl ClientCircuit {
                 });
                 Ok(())
             }
+            // specs/03 §4.9: an exit that cannot serve a RESOLVE answers END; the stream is
+            // then over (nothing to drain).
+            RelayMsg::End(reason) if s.state == StreamState::Resolving => {
+                self.streams.remove(&id);
+                self.events.push_back(ClientEvent::StreamEnded {
+                    stream: frame.stream_id,
+                    reason,
+                });
+                Ok(())
+            }
             RelayMsg::Resolved(answers) if s.state == StreamState::Resolving => {
                 self.streams.remove(&id);
                 self.events.push_back(ClientEvent::Resolved {

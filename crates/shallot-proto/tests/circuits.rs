@@ -386,3 +386,29 @@ fn refused_create_gets_destroy_protocol() {
     );
     assert_eq!(RelayCircuit::refusal(&[9, 9, 9, 9]), None);
 }
+
+#[test]
+fn resolve_at_a_non_exit_gets_end_and_the_circuit_survives() {
+    let mut h = Harness::new(HarnessConfig {
+        relays: 2,
+        exit: false,
+        ..HarnessConfig::default()
+    })
+    .unwrap();
+    assert!(h.build(2));
+    let s = h
+        .client
+        .resolve(shallot_cell::Host::Name("echo.test".into()))
+        .unwrap();
+    h.run_idle(10_000);
+    assert!(
+        h.events.contains(&ClientEvent::StreamEnded {
+            stream: s,
+            reason: EndReason::ExitPolicy
+        }),
+        "{:?}",
+        h.events
+    );
+    assert_eq!(h.client.stream_count(), 0);
+    assert!(!h.client.is_closed());
+}
