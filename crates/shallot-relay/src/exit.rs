@@ -12,8 +12,9 @@ use hickory_resolver::config::{
     ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use shallot_cell::{EndReason, Host, MAX_RESOLVED_ANSWERS, ResolvedAnswer};
-use shallot_exit_policy::{Decision, ExitPolicy, ExitPolicyConfig, RelayExitPolicy};
+use hickory_resolver::proto::rr::{Name, RData};
+use shallot_cell::{EndReason, Host, MAX_RESOLVED_ANSWERS, ResolvedAnswer, check_hostname};
+use shallot_exit_policy::{Decision, ExitPolicy, ExitPolicyConfig, RelayExitPolicy, is_public};
 use tokio::net::TcpStream;
 use tracing::warn;
 
@@ -30,6 +31,9 @@ pub const MAX_CONNECT_ATTEMPTS: usize = 3;
 /// An exit's policy, resolver and timeouts.
 pub(crate) struct Exit {
     policy: RelayExitPolicy,
+    /// Reverse lookups of private and other non-public addresses are answered (only when the
+    /// policy's reject-private prelude is off: such names describe the exit's own network).
+    reverse_private: bool,
     resolver: Option<TokioResolver>,
     connect_timeout: Duration,
     resolve_timeout: Duration,
@@ -61,6 +65,7 @@ impl Exit {
         );
         Ok(Self {
             policy,
+            reverse_private: !config.exit_policy_reject_private,
             resolver: build_resolver(
                 &config.dns_upstreams,
                 Duration::from_secs(config.resolve_timeout_secs),
@@ -144,12 +149,18 @@ impl Exit {
         Err(last)
     }
 
-    /// RESOLVE: the answers for a name (a reverse lookup of an address is not offered: it
-    /// answers a permanent error).
+    /// RESOLVE: the addresses of a name, or the names of an address (a reverse lookup, Tor's
+    /// RESOLVE_PTR).
     pub(crate) async fn resolve(&self, host: &Host) -> Vec<ResolvedAnswer> {
-        if !matches!(host, Host::Name(_)) {
-            return vec![ResolvedAnswer::PermanentError(0)];
-        }
+        let ip = match host {
+            Host::V4(a) => IpAddr::V4(*a),
+            Host::V6(a) => IpAddr::V6(*a),
+            Host::Name(_) => return self.resolve_name(host).await,
+        };
+        self.reverse(ip.to_canonical()).await
+    }
+
+    async fn resolve_name(&self, host: &Host) -> Vec<ResolvedAnswer> {
         match self.lookup(host).await {
             Ok((addrs, ttl)) => addrs
                 .into_iter()
@@ -161,6 +172,43 @@ impl Exit {
                 .collect(),
             Err(_) => vec![ResolvedAnswer::PermanentError(0)],
         }
+    }
+
+    /// The PTR names of `ip` from the configured upstreams. Refused (a permanent error) for a
+    /// non-public address while the reject-private prelude is on, and without upstreams.
+    /// Names that break specs/03 §5.1 are left out; none left is a permanent error.
+    async fn reverse(&self, ip: IpAddr) -> Vec<ResolvedAnswer> {
+        let failed = vec![ResolvedAnswer::PermanentError(0)];
+        if !is_public(ip) && !self.reverse_private {
+            return failed;
+        }
+        let Some(resolver) = &self.resolver else {
+            return failed;
+        };
+        let Ok(Ok(lookup)) = tokio::time::timeout(
+            self.resolve_timeout,
+            resolver.reverse_lookup(Name::from(ip)),
+        )
+        .await
+        else {
+            return failed;
+        };
+        let names: Vec<ResolvedAnswer> = lookup
+            .answers()
+            .iter()
+            .filter_map(|record| match &record.data {
+                RData::PTR(ptr) => {
+                    let name = ptr.0.to_ascii();
+                    let name = name.strip_suffix('.').unwrap_or(&name).to_owned();
+                    check_hostname(name.as_bytes())
+                        .ok()
+                        .map(|()| ResolvedAnswer::Name(name, record.ttl.min(MAX_TTL)))
+                }
+                _ => None,
+            })
+            .take(MAX_RESOLVED_ANSWERS)
+            .collect();
+        if names.is_empty() { failed } else { names }
     }
 }
 
@@ -232,6 +280,68 @@ mod tests {
             ..RelayConfig::default()
         };
         Exit::new(&config, f.path(), &[]).unwrap()
+    }
+
+    /// A DNS server on 127.0.0.1 that answers every query with one PTR record for
+    /// `ptr.example.` (TTL 300), and counts the queries it got.
+    async fn ptr_server() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use hickory_resolver::proto::op::Message;
+        use hickory_resolver::proto::rr::Record;
+        use hickory_resolver::proto::rr::rdata::PTR;
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let queries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = std::sync::Arc::clone(&queries);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 1500];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Ok(query) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let Some(name) = query.queries.first().map(|q| q.name.clone()) else {
+                    continue;
+                };
+                let mut response = query.into_response();
+                response.metadata.recursion_available = true;
+                let target = Name::from_ascii("ptr.example.").unwrap();
+                response.add_answer(Record::from_rdata(name, 300, RData::PTR(PTR(target))));
+                let _ = socket.send_to(&response.to_vec().unwrap(), from).await;
+            }
+        });
+        (addr, queries)
+    }
+
+    #[tokio::test]
+    async fn reverse_lookups_ask_the_upstream_and_refuse_private_addresses() {
+        let (upstream, queries) = ptr_server().await;
+        let exit = exit_with("accept *:*", true, vec![upstream]);
+        let public = Host::V4(Ipv4Addr::new(192, 0, 2, 7));
+        assert_eq!(
+            exit.resolve(&public).await,
+            vec![ResolvedAnswer::Name("ptr.example".into(), 300)]
+        );
+        let asked = queries.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(asked >= 1);
+        // With the reject-private prelude on, a private address is refused without a query.
+        let private = Host::V4(Ipv4Addr::new(10, 1, 2, 3));
+        assert_eq!(
+            exit.resolve(&private).await,
+            vec![ResolvedAnswer::PermanentError(0)]
+        );
+        assert_eq!(queries.load(std::sync::atomic::Ordering::Relaxed), asked);
+        // With it off, the exit's own network is the operator's to expose.
+        let open = exit_with("accept *:*", false, vec![upstream]);
+        assert_eq!(
+            open.resolve(&private).await,
+            vec![ResolvedAnswer::Name("ptr.example".into(), 300)]
+        );
+        // Without upstreams there is nobody to ask.
+        let none = exit_with("accept *:*", false, Vec::new());
+        assert_eq!(
+            none.resolve(&public).await,
+            vec![ResolvedAnswer::PermanentError(0)]
+        );
     }
 
     #[test]
