@@ -140,8 +140,8 @@ fn extend_failure_gives_truncated_and_the_circuit_survives() {
     echo_roundtrip(&mut h, 5_000);
 }
 
-#[test]
-fn begin_to_a_non_exit_gets_end_exitpolicy() {
+/// A 2-hop circuit whose last hop is not an exit.
+fn built_without_exit() -> Harness {
     let mut h = Harness::new(HarnessConfig {
         relays: 2,
         exit: false,
@@ -149,6 +149,12 @@ fn begin_to_a_non_exit_gets_end_exitpolicy() {
     })
     .unwrap();
     assert!(h.build(2));
+    h
+}
+
+#[test]
+fn begin_to_a_non_exit_gets_end_exitpolicy() {
+    let mut h = built_without_exit();
     let s = h.open("echo.test", 80).unwrap();
     h.run_idle(10_000);
     assert_eq!(h.app.ended.get(&s.0), Some(&EndReason::ExitPolicy));
@@ -389,13 +395,7 @@ fn refused_create_gets_destroy_protocol() {
 
 #[test]
 fn resolve_at_a_non_exit_gets_end_and_the_circuit_survives() {
-    let mut h = Harness::new(HarnessConfig {
-        relays: 2,
-        exit: false,
-        ..HarnessConfig::default()
-    })
-    .unwrap();
-    assert!(h.build(2));
+    let mut h = built_without_exit();
     let s = h
         .client
         .resolve(shallot_cell::Host::Name("echo.test".into()))

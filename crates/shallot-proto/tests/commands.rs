@@ -153,9 +153,8 @@ fn extend_twice_is_a_protocol_error_at_the_relay() {
     assert!(m.relay.is_closed());
 }
 
-#[test]
-fn a_relay_with_a_failed_next_hop_sends_truncated() {
-    let mut m = ManualClient::new(false);
+/// An EXTEND to a next hop named `next`, from the client of `m`.
+fn send_extend(m: &mut ManualClient) {
     m.send(&RelayFrame {
         stream_id: StreamId(0),
         msg: RelayMsg::Extend(shallot_cell::Extend {
@@ -166,15 +165,25 @@ fn a_relay_with_a_failed_next_hop_sends_truncated() {
         }),
     })
     .unwrap();
+}
+
+fn truncated(reason: DestroyReason) -> RelayFrame {
+    RelayFrame {
+        stream_id: StreamId(0),
+        msg: RelayMsg::Truncated(reason),
+    }
+}
+
+#[test]
+fn a_relay_with_a_failed_next_hop_sends_truncated() {
+    let mut m = ManualClient::new(false);
+    send_extend(&mut m);
     m.relay
         .handle_next_hop_failed(DestroyReason::ConnectFailed, m.now)
         .unwrap();
     assert_eq!(
         m.recv_all(),
-        vec![Some(RelayFrame {
-            stream_id: StreamId(0),
-            msg: RelayMsg::Truncated(DestroyReason::ConnectFailed)
-        })]
+        vec![Some(truncated(DestroyReason::ConnectFailed))]
     );
     assert!(!m.relay.is_closed());
 }
@@ -182,28 +191,13 @@ fn a_relay_with_a_failed_next_hop_sends_truncated() {
 #[test]
 fn no_created_in_time_gives_truncated_timeout() {
     let mut m = ManualClient::new(false);
-    m.send(&RelayFrame {
-        stream_id: StreamId(0),
-        msg: RelayMsg::Extend(shallot_cell::Extend {
-            peer_id: b"next".to_vec(),
-            addrs: vec![],
-            onion_key_id: shallot_cell::OnionKeyId([1; 8]),
-            handshake: vec![0; 48],
-        }),
-    })
-    .unwrap();
+    send_extend(&mut m);
     // Before the stream is open there is no CREATE to wait for: nothing happens.
     m.relay.handle_created_timeout(m.now);
     assert_eq!(m.recv_all(), vec![]);
     m.relay.handle_next_hop_opened(m.now).unwrap();
     m.relay.handle_created_timeout(m.now);
-    assert_eq!(
-        m.recv_all(),
-        vec![Some(RelayFrame {
-            stream_id: StreamId(0),
-            msg: RelayMsg::Truncated(DestroyReason::Timeout)
-        })]
-    );
+    assert_eq!(m.recv_all(), vec![Some(truncated(DestroyReason::Timeout))]);
     assert!(!m.relay.is_closed());
     // The extend is over: a second timeout says nothing.
     m.relay.handle_created_timeout(m.now);

@@ -207,14 +207,7 @@ async fn exit_answers_each_failure_with_its_end_reason() {
 async fn failed_extends_answer_truncated_and_keep_the_circuit() {
     let relays = start_relays(2, |_, _| {}).await;
     let (guard, middle) = (&relays.handles[0], &relays.handles[1]);
-    let client = common::direct_client(&[guard]).await;
-    let mut control = client.stream_control();
-    let circuit = step(
-        "CREATE",
-        ClientDriver::connect(&mut control, &common::hop_of_relay(guard)),
-    )
-    .await
-    .unwrap();
+    let (client, circuit) = one_hop_circuit(guard).await;
 
     // A relay that does not exist, at a port where nothing listens.
     let nobody = libp2p::identity::Keypair::generate_ed25519();
@@ -274,14 +267,7 @@ async fn failed_extends_answer_truncated_and_keep_the_circuit() {
 async fn a_next_hop_that_never_answers_create_gives_truncated_timeout() {
     let relays = start_relays(1, |_, config| config.extend_timeout_secs = 1).await;
     let guard = &relays.handles[0];
-    let client = common::direct_client(&[guard]).await;
-    let mut control = client.stream_control();
-    let circuit = step(
-        "CREATE",
-        ClientDriver::connect(&mut control, &common::hop_of_relay(guard)),
-    )
-    .await
-    .unwrap();
+    let (_client, circuit) = one_hop_circuit(guard).await;
 
     let silent = shallot_p2p::Node::start(
         libp2p::identity::Keypair::generate_ed25519(),
@@ -318,4 +304,17 @@ async fn a_next_hop_that_never_answers_create_gives_truncated_timeout() {
     assert_eq!(circuit.hops(), 1);
     assert!(circuit.destroyed().is_none());
     held.abort();
+}
+
+/// A client that knows `guard` directly, and a one-hop circuit to it.
+async fn one_hop_circuit(guard: &shallot_relay::RelayHandle) -> (shallot_p2p::Node, ClientDriver) {
+    let client = common::direct_client(&[guard]).await;
+    let mut control = client.stream_control();
+    let circuit = step(
+        "CREATE",
+        ClientDriver::connect(&mut control, &common::hop_of_relay(guard)),
+    )
+    .await
+    .unwrap();
+    (client, circuit)
 }
