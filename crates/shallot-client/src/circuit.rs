@@ -249,6 +249,13 @@ where
             self.circ.handle_link_closed(Instant::now());
         }
         self.handle_events();
+        self.mark_over();
+        debug!(circuit = self.id, "circuit task ended");
+    }
+
+    /// The circuit is over: fails whatever waits on it, marks it closed for the manager and
+    /// takes it out of the open-circuits gauge (once).
+    fn mark_over(&mut self) {
         self.fail_all();
         self.shared.closed.store(true, Ordering::Relaxed);
         self.shared.built.store(false, Ordering::Relaxed);
@@ -256,7 +263,6 @@ where
             self.counted_open = false;
             self.metrics.circuits_open.dec();
         }
-        debug!(circuit = self.id, "circuit task ended");
     }
 
     fn fail_all(&mut self) {
@@ -500,13 +506,7 @@ where
                 } else if !matches!(reason, DestroyReason::Finished | DestroyReason::Requested) {
                     self.metrics.circuit_failure("destroyed");
                 }
-                self.fail_all();
-                self.shared.closed.store(true, Ordering::Relaxed);
-                self.shared.built.store(false, Ordering::Relaxed);
-                if self.counted_open {
-                    self.counted_open = false;
-                    self.metrics.circuits_open.dec();
-                }
+                self.mark_over();
             }
             _ => {}
         }

@@ -925,26 +925,24 @@ async fn open_next(
             return Err(DestroyReason::Internal);
         }
     }
+    let unreachable = |step: &'static str, error: &dyn std::fmt::Display| {
+        debug!(
+            peer = %Sensitive::new(peer, ctx.safe_logging),
+            step,
+            %error,
+            "cannot reach the next hop"
+        );
+        DestroyReason::ConnectFailed
+    };
     let mut control = ctx.node.stream_control();
     let mut stream = control
         .open_stream(peer, CIRCUIT_PROTOCOL)
         .await
-        .map_err(|e| {
-            debug!(
-                peer = %Sensitive::new(peer, ctx.safe_logging),
-                error = %e,
-                "cannot open the next hop's stream"
-            );
-            DestroyReason::ConnectFailed
-        })?;
-    stream.write_all(&preamble).await.map_err(|e| {
-        debug!(
-            peer = %Sensitive::new(peer, ctx.safe_logging),
-            error = %e,
-            "the next hop closed its stream before the preamble"
-        );
-        DestroyReason::ConnectFailed
-    })?;
+        .map_err(|e| unreachable("opening its stream", &e))?;
+    stream
+        .write_all(&preamble)
+        .await
+        .map_err(|e| unreachable("writing the preamble", &e))?;
     Ok(stream)
 }
 
