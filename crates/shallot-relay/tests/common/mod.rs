@@ -166,20 +166,20 @@ impl Drop for Server {
     }
 }
 
-/// Echoes every byte back on each connection.
-pub async fn echo_server() -> Server {
+/// Serves each connection on 127.0.0.1 with `handle`, in its own task.
+async fn serve<F, Fut>(handle: F) -> Server
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let task = tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
-                Ok((mut s, _)) = listener.accept() => {
-                    conns.spawn(async move {
-                        let (mut r, mut w) = s.split();
-                        let _ = tokio::io::copy(&mut r, &mut w).await;
-                        let _ = w.shutdown().await;
-                    });
+                Ok((s, _)) = listener.accept() => {
+                    conns.spawn(handle(s));
                 }
                 Some(_) = conns.join_next() => {}
             }
@@ -188,28 +188,26 @@ pub async fn echo_server() -> Server {
     Server { port, task }
 }
 
+/// Echoes every byte back on each connection.
+pub async fn echo_server() -> Server {
+    serve(|mut s| async move {
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    })
+    .await
+}
+
 /// Sends `len` bytes of [`pattern`] on each connection, then closes it.
 pub async fn source_server(len: usize) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let task = tokio::spawn(async move {
-        let mut conns = tokio::task::JoinSet::new();
-        loop {
-            tokio::select! {
-                Ok((mut s, _)) = listener.accept() => {
-                    conns.spawn(async move {
-                        let data = pattern(len, 7);
-                        let _ = s.write_all(&data).await;
-                        let _ = s.shutdown().await;
-                        let mut sink = [0u8; 1024];
-                        while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
-                    });
-                }
-                Some(_) = conns.join_next() => {}
-            }
-        }
-    });
-    Server { port, task }
+    serve(move |mut s| async move {
+        let data = pattern(len, 7);
+        let _ = s.write_all(&data).await;
+        let _ = s.shutdown().await;
+        let mut sink = [0u8; 1024];
+        while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await
 }
 
 /// Accepts connections and never reads from them.
