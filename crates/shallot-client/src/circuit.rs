@@ -619,18 +619,9 @@ where
                         let _ = tx.send_item(chunk);
                     }
                     Err(ProtoError::WouldBlock) => {
-                        // Either nothing buffered, or bytes were read but the WINDOW_UPDATE
-                        // found no room yet (deferred by the circuit): deliver what was read.
-                        let n = before.saturating_sub(self.circ.readable_bytes(sid));
-                        if n > 0 {
-                            self.metrics.bytes_down.inc_by(n as u64);
-                            chunk.truncate(n);
-                            let _ = tx.send_item(chunk);
-                        } else {
-                            tx.abort_send();
-                            slot.readable = false;
-                            break;
-                        }
+                        tx.abort_send();
+                        slot.readable = false;
+                        break;
                     }
                     Err(_) => {
                         tx.abort_send();

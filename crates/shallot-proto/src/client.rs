@@ -388,8 +388,10 @@ impl ClientCircuit {
 
     /// Reads buffered bytes of `stream` into `buf`. `Ok(0)` (with a non-empty `buf`) means the
     /// stream ended and everything was read (the stream is then forgotten);
-    /// [`ProtoError::WouldBlock`] means nothing is buffered yet. Reading grants the sender new
-    /// credit (WINDOW_UPDATE) once enough was consumed (specs/03 §11.3).
+    /// [`ProtoError::WouldBlock`] means nothing is buffered yet, and is never returned once bytes
+    /// were copied. Reading grants the sender new credit (WINDOW_UPDATE) once enough was
+    /// consumed (specs/03 §11.3); when the send queue is full the update is deferred to the next
+    /// [`poll_transmit`](Self::poll_transmit), not lost.
     pub fn read_stream(&mut self, stream: StreamId, buf: &mut [u8]) -> Result<usize, ProtoError> {
         self.check_open()?;
         let s = self
@@ -418,7 +420,11 @@ impl ClientCircuit {
         }
         s.recv.consumed(n);
         if s.ended.is_none() && s.recv.update_due() {
-            self.flush_update(stream.0)?;
+            match self.flush_update(stream.0) {
+                // Deferred (flush_update marked it): the bytes are the caller's either way.
+                Ok(()) | Err(ProtoError::WouldBlock) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(n)
     }

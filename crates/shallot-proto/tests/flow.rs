@@ -10,9 +10,9 @@ use common::{ManualClient, ManualRelay};
 use shallot_cell::{Begin, EndReason, Host, RelayFrame, RelayMsg, StreamId};
 use shallot_proto::harness::{Harness, HarnessConfig, Target};
 use shallot_proto::{
-    CLIENT_QUEUE_CELLS, ClientCircuit, ClientEvent, ErrorKind, MAX_CIRCUIT_STREAM_BUFFER,
-    MAX_PENDING_ACTIONS, MAX_STREAMS_PER_CIRCUIT, OPTIMISTIC_DATA_MAX, ProtoError,
-    RELAY_QUEUE_CELLS, RelayAction, STREAM_WINDOW_INITIAL, STREAM_WINDOW_MAX,
+    CLIENT_QUEUE_CELLS, CONTROL_RESERVE_CELLS, ClientCircuit, ClientEvent, ErrorKind,
+    MAX_CIRCUIT_STREAM_BUFFER, MAX_PENDING_ACTIONS, MAX_STREAMS_PER_CIRCUIT, OPTIMISTIC_DATA_MAX,
+    ProtoError, RELAY_QUEUE_CELLS, RelayAction, STREAM_WINDOW_INITIAL, STREAM_WINDOW_MAX,
     WINDOW_UPDATE_THRESHOLD,
 };
 
@@ -89,6 +89,71 @@ fn window_updates_are_sent_only_after_consumption() {
     assert_eq!(
         got[0].as_ref().unwrap().msg,
         RelayMsg::WindowUpdate(WINDOW_UPDATE_THRESHOLD)
+    );
+}
+
+/// A read that makes a WINDOW_UPDATE due while the send queue is full hands over its bytes and
+/// sends the update once the queue drains: neither the bytes nor the credit are lost.
+#[test]
+fn a_read_with_a_full_send_queue_keeps_its_bytes_and_defers_the_update() {
+    let mut m = ManualRelay::new();
+    let s = m
+        .client
+        .open_stream(Host::Name("x.test".into()), 1)
+        .unwrap();
+    m.recv_all();
+    m.send(&RelayFrame {
+        stream_id: s,
+        msg: RelayMsg::Connected {
+            addr: Host::V4([192, 0, 2, 1].into()),
+            ttl: 0,
+        },
+    })
+    .unwrap();
+    let sent: Vec<u8> = (0..W).map(|i| (i % 251) as u8).collect();
+    for piece in sent.chunks(CHUNK) {
+        m.send(&RelayFrame {
+            stream_id: s,
+            msg: RelayMsg::Data(piece.to_vec()),
+        })
+        .unwrap();
+    }
+    // Fill the send queue, control reserve included, with BEGIN/END pairs nobody collects.
+    let mut filled = false;
+    for _ in 0..(CLIENT_QUEUE_CELLS + CONTROL_RESERVE_CELLS) {
+        let extra = match m.client.open_stream(Host::Name("y.test".into()), 1) {
+            Ok(extra) => extra,
+            Err(ProtoError::WouldBlock) => {
+                filled = true;
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        if let Err(e) = m.client.close_stream(extra) {
+            assert!(matches!(e, ProtoError::WouldBlock), "{e}");
+            filled = true;
+            break;
+        }
+    }
+    assert!(filled, "the send queue never filled");
+
+    let mut got = vec![0u8; W];
+    assert_eq!(m.client.read_stream(s, &mut got).unwrap(), W);
+    assert_eq!(got, sent);
+    assert_eq!(m.client.readable_bytes(s), 0);
+    let updates: u64 = m
+        .recv_all()
+        .into_iter()
+        .flatten()
+        .filter(|f| f.stream_id == s)
+        .map(|f| match f.msg {
+            RelayMsg::WindowUpdate(inc) => u64::from(inc),
+            _ => 0,
+        })
+        .sum();
+    assert!(
+        updates >= u64::from(WINDOW_UPDATE_THRESHOLD),
+        "the deferred WINDOW_UPDATE never went out ({updates} bytes of credit)"
     );
 }
 
