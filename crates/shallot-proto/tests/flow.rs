@@ -59,19 +59,7 @@ fn a_paused_reader_buffers_exactly_one_window_and_the_exit_gets_backpressure() {
 #[test]
 fn window_updates_are_sent_only_after_consumption() {
     let mut m = ManualRelay::new();
-    let s = m
-        .client
-        .open_stream(Host::Name("x.test".into()), 1)
-        .unwrap();
-    m.recv_all();
-    m.send(&RelayFrame {
-        stream_id: s,
-        msg: RelayMsg::Connected {
-            addr: Host::V4([192, 0, 2, 1].into()),
-            ttl: 0,
-        },
-    })
-    .unwrap();
+    let s = m.connected_stream();
     for _ in 0..(W / CHUNK) {
         m.send(&data(s.0, CHUNK)).unwrap();
     }
@@ -97,19 +85,7 @@ fn window_updates_are_sent_only_after_consumption() {
 #[test]
 fn a_read_with_a_full_send_queue_keeps_its_bytes_and_defers_the_update() {
     let mut m = ManualRelay::new();
-    let s = m
-        .client
-        .open_stream(Host::Name("x.test".into()), 1)
-        .unwrap();
-    m.recv_all();
-    m.send(&RelayFrame {
-        stream_id: s,
-        msg: RelayMsg::Connected {
-            addr: Host::V4([192, 0, 2, 1].into()),
-            ttl: 0,
-        },
-    })
-    .unwrap();
+    let s = m.connected_stream();
     let sent: Vec<u8> = (0..W).map(|i| (i % 251) as u8).collect();
     for piece in sent.chunks(CHUNK) {
         m.send(&RelayFrame {
@@ -160,18 +136,7 @@ fn a_read_with_a_full_send_queue_keeps_its_bytes_and_defers_the_update() {
 #[test]
 fn client_detects_credit_violation() {
     let mut m = ManualRelay::new();
-    let s = m
-        .client
-        .open_stream(Host::Name("x.test".into()), 1)
-        .unwrap();
-    m.send(&RelayFrame {
-        stream_id: s,
-        msg: RelayMsg::Connected {
-            addr: Host::V4([192, 0, 2, 1].into()),
-            ttl: 0,
-        },
-    })
-    .unwrap();
+    let s = m.connected_stream();
     let mut sent = 0;
     let err = loop {
         match m.send(&data(s.0, CHUNK)) {
@@ -386,18 +351,7 @@ fn exit_rejects_optimistic_data_past_the_bound() {
 #[test]
 fn client_send_queue_is_bounded() {
     let mut m = ManualRelay::new();
-    let s = m
-        .client
-        .open_stream(Host::Name("x.test".into()), 1)
-        .unwrap();
-    m.send(&RelayFrame {
-        stream_id: s,
-        msg: RelayMsg::Connected {
-            addr: Host::V4([192, 0, 2, 1].into()),
-            ttl: 0,
-        },
-    })
-    .unwrap();
+    let s = m.connected_stream();
     m.recv_all();
     let big = vec![0u8; W];
     let n = m.client.write_stream(s, &big).unwrap();

@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use shallot_cell::{LINK_CELL_LEN, LinkCell, RelayFrame, link_command};
+use shallot_cell::{Host, LINK_CELL_LEN, LinkCell, RelayFrame, RelayMsg, StreamId, link_command};
 use shallot_crypto::{
     ClientHandshake, ClientLayers, ForwardMarker, OnionKeyRing, OnionSecretKey, RelayLayer,
     relay_handshake,
@@ -122,6 +122,24 @@ impl ManualRelay {
             layer: RelayLayer::new(hop_keys),
             now,
         }
+    }
+
+    /// Opens a stream to `x.test:1`, collects its BEGIN, and answers CONNECTED.
+    pub fn connected_stream(&mut self) -> StreamId {
+        let stream = self
+            .client
+            .open_stream(Host::Name("x.test".into()), 1)
+            .unwrap();
+        self.recv_all();
+        self.send(&RelayFrame {
+            stream_id: stream,
+            msg: RelayMsg::Connected {
+                addr: Host::V4([192, 0, 2, 1].into()),
+                ttl: 0,
+            },
+        })
+        .unwrap();
+        stream
     }
 
     /// Seals `frame` as this relay's own message and hands it to the client.
