@@ -196,12 +196,7 @@ fn exit_detects_credit_violation() {
 #[test]
 fn exit_grants_credit_only_as_data_is_written() {
     let mut m = ManualClient::new(true);
-    m.send(&begin(1)).unwrap();
-    m.relay.poll_action();
-    m.relay
-        .handle_exit_connected(StreamId(1), [192, 0, 2, 1].into(), 0, m.now)
-        .unwrap();
-    m.recv_all();
+    m.connected_exit_stream(1);
     let n = WINDOW_UPDATE_THRESHOLD as usize / CHUNK + 1;
     for _ in 0..n {
         m.send(&data(1, CHUNK)).unwrap();
@@ -231,11 +226,7 @@ fn exit_grants_credit_only_as_data_is_written() {
 #[test]
 fn exit_data_is_bounded_by_the_clients_credit() {
     let mut m = ManualClient::new(true);
-    m.send(&begin(1)).unwrap();
-    m.relay.poll_action();
-    m.relay
-        .handle_exit_connected(StreamId(1), [192, 0, 2, 1].into(), 0, m.now)
-        .unwrap();
+    m.connected_exit_stream(1);
     let big = vec![1u8; 2 * W];
     let mut taken = 0;
     loop {
@@ -507,12 +498,7 @@ fn relay_backward_queue_is_bounded() {
 #[test]
 fn pending_actions_are_bounded() {
     let mut m = ManualClient::new(true);
-    m.send(&begin(1)).unwrap();
-    m.relay.poll_action();
-    m.relay
-        .handle_exit_connected(StreamId(1), [192, 0, 2, 1].into(), 0, m.now)
-        .unwrap();
-    m.recv_all();
+    m.connected_exit_stream(1);
     // Never poll actions: small DATA cells pile up as ExitData until reading stops.
     let mut n = 0;
     while m.relay.wants_prev_cell() {

@@ -9,7 +9,9 @@
 
 use std::time::Instant;
 
-use shallot_cell::{Host, LINK_CELL_LEN, LinkCell, RelayFrame, RelayMsg, StreamId, link_command};
+use shallot_cell::{
+    Begin, Host, LINK_CELL_LEN, LinkCell, RelayFrame, RelayMsg, StreamId, link_command,
+};
 use shallot_crypto::{
     ClientHandshake, ClientLayers, ForwardMarker, OnionKeyRing, OnionSecretKey, RelayLayer,
     relay_handshake,
@@ -52,6 +54,25 @@ impl ManualClient {
         let mut layers = ClientLayers::new();
         layers.push_hop(hs.finish(&handshake).unwrap());
         Self { layers, relay, now }
+    }
+
+    /// Opens exit stream `id` to `echo.test:7` and has the exit report it connected; the
+    /// CONNECTED cell is collected.
+    pub fn connected_exit_stream(&mut self, id: u16) {
+        self.send(&RelayFrame {
+            stream_id: StreamId(id),
+            msg: RelayMsg::Begin(Begin {
+                host: Host::Name("echo.test".into()),
+                port: 7,
+                flags: 0,
+            }),
+        })
+        .unwrap();
+        self.relay.poll_action();
+        self.relay
+            .handle_exit_connected(StreamId(id), [192, 0, 2, 1].into(), 0, self.now)
+            .unwrap();
+        self.recv_all();
     }
 
     /// Seals `frame` for hop 0 and hands it to the relay.
