@@ -6,7 +6,7 @@ mod err;
 mod records;
 mod view;
 
-pub use cache::{CACHE_MAGIC, decode_cache, encode_cache, load_cache, write_cache};
+pub use cache::{CACHE_MAGIC, CacheContents, decode_cache, encode_cache, load_cache, write_cache};
 pub use descriptor::{
     DESCRIPTOR_LIFETIME_SECS, DESCRIPTOR_MAGIC, Descriptor, MAX_ADDR_LEN, MAX_ADDRS,
     MAX_CLOCK_SKEW_SECS, MAX_DESCRIPTOR_LEN, MAX_DESCRIPTOR_LIFETIME_SECS, MAX_FAMILY,
@@ -20,6 +20,6 @@ pub use records::{
     validate_record,
 };
 pub use view::{
-    Admission, DEFAULT_MAX_RELAYS_PER_SUBNET, MAX_VIEW_RELAYS, NetworkView, Subnet, ViewConfig,
-    ViewEntry,
+    Admission, DEFAULT_MAX_RELAYS_PER_SUBNET, MAX_VIEW_RELAYS, NetworkView,
+    SIGHTING_RETENTION_SECS, Sighting, Subnet, ViewConfig, ViewEntry,
 };

@@ -12,6 +12,10 @@ use crate::err::DirectoryError;
 pub const DEFAULT_MAX_RELAYS_PER_SUBNET: usize = 2;
 /// Hard bound on the relays one view holds, whatever the DHT serves.
 pub const MAX_VIEW_RELAYS: usize = 10_000;
+/// How long a view remembers when it first saw a relay after the relay's last descriptor
+/// expired (specs/04 §6.5): long enough that a client which is off for days, or a relay which
+/// is down for days, does not start its guard age (specs/05 §5.2) again from zero.
+pub const SIGHTING_RETENTION_SECS: u64 = 30 * 24 * 3600;
 
 /// Settings of a [`NetworkView`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +45,16 @@ pub struct ViewEntry {
     pub descriptor: SignedDescriptor,
     /// When this client first saw the relay (UNIX seconds); guards are chosen among old ones.
     pub first_seen: u64,
+}
+
+/// A relay the view knew and no longer holds: when it was first seen, and until when its last
+/// descriptor was valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sighting {
+    /// When this client first saw the relay (UNIX seconds).
+    pub first_seen: u64,
+    /// When the last descriptor the view held for it expired (UNIX seconds).
+    pub last_valid: u64,
 }
 
 /// What [`NetworkView::offer`] did with a descriptor.
@@ -94,6 +108,9 @@ pub struct NetworkView {
     config: ViewConfig,
     relays: BTreeMap<PeerId, ViewEntry>,
     subnet_load: HashMap<Subnet, usize>,
+    /// Relays that left the view, so that their first-seen time survives their absence;
+    /// at most [`MAX_VIEW_RELAYS`].
+    departed: HashMap<PeerId, Sighting>,
 }
 
 impl NetworkView {
@@ -103,6 +120,7 @@ impl NetworkView {
             config,
             relays: BTreeMap::new(),
             subnet_load: HashMap::new(),
+            departed: HashMap::new(),
         }
     }
 
@@ -126,8 +144,14 @@ impl NetworkView {
         self.relays.values()
     }
 
+    /// Relays that left the view and are still remembered, with their sightings.
+    pub fn departed(&self) -> impl Iterator<Item = (&PeerId, &Sighting)> {
+        self.departed.iter()
+    }
+
     /// Offers a descriptor that the caller has already verified (any [`SignedDescriptor`] is);
-    /// `first_seen` is used only if the relay is new to the view.
+    /// `first_seen` is used only if the relay is new to the view, and then only if the view
+    /// does not remember seeing it earlier.
     pub fn offer(&mut self, descriptor: SignedDescriptor, first_seen: u64) -> Admission {
         let peer = descriptor.peer_id();
         if let Some(entry) = self.relays.get(&peer) {
@@ -136,7 +160,7 @@ impl NetworkView {
             }
             let first_seen = entry.first_seen;
             // A new descriptor may list other addresses: re-admit it under the caps.
-            self.remove(&peer);
+            self.take(&peer);
             return match self.admit(peer, descriptor, first_seen) {
                 Admission::Added => Admission::Updated,
                 refused => refused,
@@ -169,6 +193,10 @@ impl NetworkView {
         for subnet in subnets {
             *self.subnet_load.entry(subnet).or_default() += 1;
         }
+        let first_seen = match self.departed.remove(&peer) {
+            Some(earlier) => earlier.first_seen.min(first_seen),
+            None => first_seen,
+        };
         self.relays.insert(
             peer,
             ViewEntry {
@@ -179,8 +207,50 @@ impl NetworkView {
         Admission::Added
     }
 
-    /// Removes `peer` from the view.
+    /// Removes `peer` from the view; the view still remembers when it first saw it.
     pub fn remove(&mut self, peer: &PeerId) -> Option<ViewEntry> {
+        let entry = self.take(peer)?;
+        let sighting = Sighting {
+            first_seen: entry.first_seen,
+            last_valid: entry.descriptor.descriptor().expires_at,
+        };
+        self.remember(*peer, sighting);
+        Some(entry)
+    }
+
+    /// Remembers that `peer` was seen, keeping the earliest first sighting. When the table is
+    /// full the sighting that ended longest ago makes room.
+    pub fn remember(&mut self, peer: PeerId, sighting: Sighting) {
+        if self.relays.contains_key(&peer) {
+            if let Some(entry) = self.relays.get_mut(&peer) {
+                entry.first_seen = entry.first_seen.min(sighting.first_seen);
+            }
+            return;
+        }
+        if let Some(known) = self.departed.get_mut(&peer) {
+            known.first_seen = known.first_seen.min(sighting.first_seen);
+            known.last_valid = known.last_valid.max(sighting.last_valid);
+            return;
+        }
+        if self.departed.len() >= MAX_VIEW_RELAYS {
+            let oldest = self
+                .departed
+                .iter()
+                .min_by_key(|(peer, s)| (s.last_valid, **peer))
+                .map(|(peer, s)| (*peer, s.last_valid));
+            match oldest {
+                Some((_, last_valid)) if last_valid >= sighting.last_valid => return,
+                Some((oldest, _)) => {
+                    self.departed.remove(&oldest);
+                }
+                None => return,
+            }
+        }
+        self.departed.insert(peer, sighting);
+    }
+
+    /// Removes `peer` without remembering it (a newer descriptor is about to replace it).
+    fn take(&mut self, peer: &PeerId) -> Option<ViewEntry> {
         let entry = self.relays.remove(peer)?;
         for subnet in Self::subnets(&entry.descriptor) {
             if let Some(load) = self.subnet_load.get_mut(&subnet) {
@@ -193,9 +263,12 @@ impl NetworkView {
         Some(entry)
     }
 
-    /// Drops every relay whose descriptor is no longer valid at `now` (specs/04 §6.2); returns
-    /// how many left.
+    /// Drops every relay whose descriptor is no longer valid at `now` (specs/04 §6.2), keeping
+    /// its sighting, and forgets sightings older than [`SIGHTING_RETENTION_SECS`]; returns how
+    /// many relays left.
     pub fn prune_expired(&mut self, now: u64) -> usize {
+        self.departed
+            .retain(|_, s| s.last_valid.saturating_add(SIGHTING_RETENTION_SECS) > now);
         let expired: Vec<PeerId> = self
             .relays
             .iter()
@@ -219,10 +292,28 @@ impl NetworkView {
         let mut verified = Vec::with_capacity(entries.len());
         let mut outcomes = Vec::new();
         for (bytes, first_seen) in entries {
-            match SignedDescriptor::verify(&bytes, now) {
-                Ok(signed) => verified.push((signed, first_seen)),
-                Err(err) => outcomes.push((Admission::Unchanged, Some(err))),
+            let signed = match SignedDescriptor::verify_ignoring_time(&bytes) {
+                Ok(signed) => signed,
+                Err(err) => {
+                    outcomes.push((Admission::Unchanged, Some(err)));
+                    continue;
+                }
+            };
+            if let Err(err) = signed.descriptor().check_time(now) {
+                // An expired descriptor still proves, by its signature, that this client saw the
+                // relay then: keep the sighting, not the relay.
+                let last_valid = signed.descriptor().expires_at;
+                if last_valid.saturating_add(SIGHTING_RETENTION_SECS) > now {
+                    let sighting = Sighting {
+                        first_seen,
+                        last_valid,
+                    };
+                    self.remember(signed.peer_id(), sighting);
+                }
+                outcomes.push((Admission::Unchanged, Some(err)));
+                continue;
             }
+            verified.push((signed, first_seen));
         }
         verified.sort_by_key(|(signed, first_seen)| (*first_seen, signed.peer_id()));
         for (signed, first_seen) in verified {
@@ -335,6 +426,66 @@ mod tests {
             view.offer(relay_at("/ip4/192.0.2.3/tcp/1"), 1),
             Admission::Added
         );
+    }
+
+    /// A relay that is gone for a while (its descriptor expired, or the client was off) keeps
+    /// the age its guard eligibility counts from (specs/04 §6.5).
+    #[test]
+    fn a_relay_that_comes_back_keeps_its_first_seen() {
+        let keypair = ed25519::Keypair::generate();
+        let old = sample(&keypair, "/ip4/192.0.2.1/tcp/1");
+        let peer = old.peer_id();
+        let mut view = NetworkView::new(ViewConfig::default());
+        view.offer(old.sign(&keypair).expect("sign"), NOW - 10 * 86_400);
+        let later = NOW + 2 * 86_400;
+        assert_eq!(view.prune_expired(later), 1);
+        assert!(view.get(&peer).is_none());
+        let mut back = old.clone();
+        back.published_at = later;
+        back.expires_at = later + 3600;
+        assert_eq!(
+            view.offer(back.sign(&keypair).expect("sign"), later),
+            Admission::Added
+        );
+        assert_eq!(view.get(&peer).expect("back").first_seen, NOW - 10 * 86_400);
+        assert_eq!(view.departed().count(), 0);
+    }
+
+    #[test]
+    fn sightings_are_forgotten_after_the_retention() {
+        let mut view = NetworkView::new(ViewConfig::default());
+        view.offer(relay_at("/ip4/192.0.2.1/tcp/1"), NOW);
+        let expired_at = NOW + crate::descriptor::DESCRIPTOR_LIFETIME_SECS;
+        view.prune_expired(expired_at);
+        assert_eq!(view.departed().count(), 1);
+        view.prune_expired(expired_at + SIGHTING_RETENTION_SECS - 1);
+        assert_eq!(view.departed().count(), 1);
+        view.prune_expired(expired_at + SIGHTING_RETENTION_SECS);
+        assert_eq!(view.departed().count(), 0);
+    }
+
+    #[test]
+    fn the_sighting_table_is_bounded_and_keeps_the_most_recent() {
+        let mut view = NetworkView::new(ViewConfig::default());
+        let peers: Vec<PeerId> = (0..=MAX_VIEW_RELAYS).map(|_| PeerId::random()).collect();
+        for (i, peer) in peers.iter().enumerate() {
+            let sighting = Sighting {
+                first_seen: 1,
+                last_valid: 1_000 + i as u64,
+            };
+            view.remember(*peer, sighting);
+        }
+        assert_eq!(view.departed().count(), MAX_VIEW_RELAYS);
+        assert!(view.departed().all(|(peer, _)| *peer != peers[0]));
+        // An older sighting than all it holds does not push a newer one out.
+        view.remember(
+            PeerId::random(),
+            Sighting {
+                first_seen: 1,
+                last_valid: 5,
+            },
+        );
+        assert!(view.departed().all(|(_, s)| s.last_valid >= 1_001));
     }
 
     #[test]
