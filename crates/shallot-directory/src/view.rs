@@ -160,10 +160,19 @@ impl NetworkView {
             }
             let first_seen = entry.first_seen;
             // A new descriptor may list other addresses: re-admit it under the caps.
-            self.take(&peer);
+            let old = self.take(&peer);
             return match self.admit(peer, descriptor, first_seen) {
                 Admission::Added => Admission::Updated,
-                refused => refused,
+                refused => {
+                    if let Some(old) = old {
+                        let sighting = Sighting {
+                            first_seen,
+                            last_valid: old.descriptor.descriptor().expires_at,
+                        };
+                        self.remember(peer, sighting);
+                    }
+                    refused
+                }
             };
         }
         self.admit(peer, descriptor, first_seen)
@@ -221,10 +230,8 @@ impl NetworkView {
     /// Remembers that `peer` was seen, keeping the earliest first sighting. When the table is
     /// full the sighting that ended longest ago makes room.
     pub fn remember(&mut self, peer: PeerId, sighting: Sighting) {
-        if self.relays.contains_key(&peer) {
-            if let Some(entry) = self.relays.get_mut(&peer) {
-                entry.first_seen = entry.first_seen.min(sighting.first_seen);
-            }
+        if let Some(entry) = self.relays.get_mut(&peer) {
+            entry.first_seen = entry.first_seen.min(sighting.first_seen);
             return;
         }
         if let Some(known) = self.departed.get_mut(&peer) {
@@ -449,6 +456,29 @@ mod tests {
         );
         assert_eq!(view.get(&peer).expect("back").first_seen, NOW - 10 * 86_400);
         assert_eq!(view.departed().count(), 0);
+    }
+
+    #[test]
+    fn a_relay_refused_on_update_is_remembered() {
+        let keypair = ed25519::Keypair::generate();
+        let old = sample(&keypair, "/ip4/192.0.2.1/tcp/1");
+        let peer = old.peer_id();
+        let mut view = NetworkView::new(ViewConfig::default());
+        view.offer(relay_at("/ip4/198.51.100.1/tcp/1"), NOW);
+        view.offer(relay_at("/ip4/198.51.100.2/tcp/1"), NOW);
+        view.offer(old.sign(&keypair).expect("sign"), NOW - 86_400);
+        // It moves into a full /24: out of the view, but not forgotten.
+        let mut moved = old.clone();
+        moved.published_at += 60;
+        moved.addrs = vec!["/ip4/198.51.100.3/tcp/1".parse().expect("addr")];
+        assert_eq!(
+            view.offer(moved.sign(&keypair).expect("sign"), NOW),
+            Admission::SubnetFull
+        );
+        assert!(view.get(&peer).is_none());
+        let remembered: Vec<_> = view.departed().filter(|(p, _)| **p == peer).collect();
+        assert_eq!(remembered.len(), 1);
+        assert_eq!(remembered[0].1.first_seen, NOW - 86_400);
     }
 
     #[test]
