@@ -265,11 +265,8 @@ impl Manager {
             if unreachable.is_empty() {
                 return self.paths.select(view, port, avoid_exits);
             }
-            let mut reachable = view.clone();
-            for peer in &unreachable {
-                reachable.remove(peer);
-            }
-            self.paths.select(&reachable, port, avoid_exits)
+            self.paths
+                .select(&view.without(&unreachable), port, avoid_exits)
         })
     }
 

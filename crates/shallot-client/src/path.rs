@@ -73,10 +73,7 @@ impl Paths {
                 return Ok(Vec::from(path.hops().map(ViewEntry::clone)));
             }
         }
-        let mut pruned = view.clone();
-        for peer in avoid_exits {
-            pruned.remove(peer);
-        }
+        let pruned = view.without(avoid_exits);
         let relays = RelayIndex::new(&pruned);
         let path = selector.select_path(&relays, target, now, &mut rng)?;
         Ok(Vec::from(path.hops().map(ViewEntry::clone)))

@@ -216,7 +216,7 @@ impl NetworkView {
         Admission::Added
     }
 
-    /// Removes `peer` from the view; the view still remembers when it first saw it.
+    /// Removes `peer` from the view and remembers when it first saw it.
     pub fn remove(&mut self, peer: &PeerId) -> Option<ViewEntry> {
         let entry = self.take(peer)?;
         let sighting = Sighting {
@@ -225,6 +225,21 @@ impl NetworkView {
         };
         self.remember(*peer, sighting);
         Some(entry)
+    }
+
+    /// A copy of the view's relays without `left_out`, for one decision such as a path that
+    /// must avoid some relays; it carries no sightings (nothing is remembered from it).
+    pub fn without(&self, left_out: &[PeerId]) -> NetworkView {
+        let mut copy = NetworkView {
+            config: self.config.clone(),
+            relays: self.relays.clone(),
+            subnet_load: self.subnet_load.clone(),
+            departed: HashMap::new(),
+        };
+        for peer in left_out {
+            copy.take(peer);
+        }
+        copy
     }
 
     /// Remembers that `peer` was seen, keeping the earliest first sighting. When the table is
@@ -479,6 +494,34 @@ mod tests {
         let remembered: Vec<_> = view.departed().filter(|(p, _)| **p == peer).collect();
         assert_eq!(remembered.len(), 1);
         assert_eq!(remembered[0].1.first_seen, NOW - 86_400);
+    }
+
+    #[test]
+    fn a_view_without_some_relays_remembers_nothing() {
+        let mut view = NetworkView::new(ViewConfig::default());
+        let a = relay_at("/ip4/192.0.2.1/tcp/1");
+        let b = relay_at("/ip4/192.0.2.2/tcp/1");
+        let (peer_a, peer_b) = (a.peer_id(), b.peer_id());
+        view.offer(a, NOW);
+        view.offer(b, NOW);
+        view.remember(
+            PeerId::random(),
+            Sighting {
+                first_seen: 1,
+                last_valid: NOW,
+            },
+        );
+        let mut copy = view.without(&[peer_a]);
+        assert!(copy.get(&peer_a).is_none());
+        assert!(copy.get(&peer_b).is_some());
+        assert_eq!(copy.departed().count(), 0);
+        // The /24 slot peer_a held is free in the copy.
+        assert_eq!(
+            copy.offer(relay_at("/ip4/192.0.2.3/tcp/1"), NOW),
+            Admission::Added
+        );
+        assert_eq!(view.len(), 2);
+        assert_eq!(view.departed().count(), 1);
     }
 
     #[test]
