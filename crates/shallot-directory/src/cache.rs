@@ -11,7 +11,7 @@ use libp2p_identity::PeerId;
 
 use crate::descriptor::MAX_DESCRIPTOR_LEN;
 use crate::err::DirectoryError;
-use crate::view::{MAX_VIEW_RELAYS, NetworkView, SIGHTING_RETENTION_SECS, Sighting};
+use crate::view::{MAX_VIEW_RELAYS, NetworkView, Sighting};
 
 /// The eight bytes a cache file starts with.
 pub const CACHE_MAGIC: [u8; 8] = *b"SHVIEW02";
@@ -156,7 +156,7 @@ pub fn write_cache(path: &Path, view: &NetworkView) -> Result<(), DirectoryError
 }
 
 /// Reads the cache at `path`, verifying every descriptor again at `now` into `view`, and
-/// restores the sightings still within [`SIGHTING_RETENTION_SECS`]. Returns how many entries
+/// restores the sightings still within [`crate::SIGHTING_RETENTION_SECS`]. Returns how many entries
 /// were admitted. A missing file is an empty cache.
 pub fn load_cache(path: &Path, view: &mut NetworkView, now: u64) -> Result<usize, DirectoryError> {
     let bytes = match fs::read(path) {
@@ -174,7 +174,7 @@ pub fn load_cache(path: &Path, view: &mut NetworkView, now: u64) -> Result<usize
         reason,
     })?;
     for (peer, sighting) in contents.sightings {
-        if sighting.last_valid.saturating_add(SIGHTING_RETENTION_SECS) > now {
+        if sighting.kept_at(now) {
             view.remember(peer, sighting);
         }
     }
@@ -200,7 +200,7 @@ mod tests {
 
     use super::*;
     use crate::descriptor::tests::{NOW, sample};
-    use crate::view::ViewConfig;
+    use crate::view::{SIGHTING_RETENTION_SECS, ViewConfig};
 
     fn view_with(n: u8) -> NetworkView {
         let mut view = NetworkView::new(ViewConfig::default());

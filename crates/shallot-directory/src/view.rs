@@ -57,6 +57,23 @@ pub struct Sighting {
     pub last_valid: u64,
 }
 
+impl Sighting {
+    /// Whether a view still keeps this sighting at `now` ([`SIGHTING_RETENTION_SECS`]).
+    pub fn kept_at(&self, now: u64) -> bool {
+        self.last_valid.saturating_add(SIGHTING_RETENTION_SECS) > now
+    }
+}
+
+impl ViewEntry {
+    /// What the view remembers of this relay once it leaves.
+    fn sighting(&self) -> Sighting {
+        Sighting {
+            first_seen: self.first_seen,
+            last_valid: self.descriptor.descriptor().expires_at,
+        }
+    }
+}
+
 /// What [`NetworkView::offer`] did with a descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -165,11 +182,7 @@ impl NetworkView {
                 Admission::Added => Admission::Updated,
                 refused => {
                     if let Some(old) = old {
-                        let sighting = Sighting {
-                            first_seen,
-                            last_valid: old.descriptor.descriptor().expires_at,
-                        };
-                        self.remember(peer, sighting);
+                        self.remember(peer, old.sighting());
                     }
                     refused
                 }
@@ -219,11 +232,7 @@ impl NetworkView {
     /// Removes `peer` from the view and remembers when it first saw it.
     pub fn remove(&mut self, peer: &PeerId) -> Option<ViewEntry> {
         let entry = self.take(peer)?;
-        let sighting = Sighting {
-            first_seen: entry.first_seen,
-            last_valid: entry.descriptor.descriptor().expires_at,
-        };
-        self.remember(*peer, sighting);
+        self.remember(*peer, entry.sighting());
         Some(entry)
     }
 
@@ -289,8 +298,7 @@ impl NetworkView {
     /// its sighting, and forgets sightings older than [`SIGHTING_RETENTION_SECS`]; returns how
     /// many relays left.
     pub fn prune_expired(&mut self, now: u64) -> usize {
-        self.departed
-            .retain(|_, s| s.last_valid.saturating_add(SIGHTING_RETENTION_SECS) > now);
+        self.departed.retain(|_, s| s.kept_at(now));
         let expired: Vec<PeerId> = self
             .relays
             .iter()
@@ -324,12 +332,11 @@ impl NetworkView {
             if let Err(err) = signed.descriptor().check_time(now) {
                 // An expired descriptor still proves, by its signature, that this client saw the
                 // relay then: keep the sighting, not the relay.
-                let last_valid = signed.descriptor().expires_at;
-                if last_valid.saturating_add(SIGHTING_RETENTION_SECS) > now {
-                    let sighting = Sighting {
-                        first_seen,
-                        last_valid,
-                    };
+                let sighting = Sighting {
+                    first_seen,
+                    last_valid: signed.descriptor().expires_at,
+                };
+                if sighting.kept_at(now) {
                     self.remember(signed.peer_id(), sighting);
                 }
                 outcomes.push((Admission::Unchanged, Some(err)));
