@@ -189,14 +189,30 @@ class SocksReply:
         return SOCKS_REPLY_NAMES.get(self.code, f"unknown {self.code:#04x}")
 
 
-def socks5_connect(proxy: tuple[str, int], host: str, port: int, timeout: float = 30.0) -> SocksReply:
-    """SOCKS5 CONNECT to host:port (a name is sent as a name: ATYP 3). Returns the reply code,
-    the seconds from sending the request to reading the reply, and on success the socket."""
+def socks5_connect(
+    proxy: tuple[str, int],
+    host: str,
+    port: int,
+    timeout: float = 30.0,
+    auth: tuple[str, str] | None = None,
+) -> SocksReply:
+    """SOCKS5 CONNECT to host:port (a name is sent as a name: ATYP 3), with username/password
+    authentication (RFC 1929) when `auth` is given. Returns the reply code, the seconds from
+    sending the request to reading the reply, and on success the socket."""
     sock = socket.create_connection(proxy, timeout=timeout)
     try:
-        sock.sendall(b"\x05\x01\x00")
-        if _recv_exact(sock, 2) != b"\x05\x00":
-            raise AssertionError("the proxy did not accept SOCKS5 without authentication")
+        if auth is None:
+            sock.sendall(b"\x05\x01\x00")
+            if _recv_exact(sock, 2) != b"\x05\x00":
+                raise AssertionError("the proxy did not accept SOCKS5 without authentication")
+        else:
+            sock.sendall(b"\x05\x01\x02")
+            if _recv_exact(sock, 2) != b"\x05\x02":
+                raise AssertionError("the proxy did not accept SOCKS5 username/password")
+            user, password = auth[0].encode(), auth[1].encode()
+            sock.sendall(b"\x01" + bytes([len(user)]) + user + bytes([len(password)]) + password)
+            if _recv_exact(sock, 2) != b"\x01\x00":
+                raise AssertionError("the proxy refused the credentials")
         try:
             addr = b"\x01" + socket.inet_aton(host)
         except OSError:
@@ -225,9 +241,17 @@ def socks5_connect(proxy: tuple[str, int], host: str, port: int, timeout: float 
         raise
 
 
-def http_get_via_socks(proxy: tuple[str, int], host: str, port: int, path: str = "/", timeout: float = 10.0) -> bytes:
-    """GET http://host:port/path through the proxy with a raw SOCKS5 CONNECT; returns the body."""
-    reply = socks5_connect(proxy, host, port, timeout=timeout)
+def http_get_via_socks(
+    proxy: tuple[str, int],
+    host: str,
+    port: int,
+    path: str = "/",
+    timeout: float = 10.0,
+    auth: tuple[str, str] | None = None,
+) -> bytes:
+    """GET http://host:port/path through the proxy with a raw SOCKS5 CONNECT (with `auth` as
+    username/password, if given); returns the body."""
+    reply = socks5_connect(proxy, host, port, timeout=timeout, auth=auth)
     if reply.sock is None:
         raise ConnectionError(f"SOCKS reply {reply.code:#04x} ({reply.name})")
     with reply.sock as s:
