@@ -1,34 +1,41 @@
-//! One task per circuit: runs a sans-IO [`ClientCircuit`] over its link-0 stream.
+//! One task per circuit: runs a sans-IO [`ClientCircuit`] over its link-0 stream. This is the
+//! only client-side circuit driver: the circuit manager uses it, and so does every test that
+//! needs a client (through [`CircuitHandle`]).
 //!
 //! The task is a single hand-written poll loop (the shape of quinn's endpoint driver): it reads
 //! every byte the link has and hands in every whole cell, moves bytes between each stream and
-//! its application channels, and writes every queued cell in one batched write (specs/01 §4.3,
-//! DESIGN "Batch writes"). Reading and writing progress independently, so a link that does
-//! not take our writes never stops us reading (which the relay's backward queue needs,
-//! specs/03 §11.4). Per-stream channels are bounded; a stream whose application does not read
-//! stops being read out of the circuit, so it stops granting credit while the others go on
-//! (specs/08 §3).
+//! its application channels, and writes every queued cell in one batched write (specs/01 §4.3:
+//! one write per batch of cells, not per cell). Reading and writing progress independently, so
+//! a link that does not take our writes never stops us reading (which the relay's backward
+//! queue needs, specs/03 §11.4). Per-stream channels are bounded; a stream whose application
+//! does not read stops being read out of the circuit, so it stops granting credit while the
+//! others go on (specs/08 §3).
+//!
+//! The driver reports what happened and decides nothing: a refused EXTEND leaves the circuit
+//! as it was (specs/03: TRUNCATED keeps the hops built), and whoever asked for the hop decides
+//! whether to extend elsewhere or let the circuit go.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::io::{AsyncRead, AsyncWrite};
 use shallot_cell::{DestroyReason, Host, ResolvedAnswer, StreamId};
+use shallot_p2p::{CIRCUIT_PROTOCOL, PeerId, StreamControl};
 use shallot_proto::{ClientCircuit, ClientEvent, ErrorKind as ProtoKind, HopSpec, ProtoError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::PollSender;
 use tracing::{debug, trace};
 
 use crate::err::StreamFailure;
 use crate::metrics::Metrics;
-use crate::stream::{APP_CHUNK, CircuitEnd};
+use crate::stream::{APP_CHUNK, CircuitEnd, DataStream, stream_pair};
 
-/// Commands a circuit task accepts at once from the manager.
+/// Commands a circuit task accepts at once.
 pub(crate) const CIRCUIT_COMMANDS: usize = 16;
 /// Bytes the task reads from the link per read (32 cells of 2048 bytes).
 const LINK_READ_BUF: usize = 64 * 1024;
@@ -41,28 +48,79 @@ const READS_PER_STREAM_ROUND: usize = 4;
 /// Chunks written into one stream per round.
 const WRITES_PER_STREAM_ROUND: usize = 2;
 
-/// Why a build failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum BuildFailure {
-    /// A CREATE or EXTEND took longer than the build timeout.
-    #[error("build timed out")]
-    Timeout,
-    /// A hop refused or failed (TRUNCATED, DESTROY, a bad handshake, the link closed).
-    #[error("build failed: {0}")]
-    Failed(&'static str),
+/// Why a circuit could not be built or extended. `hops_built` is how many hops the circuit had
+/// when it failed: 0 means the first hop (the guard) itself failed (specs/05 §5.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildFailure {
+    /// No circuit stream to the first hop could be opened (no connection, protocol refused).
+    #[error("cannot open a circuit stream to the first hop")]
+    Dial,
+    /// The last hop answered EXTEND with TRUNCATED: it could not reach hop number `hop`
+    /// (1-based). The circuit keeps the hops it had.
+    #[error("hop {hop} unreachable from the one before it: {reason:?}")]
+    ExtendRefused {
+        /// The hop that could not be reached (1-based; the guard is hop 1).
+        hop: usize,
+        /// The reason the last hop gave.
+        reason: DestroyReason,
+    },
+    /// A relay destroyed the circuit during the build (a refused CREATE, a limit).
+    #[error("destroyed after {hops_built} hops: {reason:?}")]
+    Destroyed {
+        /// Hops built before the DESTROY.
+        hops_built: usize,
+        /// The DESTROY's reason.
+        reason: DestroyReason,
+    },
+    /// The link to the first hop closed during the build.
+    #[error("link closed after {hops_built} hops")]
+    LinkClosed {
+        /// Hops built before the link closed.
+        hops_built: usize,
+    },
+    /// A CREATE or EXTEND was not answered within the build timeout.
+    #[error("no answer within the build timeout after {hops_built} hops")]
+    Timeout {
+        /// Hops built before the timeout.
+        hops_built: usize,
+    },
+    /// The circuit refused the request (a bug in the caller or the driver) or broke the
+    /// protocol during the build.
+    #[error("internal error after {hops_built} hops")]
+    Internal {
+        /// Hops built before the error.
+        hops_built: usize,
+    },
 }
 
 impl BuildFailure {
+    /// Hops the circuit had when the build failed.
+    pub fn hops_built(&self) -> usize {
+        match *self {
+            Self::Dial => 0,
+            Self::ExtendRefused { hop, .. } => hop.saturating_sub(1),
+            Self::Destroyed { hops_built, .. }
+            | Self::LinkClosed { hops_built }
+            | Self::Timeout { hops_built }
+            | Self::Internal { hops_built } => hops_built,
+        }
+    }
+
     /// The `reason` label of `shallot_circuit_failures_total`.
-    pub(crate) fn label(&self) -> &'static str {
+    pub fn label(&self) -> &'static str {
         match self {
-            Self::Timeout => "timeout",
-            Self::Failed(what) => what,
+            Self::Dial => "dial",
+            Self::ExtendRefused { .. } => "extend_refused",
+            Self::Destroyed { .. } => "destroyed",
+            Self::LinkClosed { .. } => "link_closed",
+            Self::Timeout { .. } => "timeout",
+            Self::Internal { .. } => "internal",
         }
     }
 }
 
-/// Commands from the manager to a circuit task.
+/// Commands to a circuit task.
 #[derive(Debug)]
 pub(crate) enum CircuitCommand {
     /// Open a stream (BEGIN) to `host:port` and attach `end` to it.
@@ -81,60 +139,220 @@ pub(crate) enum CircuitCommand {
         /// Where the answer goes.
         reply: oneshot::Sender<Result<Vec<ResolvedAnswer>, StreamFailure>>,
     },
+    /// Extend the built circuit by one hop (EXTEND).
+    Extend {
+        /// The next hop.
+        hop: HopSpec,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<(), BuildFailure>>,
+    },
 }
 
-/// State the manager reads without asking the task.
+/// State readable without asking the task.
 #[derive(Debug, Default)]
 pub(crate) struct CircuitShared {
-    /// Streams (and lookups) open on the circuit.
-    pub(crate) streams: AtomicUsize,
-    /// The circuit is built and has not closed.
-    pub(crate) built: AtomicBool,
-    /// The circuit is gone.
-    pub(crate) closed: AtomicBool,
-    /// Hops built so far (0 until the guard answered CREATE).
-    pub(crate) hops: AtomicUsize,
+    /// Hops built so far (0 until the first hop answered CREATE).
+    hops: AtomicUsize,
+    /// The task has ended: the circuit is gone.
+    closed: AtomicBool,
+    /// Why the circuit was destroyed, once it was.
+    destroyed: OnceLock<DestroyReason>,
+    /// Notified when the task ends.
+    ended: Notify,
 }
 
-/// What [`spawn`] returns.
-pub(crate) struct Spawned {
-    /// Commands into the task; dropping it closes the circuit.
-    pub(crate) commands: mpsc::Sender<CircuitCommand>,
-    /// Resolves once the circuit is built (with its build time) or failed.
-    pub(crate) built: oneshot::Receiver<Result<Duration, BuildFailure>>,
-    /// State readable from outside.
-    pub(crate) shared: Arc<CircuitShared>,
+/// What a driver is started with besides its link and path.
+pub(crate) struct DriverOptions {
+    /// The circuit's local id (logs only).
+    pub(crate) id: u64,
+    /// Longest wait for each CREATED or EXTENDED.
+    pub(crate) build_timeout: Duration,
+    /// When the build began (the dial included), for the build-time measurement.
+    pub(crate) started: Instant,
+    /// Where streams and bytes are counted.
+    pub(crate) metrics: Metrics,
+    /// Called once when the task ends, whatever the reason.
+    pub(crate) on_end: Option<Box<dyn FnOnce() + Send>>,
 }
 
-/// Starts a circuit over `link` (a fresh circuit stream to `path[0]`) and builds it through
-/// `path`, each CREATE/EXTEND bounded by `build_timeout`. `started` is when the build began
-/// (the link dial included), for the build-time measurement.
+/// A client circuit driven by its own task. Clones share the circuit; the circuit is destroyed
+/// (DESTROY FINISHED) once every clone is dropped.
+#[derive(Debug, Clone)]
+pub struct CircuitHandle {
+    commands: mpsc::Sender<CircuitCommand>,
+    shared: Arc<CircuitShared>,
+}
+
+impl CircuitHandle {
+    /// Opens a circuit stream to the first hop of `path` over `control`, then builds the
+    /// circuit through every hop of `path` (CREATE, then EXTEND for each further hop), each
+    /// step bounded by `build_timeout`.
+    pub async fn build(
+        control: &mut StreamControl,
+        path: Vec<HopSpec>,
+        build_timeout: Duration,
+    ) -> Result<Self, BuildFailure> {
+        let options = DriverOptions {
+            id: 0,
+            build_timeout,
+            started: Instant::now(),
+            metrics: Metrics::new(),
+            on_end: None,
+        };
+        build(control, path, options)
+            .await
+            .map(|(handle, _)| handle)
+    }
+
+    /// Extends the circuit by `hop` and waits for EXTENDED. A refusal
+    /// ([`BuildFailure::ExtendRefused`]) leaves the circuit as it was.
+    pub async fn extend(&self, hop: HopSpec) -> Result<(), BuildFailure> {
+        let hops_built = self.hops();
+        let (reply, answer) = oneshot::channel();
+        if self
+            .commands
+            .send(CircuitCommand::Extend { hop, reply })
+            .await
+            .is_err()
+        {
+            return Err(self.gone(hops_built));
+        }
+        answer.await.unwrap_or_else(|_| Err(self.gone(hops_built)))
+    }
+
+    /// Opens a stream to `host:port` at the exit and waits for CONNECTED; the exit's END comes
+    /// back as [`StreamFailure::End`]. Dropping the stream closes it (END DONE).
+    pub async fn connect(&self, host: Host, port: u16) -> Result<DataStream, StreamFailure> {
+        let (mut handle, end) = stream_pair();
+        self.send(CircuitCommand::Open { host, port, end }).await?;
+        handle.wait_connected().await?;
+        Ok(handle.into_data_stream())
+    }
+
+    /// Asks the exit to resolve `host` (a name, or an address for a reverse lookup).
+    pub async fn resolve(&self, host: Host) -> Result<Vec<ResolvedAnswer>, StreamFailure> {
+        let (reply, answer) = oneshot::channel();
+        self.send(CircuitCommand::Resolve { host, reply }).await?;
+        answer.await.unwrap_or(Err(StreamFailure::CircuitFailed))
+    }
+
+    /// Hops built so far.
+    pub fn hops(&self) -> usize {
+        self.shared.hops.load(Ordering::Relaxed)
+    }
+
+    /// Why the circuit was destroyed, if it was (by a relay, by the link, or by us).
+    pub fn destroyed(&self) -> Option<DestroyReason> {
+        self.shared.destroyed.get().copied()
+    }
+
+    /// Whether the circuit's task has ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Relaxed)
+    }
+
+    /// Lets go of the circuit and waits until its task has ended; if this was the last handle,
+    /// the DESTROY is written first.
+    pub async fn close(self) {
+        let Self { commands, shared } = self;
+        drop(commands);
+        let ended = shared.ended.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
+        if !shared.closed.load(Ordering::Acquire) {
+            ended.await;
+        }
+    }
+
+    pub(crate) async fn send(&self, cmd: CircuitCommand) -> Result<(), StreamFailure> {
+        self.commands
+            .send(cmd)
+            .await
+            .map_err(|_| StreamFailure::CircuitFailed)
+    }
+
+    /// The failure to report when the task is gone.
+    fn gone(&self, hops_built: usize) -> BuildFailure {
+        match self.destroyed() {
+            Some(reason) => BuildFailure::Destroyed { hops_built, reason },
+            None => BuildFailure::LinkClosed { hops_built },
+        }
+    }
+}
+
+/// Opens a circuit stream to `path[0]` and builds through `path`. Returns the circuit and the
+/// build time (from `options.started`, the dial included).
+pub(crate) async fn build(
+    control: &mut StreamControl,
+    path: Vec<HopSpec>,
+    options: DriverOptions,
+) -> Result<(CircuitHandle, Duration), BuildFailure> {
+    let first = path
+        .first()
+        .ok_or(BuildFailure::Internal { hops_built: 0 })?;
+    let guard = PeerId::from_bytes(&first.peer_id).map_err(|_| BuildFailure::Dial)?;
+    // The whole build, dial included, is bounded by the build timeout; each CREATE and EXTEND
+    // is too (by the state machine), so a hop that never answers is noticed without this.
+    let deadline = tokio::time::Instant::from_std(options.started + options.build_timeout);
+    let link = tokio::time::timeout_at(deadline, control.open_stream(guard, CIRCUIT_PROTOCOL))
+        .await
+        .map_err(|_| BuildFailure::Timeout { hops_built: 0 })?
+        .map_err(|_| BuildFailure::Dial)?;
+    let id = options.id;
+    trace!(circuit = id, since_start = ?options.started.elapsed(), "stream to the first hop open");
+    let (handle, built) = spawn(link, path, options)?;
+    match tokio::time::timeout_at(deadline, built).await {
+        Ok(Ok(Ok(took))) => Ok((handle, took)),
+        Ok(Ok(Err(failure))) => Err(failure),
+        Ok(Err(_)) => Err(handle.gone(handle.hops())),
+        Err(_) => Err(BuildFailure::Timeout {
+            hops_built: handle.hops(),
+        }),
+    }
+}
+
+/// Starts a circuit task over `link` (a fresh circuit stream to `path[0]`) that builds the
+/// circuit through `path`. The receiver resolves with the build time once every hop answered,
+/// or with the failure.
 pub(crate) fn spawn<L>(
-    id: u64,
     link: L,
     path: Vec<HopSpec>,
-    build_timeout: Duration,
-    started: Instant,
-    metrics: Metrics,
-) -> Result<Spawned, ProtoError>
+    options: DriverOptions,
+) -> Result<
+    (
+        CircuitHandle,
+        oneshot::Receiver<Result<Duration, BuildFailure>>,
+    ),
+    BuildFailure,
+>
 where
     L: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let first = path.first().ok_or(ProtoError::WrongState("empty path"))?;
+    let mut path = VecDeque::from(path);
+    let first = path
+        .pop_front()
+        .ok_or(BuildFailure::Internal { hops_built: 0 })?;
     let now = Instant::now();
-    let circ = ClientCircuit::new(first, shallot_proto::ClientConfig { build_timeout }, now)?;
+    let circ = ClientCircuit::new(
+        &first,
+        shallot_proto::ClientConfig {
+            build_timeout: options.build_timeout,
+        },
+        now,
+    )
+    .map_err(|_| BuildFailure::Internal { hops_built: 0 })?;
     let (commands, commands_rx) = mpsc::channel(CIRCUIT_COMMANDS);
     let (built_tx, built) = oneshot::channel();
     let shared = Arc::new(CircuitShared::default());
     let mut wbuf = Vec::with_capacity(WRITE_BATCH_MAX);
     wbuf.extend_from_slice(&ClientCircuit::preamble());
     let mut driver = Driver {
-        id,
+        id: options.id,
         circ,
         link,
-        path,
-        started,
-        built: Some(built_tx),
+        goal: path,
+        started: options.started,
+        waiter: Some(BuildWaiter::Initial(built_tx)),
         commands: commands_rx,
         commands_open: true,
         slots: BTreeMap::new(),
@@ -149,18 +367,26 @@ where
         timer_at: None,
         link_dead: false,
         shared: Arc::clone(&shared),
-        metrics,
+        metrics: options.metrics,
         counted_open: false,
     };
+    let on_end = options.on_end;
     tokio::spawn(async move {
         futures::future::poll_fn(|cx| driver.poll_drive(cx)).await;
         driver.finish();
+        if let Some(on_end) = on_end {
+            on_end();
+        }
     });
-    Ok(Spawned {
-        commands,
-        built,
-        shared,
-    })
+    Ok((CircuitHandle { commands, shared }, built))
+}
+
+/// Who waits for the hops being added.
+enum BuildWaiter {
+    /// The build of the whole initial path: answered with the build time.
+    Initial(oneshot::Sender<Result<Duration, BuildFailure>>),
+    /// One [`CircuitCommand::Extend`].
+    Extend(oneshot::Sender<Result<(), BuildFailure>>),
 }
 
 struct Slot {
@@ -190,9 +416,11 @@ struct Driver<L> {
     id: u64,
     circ: ClientCircuit,
     link: L,
-    path: Vec<HopSpec>,
+    /// Hops still to add, in order.
+    goal: VecDeque<HopSpec>,
     started: Instant,
-    built: Option<oneshot::Sender<Result<Duration, BuildFailure>>>,
+    /// Who waits for the hops of `goal` (none once they were added or failed).
+    waiter: Option<BuildWaiter>,
     commands: mpsc::Receiver<CircuitCommand>,
     commands_open: bool,
     slots: BTreeMap<u16, Slot>,
@@ -243,13 +471,15 @@ where
         self.circ.is_closed() && self.wpos == self.wbuf.len() && self.circ.queued_cells() == 0
     }
 
-    /// After the loop: fail everything still waiting.
+    /// After the loop: fail everything still waiting, and tell whoever waits for the end.
     fn finish(&mut self) {
         if !self.circ.is_closed() {
             self.circ.handle_link_closed(Instant::now());
         }
         self.handle_events();
         self.mark_over();
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.ended.notify_waiters();
         debug!(circuit = self.id, "circuit task ended");
     }
 
@@ -257,8 +487,6 @@ where
     /// takes it out of the open-circuits gauge (once).
     fn mark_over(&mut self) {
         self.fail_all();
-        self.shared.closed.store(true, Ordering::Relaxed);
-        self.shared.built.store(false, Ordering::Relaxed);
         if self.counted_open {
             self.counted_open = false;
             self.metrics.circuits_open.dec();
@@ -266,9 +494,8 @@ where
     }
 
     fn fail_all(&mut self) {
-        if let Some(built) = self.built.take() {
-            let _ = built.send(Err(BuildFailure::Failed("destroyed")));
-        }
+        let failure = self.close_failure();
+        self.fail_build(failure);
         for (_, slot) in std::mem::take(&mut self.slots) {
             if let Some(tx) = slot.connected {
                 let _ = tx.send(Err(StreamFailure::CircuitFailed));
@@ -278,7 +505,28 @@ where
         for (_, tx) in self.resolves.drain() {
             let _ = tx.send(Err(StreamFailure::CircuitFailed));
         }
-        self.shared.streams.store(0, Ordering::Relaxed);
+    }
+
+    /// Why a build in progress failed, now that the circuit is closed.
+    fn close_failure(&self) -> BuildFailure {
+        let hops_built = self.circ.hops();
+        match self.circ.close_error() {
+            Some(err) if err.kind() == ProtoKind::Timeout => BuildFailure::Timeout { hops_built },
+            Some(ProtoError::Destroyed(reason)) => BuildFailure::Destroyed {
+                hops_built,
+                reason: *reason,
+            },
+            Some(ProtoError::LinkClosed) => BuildFailure::LinkClosed { hops_built },
+            // No error of ours: the peer sent DESTROY.
+            None => match self.shared.destroyed.get() {
+                Some(reason) => BuildFailure::Destroyed {
+                    hops_built,
+                    reason: *reason,
+                },
+                None => BuildFailure::Internal { hops_built },
+            },
+            Some(_) => BuildFailure::Internal { hops_built },
+        }
     }
 
     fn poll_commands(&mut self, cx: &mut Context<'_>) -> bool {
@@ -319,7 +567,6 @@ where
                         },
                     );
                     self.metrics.streams_open.inc();
-                    self.count_streams();
                 }
                 Err(err) => {
                     debug!(circuit = self.id, %err, "cannot open a stream here");
@@ -329,19 +576,24 @@ where
             CircuitCommand::Resolve { host, reply } => match self.circ.resolve(host) {
                 Ok(id) => {
                     self.resolves.insert(id.0, reply);
-                    self.count_streams();
                 }
                 Err(_) => {
                     let _ = reply.send(Err(StreamFailure::CircuitFailed));
                 }
             },
+            CircuitCommand::Extend { hop, reply } => {
+                let hops_built = self.circ.hops();
+                if self.waiter.is_some() || self.circ.is_building() {
+                    // One build at a time: the caller asked while hops were being added.
+                    let _ = reply.send(Err(BuildFailure::Internal { hops_built }));
+                } else if let Err(err) = self.circ.extend(&hop, Instant::now()) {
+                    debug!(circuit = self.id, %err, "cannot extend");
+                    let _ = reply.send(Err(BuildFailure::Internal { hops_built }));
+                } else {
+                    self.waiter = Some(BuildWaiter::Extend(reply));
+                }
+            }
         }
-    }
-
-    fn count_streams(&self) {
-        self.shared
-            .streams
-            .store(self.slots.len() + self.resolves.len(), Ordering::Relaxed);
     }
 
     fn poll_link_read(&mut self, cx: &mut Context<'_>) -> bool {
@@ -359,11 +611,7 @@ where
                 }
                 Poll::Ready(_) => {
                     progress = true;
-                    self.link_dead = true;
-                    self.circ.handle_link_closed(Instant::now());
-                    if self.built.is_some() {
-                        self.metrics.circuit_failure("link_closed");
-                    }
+                    self.link_failed();
                     break;
                 }
                 Poll::Pending => break,
@@ -383,9 +631,6 @@ where
             off += cell_len;
             if let Err(err) = self.circ.handle_cell(cell, now) {
                 debug!(circuit = self.id, %err, "circuit destroyed on a bad cell");
-                if err.kind() != ProtoKind::Closed {
-                    self.metrics.circuit_failure("protocol");
-                }
             }
         }
         self.rbuf.copy_within(off..self.rlen, 0);
@@ -425,23 +670,19 @@ where
             ClientEvent::HopAdded(n) => {
                 self.shared.hops.store(n, Ordering::Relaxed);
                 trace!(circuit = self.id, hops = n, since_start = ?self.started.elapsed(), "hop added");
-                if let Some(next) = self.path.get(n) {
-                    if let Err(err) = self.circ.extend(next, Instant::now()) {
+                if let Some(next) = self.goal.pop_front() {
+                    if let Err(err) = self.circ.extend(&next, Instant::now()) {
                         debug!(circuit = self.id, %err, "cannot extend");
-                        self.fail_build(BuildFailure::Failed("extend"));
-                        self.circ.destroy(DestroyReason::Internal);
+                        self.fail_build(BuildFailure::Internal { hops_built: n });
                     }
-                } else if let Some(built) = self.built.take() {
-                    self.shared.built.store(true, Ordering::Relaxed);
-                    self.metrics.circuits_open.inc();
-                    self.counted_open = true;
-                    let _ = built.send(Ok(self.started.elapsed()));
+                } else {
+                    self.build_done();
                 }
             }
             ClientEvent::ExtendFailed { reason } => {
-                debug!(circuit = self.id, ?reason, "extend refused");
-                self.fail_build(BuildFailure::Failed("extend_failed"));
-                self.circ.destroy(DestroyReason::Requested);
+                let hop = self.circ.hops() + 1;
+                debug!(circuit = self.id, hop, ?reason, "extend refused");
+                self.fail_build(BuildFailure::ExtendRefused { hop, reason });
             }
             ClientEvent::StreamConnected { stream, addr } => {
                 if let Some(tx) = self
@@ -466,7 +707,6 @@ where
                 if let Some(tx) = self.resolves.remove(&stream.0) {
                     // The exit refused the RESOLVE (specs/03 §4.9).
                     let _ = tx.send(Err(StreamFailure::End(reason)));
-                    self.count_streams();
                     return;
                 }
                 let Some(slot) = self.slots.get_mut(&stream.0) else {
@@ -493,18 +733,22 @@ where
                     };
                     let _ = tx.send(result);
                 }
-                self.count_streams();
             }
             ClientEvent::Destroyed { reason } => {
                 debug!(circuit = self.id, ?reason, "circuit destroyed");
-                if self.built.is_some() {
-                    let failure = match self.circ.close_error().map(ProtoError::kind) {
-                        Some(ProtoKind::Timeout) => BuildFailure::Timeout,
-                        _ => BuildFailure::Failed("destroyed"),
+                let _ = self.shared.destroyed.set(reason);
+                if self.counted_open {
+                    // A built circuit lost (build failures are counted by whoever built).
+                    let label = match self.circ.close_error() {
+                        Some(ProtoError::ClosedLocally) => None,
+                        Some(ProtoError::LinkClosed) => Some("link_closed"),
+                        // No error of ours: the peer sent DESTROY.
+                        None | Some(ProtoError::Destroyed(_)) => Some("destroyed"),
+                        Some(_) => Some("protocol"),
                     };
-                    self.fail_build(failure);
-                } else if !matches!(reason, DestroyReason::Finished | DestroyReason::Requested) {
-                    self.metrics.circuit_failure("destroyed");
+                    if let Some(label) = label {
+                        self.metrics.circuit_failure(label);
+                    }
                 }
                 self.mark_over();
             }
@@ -512,10 +756,32 @@ where
         }
     }
 
+    /// Every hop of the goal was added: tell the waiter.
+    fn build_done(&mut self) {
+        match self.waiter.take() {
+            Some(BuildWaiter::Initial(tx)) => {
+                self.metrics.circuits_open.inc();
+                self.counted_open = true;
+                let _ = tx.send(Ok(self.started.elapsed()));
+            }
+            Some(BuildWaiter::Extend(tx)) => {
+                let _ = tx.send(Ok(()));
+            }
+            None => {}
+        }
+    }
+
+    /// The hops being added will not be: tell the waiter, forget the rest of the goal.
     fn fail_build(&mut self, failure: BuildFailure) {
-        if let Some(built) = self.built.take() {
-            self.metrics.circuit_failure(failure.label());
-            let _ = built.send(Err(failure));
+        self.goal.clear();
+        match self.waiter.take() {
+            Some(BuildWaiter::Initial(tx)) => {
+                let _ = tx.send(Err(failure));
+            }
+            Some(BuildWaiter::Extend(tx)) => {
+                let _ = tx.send(Err(failure));
+            }
+            None => {}
         }
     }
 
@@ -523,7 +789,6 @@ where
         if self.slots.remove(&id).is_some() {
             self.metrics.streams_open.dec();
         }
-        self.count_streams();
     }
 
     fn poll_streams(&mut self, cx: &mut Context<'_>) -> bool {
@@ -550,7 +815,6 @@ where
         for id in abandoned {
             self.resolves.remove(&id);
             let _ = self.circ.close_stream(StreamId(id));
-            self.count_streams();
         }
         let ids: Vec<u16> = self.slots.keys().copied().collect();
         for id in ids {
@@ -573,11 +837,9 @@ where
                 if let Err(ProtoError::WouldBlock) = self.circ.close_stream(StreamId(id)) {
                     self.pending_close.push(id);
                 }
-                self.count_streams();
             }
             Fate::Forgotten => {
                 self.metrics.streams_open.dec();
-                self.count_streams();
             }
         }
         progress
@@ -706,5 +968,41 @@ where
         self.link_dead = true;
         self.circ.handle_link_closed(Instant::now());
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_build_failure_says_how_far_it_got_and_has_a_label() {
+        let reason = DestroyReason::ConnectFailed;
+        let table = [
+            (BuildFailure::Dial, 0, "dial"),
+            (
+                BuildFailure::ExtendRefused { hop: 3, reason },
+                2,
+                "extend_refused",
+            ),
+            (
+                BuildFailure::Destroyed {
+                    hops_built: 0,
+                    reason: DestroyReason::ResourceLimit,
+                },
+                0,
+                "destroyed",
+            ),
+            (BuildFailure::LinkClosed { hops_built: 1 }, 1, "link_closed"),
+            (BuildFailure::Timeout { hops_built: 2 }, 2, "timeout"),
+            (BuildFailure::Internal { hops_built: 1 }, 1, "internal"),
+        ];
+        let mut labels = std::collections::HashSet::new();
+        for (failure, hops, label) in table {
+            assert_eq!(failure.hops_built(), hops, "{failure:?}");
+            assert_eq!(failure.label(), label, "{failure:?}");
+            labels.insert(label);
+        }
+        assert_eq!(labels.len(), 6, "one label per kind");
     }
 }

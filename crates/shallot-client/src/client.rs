@@ -8,12 +8,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use shallot_directory::{NetworkView, ViewConfig, load_cache, write_cache};
 use shallot_p2p::{Node, NodeConfig, Role, identity::Keypair};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-pub use crate::manager::CircuitSummary;
+pub use crate::pool::CircuitSummary;
 
 use crate::config::ClientConfig;
 use crate::err::ClientError;
@@ -99,12 +99,10 @@ impl Client {
             }
             None => None,
         };
-        let socks = TcpListener::bind(config.socks_listen)
-            .await
-            .map_err(|source| ClientError::Bind {
-                addr: config.socks_listen,
-                source,
-            })?;
+        let socks = bind_front(config.socks_listen).map_err(|source| ClientError::Bind {
+            addr: config.socks_listen,
+            source,
+        })?;
         let socks_addr = socks.local_addr().map_err(|source| ClientError::Bind {
             addr: config.socks_listen,
             source,
@@ -148,13 +146,13 @@ impl Client {
             }
         }
         let paths = Paths::open(config.data_dir.as_deref()).map_err(ClientError::GuardState)?;
-        let manager = Arc::new(Manager::new(
+        let manager = Manager::new(
             config.clone(),
             Arc::clone(&node),
             view,
             paths,
             metrics.clone(),
-        ));
+        );
         manager.update_view(|_| ());
 
         let mut tasks = Vec::new();
@@ -283,6 +281,23 @@ impl Drop for ClientHandle {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Connections the kernel queues for the proxy port before the front accepts them. A browser
+/// or crawler opening hundreds of connections at once overflows the default of 1,024 that
+/// tokio's `bind` asks for; the SYNs dropped then are retried only after a second.
+const FRONT_BACKLOG: u32 = 4096;
+
+/// Binds the proxy port with [`FRONT_BACKLOG`].
+fn bind_front(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(FRONT_BACKLOG)
 }
 
 fn unix_now() -> u64 {

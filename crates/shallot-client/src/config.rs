@@ -55,7 +55,8 @@ pub struct ClientConfig {
     /// Ports to keep a clean circuit ready for, besides those used recently. Default
     /// [`DEFAULT_PREEMPTIVE_PORTS`].
     pub preemptive_ports: Vec<u16>,
-    /// Most circuits open or building at once. Default [`DEFAULT_MAX_CIRCUITS`].
+    /// Most circuits open or building at once; at the limit the least recently used idle one
+    /// is closed to make room. Default [`DEFAULT_MAX_CIRCUITS`].
     pub max_circuits: usize,
     /// Build timeout until enough builds were measured. Default
     /// [`DEFAULT_BUILD_TIMEOUT_INITIAL_SECS`].

@@ -107,8 +107,9 @@ pub enum StreamFailure {
     /// Every circuit tried failed (build failures, circuits destroyed).
     #[error("circuits failed")]
     CircuitFailed,
-    /// The circuit limit is reached and none can be reused.
-    #[error("too many circuits")]
+    /// Every circuit carried streams at the circuit limit for as long as the stream could
+    /// wait (or too many streams were waiting already).
+    #[error("no circuit had room in time")]
     TooManyCircuits,
     /// The exit answered a RESOLVE with an error.
     #[error("the exit could not resolve the name")]

@@ -12,7 +12,8 @@ use tokio::sync::Semaphore;
 use tracing::debug;
 
 use crate::err::StreamFailure;
-use crate::manager::{Isolation, Manager};
+use crate::manager::Manager;
+use crate::pool::Isolation;
 use crate::stream::StreamHandle;
 
 /// How long an application may take to send its whole SOCKS or HTTP request.

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
 use crate::front::{Connector, FrontConfig, MAX_HTTP_HEAD};
-use crate::manager::Isolation;
+use crate::pool::Isolation;
 use crate::sensitive::Sensitive;
 
 /// Headers parsed at most.

@@ -9,11 +9,13 @@ mod http_connect;
 mod manager;
 mod metrics;
 mod path;
+mod pool;
 mod sensitive;
 mod socks;
 mod stream;
 mod timeout;
 
+pub use circuit::{BuildFailure, CircuitHandle};
 pub use client::{Bootstrap, CircuitSummary, Client, ClientHandle};
 pub use config::{
     ClientConfig, DEFAULT_BUILD_TIMEOUT_INITIAL_SECS, DEFAULT_BUILD_TIMEOUT_MAX_SECS,
@@ -25,5 +27,5 @@ pub use err::{ClientError, ErrorKind, StreamFailure};
 pub use front::{HANDSHAKE_TIMEOUT, MAX_HTTP_HEAD};
 pub use metrics::{BUILD_TIME_BUCKETS, METRICS_PATH, STATUS_PATH};
 pub use sensitive::{Sensitive, set_safe_logging};
-pub use stream::{APP_CHANNEL_CHUNKS, APP_CHUNK, HALF_CLOSE_GRACE};
+pub use stream::{APP_CHANNEL_CHUNKS, APP_CHUNK, DataStream, HALF_CLOSE_GRACE};
 pub use timeout::BUILD_TIME_SAMPLES;

@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::debug;
 
-use crate::manager::CircuitSummary;
+use crate::pool::CircuitSummary;
 
 /// The path metrics are served at.
 pub const METRICS_PATH: &str = "/metrics";

@@ -18,7 +18,7 @@ use tracing::debug;
 
 use crate::err::StreamFailure;
 use crate::front::{Connector, FrontConfig};
-use crate::manager::Isolation;
+use crate::pool::Isolation;
 use crate::sensitive::Sensitive;
 
 /// Tor's RESOLVE command.

@@ -5,12 +5,17 @@
 //! that stream out of the circuit, stops granting it credit, and only that stream's sender at
 //! the exit stalls.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use shallot_cell::Host;
 use shallot_proto::OPTIMISTIC_DATA_MAX;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::PollSender;
 
 use crate::err::StreamFailure;
+use crate::manager::Lease;
 
 /// Largest chunk moved through a stream's channels at once (bytes).
 pub const APP_CHUNK: usize = 16 * 1024;
@@ -42,6 +47,8 @@ pub(crate) struct StreamHandle {
     connected: Option<oneshot::Receiver<Result<Host, StreamFailure>>>,
     /// Dropped with the handle: tells the circuit task the application is gone.
     _alive: oneshot::Sender<()>,
+    /// The stream's place on its circuit in the manager's pool, given back with the handle.
+    lease: Option<Lease>,
 }
 
 /// A new stream's two ends.
@@ -56,6 +63,7 @@ pub(crate) fn stream_pair() -> (StreamHandle, CircuitEnd) {
             from_circ,
             connected: Some(connected_rx),
             _alive: alive,
+            lease: None,
         },
         CircuitEnd {
             to_app,
@@ -67,6 +75,31 @@ pub(crate) fn stream_pair() -> (StreamHandle, CircuitEnd) {
 }
 
 impl StreamHandle {
+    /// Keeps `lease` until the stream is over.
+    pub(crate) fn hold(&mut self, lease: Lease) {
+        self.lease = Some(lease);
+    }
+
+    /// Waits for the exit's answer (CONNECTED or END), sending nothing meanwhile.
+    pub(crate) async fn wait_connected(&mut self) -> Result<Host, StreamFailure> {
+        match self.connected.take() {
+            Some(answer) => answer.await.unwrap_or(Err(StreamFailure::CircuitFailed)),
+            None => Err(StreamFailure::CircuitFailed),
+        }
+    }
+
+    /// The handle as a byte stream for a program of our own (tests, embedders).
+    pub(crate) fn into_data_stream(self) -> DataStream {
+        DataStream {
+            to_circ: PollSender::new(self.to_circ),
+            from_circ: self.from_circ,
+            unread: Vec::new(),
+            unread_pos: 0,
+            _alive: self._alive,
+            _lease: self.lease,
+        }
+    }
+
     /// Waits for the exit's answer (CONNECTED or END). First sends `early` (bytes an earlier
     /// attempt already read), then reads what the application sends meanwhile and sends it
     /// as optimistic data, keeping a copy in `early` so a retry on another circuit can send
@@ -127,6 +160,7 @@ impl StreamHandle {
             to_circ,
             mut from_circ,
             _alive,
+            lease,
             ..
         } = self;
         let up = async move {
@@ -169,6 +203,80 @@ impl StreamHandle {
             }
         }
         drop(keep);
+        drop(lease);
+    }
+}
+
+/// A stream to a destination through a circuit, as a tokio byte stream (what
+/// [`CircuitHandle::connect`](crate::CircuitHandle::connect) gives). Writes are cut into
+/// chunks of at most [`APP_CHUNK`] bytes; shutting down the write side only stops writing (the
+/// protocol has no half-close: the exit's bytes keep coming until it ends the stream). Dropping
+/// it closes the stream (END DONE).
+#[derive(Debug)]
+pub struct DataStream {
+    to_circ: PollSender<Vec<u8>>,
+    from_circ: mpsc::Receiver<Vec<u8>>,
+    /// A chunk from the circuit not yet read whole, and how much of it was.
+    unread: Vec<u8>,
+    unread_pos: usize,
+    _alive: oneshot::Sender<()>,
+    _lease: Option<Lease>,
+}
+
+impl AsyncRead for DataStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.unread_pos == self.unread.len() {
+            match self.from_circ.poll_recv(cx) {
+                Poll::Ready(Some(chunk)) => {
+                    self.unread = chunk;
+                    self.unread_pos = 0;
+                }
+                // The stream ended (or the circuit is gone): EOF.
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let this = &mut *self;
+        let n = buf.remaining().min(this.unread.len() - this.unread_pos);
+        buf.put_slice(&this.unread[this.unread_pos..this.unread_pos + n]);
+        this.unread_pos += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for DataStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        match self.to_circ.poll_reserve(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(_)) => Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+            Poll::Ready(Ok(())) => {
+                let n = buf.len().min(APP_CHUNK);
+                match self.to_circ.send_item(buf[..n].to_vec()) {
+                    Ok(()) => Poll::Ready(Ok(n)),
+                    Err(_) => Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+                }
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.to_circ.close();
+        Poll::Ready(Ok(()))
     }
 }
 
