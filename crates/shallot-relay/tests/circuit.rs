@@ -8,12 +8,12 @@ mod common;
 
 use std::net::Ipv4Addr;
 
-use common::client::{ClientDriver, DriverError};
 use common::{
-    closed_port, echo_server, fetch_all, hop_of, pattern, source_server, start_client,
-    start_relays, step,
+    build_circuit, closed_port, echo_server, exchange, fetch_all, hop_of, pattern, read_n,
+    source_server, start_client, start_relays, step,
 };
-use shallot_cell::{EndReason, Host, ResolvedAnswer};
+use shallot_cell::{DestroyReason, EndReason, Host, ResolvedAnswer};
+use shallot_client::{BuildFailure, CircuitHandle, StreamFailure};
 use shallot_directory::SignedDescriptor;
 
 /// Guard, middle, exit on 127.0.1.1, 127.0.2.1, 127.0.3.1; the exit accepts 127.0.0.1 except
@@ -47,18 +47,14 @@ async fn three_relays(
     (relays, descriptors, client, policy_dir)
 }
 
-async fn build(client: &shallot_p2p::Node, d: &[SignedDescriptor]) -> ClientDriver {
-    let mut control = client.stream_control();
-    let c = step(
-        "CREATE to the guard",
-        ClientDriver::connect(&mut control, &hop_of(&d[0])),
-    )
-    .await
-    .expect("guard answers CREATED");
-    step("EXTEND to the middle", c.extend(&hop_of(&d[1])))
+async fn build(client: &shallot_p2p::Node, d: &[SignedDescriptor]) -> CircuitHandle {
+    let c = build_circuit(client, vec![hop_of(&d[0])])
+        .await
+        .expect("guard answers CREATED");
+    step("EXTEND to the middle", c.extend(hop_of(&d[1])))
         .await
         .expect("middle reached");
-    step("EXTEND to the exit", c.extend(&hop_of(&d[2])))
+    step("EXTEND to the exit", c.extend(hop_of(&d[2])))
         .await
         .expect("exit reached");
     assert_eq!(c.hops(), 3);
@@ -80,37 +76,31 @@ async fn three_hop_circuit_carries_mebibytes_byte_exact() {
     let circuit = build(&client, &descriptors).await;
 
     // Upload and echo: 3 MiB out, the same 3 MiB back, concurrently.
-    let stream = step(
+    let mut stream = step(
         "BEGIN to the echo server",
-        circuit.begin(Host::V4(Ipv4Addr::LOCALHOST), echo.port),
+        circuit.connect(Host::V4(Ipv4Addr::LOCALHOST), echo.port),
     )
     .await
     .expect("CONNECTED");
     let data = pattern(3 << 20, 1);
-    let (sent, back) = step("3 MiB through the echo server", async {
-        tokio::join!(
-            circuit.write_all(stream, &data),
-            circuit.read_n(stream, data.len())
-        )
-    })
+    let back = step(
+        "3 MiB through the echo server",
+        exchange(&mut stream, &data),
+    )
     .await;
-    sent.unwrap();
-    let back = back.unwrap();
     assert_eq!(back.len(), data.len());
     assert!(back == data, "echoed bytes differ");
-    circuit.close_stream(stream).unwrap();
+    drop(stream);
 
     // Download: 2 MiB from a server that then closes; the stream ends after the last byte.
     let source = source_server(2 << 20).await;
-    let stream = step(
+    let mut stream = step(
         "BEGIN to localhost by name",
-        circuit.begin(Host::Name("localhost".into()), source.port),
+        circuit.connect(Host::Name("localhost".into()), source.port),
     )
     .await
     .expect("CONNECTED");
-    let got = step("2 MiB download", circuit.read_n(stream, (2 << 20) + 1))
-        .await
-        .unwrap();
+    let got = step("2 MiB download", read_n(&mut stream, (2 << 20) + 1)).await;
     assert_eq!(
         got.len(),
         2 << 20,
@@ -127,7 +117,7 @@ async fn three_hop_circuit_carries_mebibytes_byte_exact() {
     assert_eq!(relays.handles[0].stats().exit_connects.get(), 0);
 
     // Tearing down from the client frees the circuit at every hop.
-    step("DESTROY", circuit.destroy()).await;
+    step("DESTROY", circuit.close()).await;
     step("every relay frees the circuit", async {
         while relays.handles.iter().any(|r| r.open_circuits() > 0) {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -145,44 +135,54 @@ async fn exit_answers_each_failure_with_its_end_reason() {
     let lo = Host::V4(Ipv4Addr::LOCALHOST);
 
     // The policy refuses this port although a server listens there.
-    let r = step("BEGIN to a denied port", circuit.begin(lo.clone(), denied)).await;
-    assert_eq!(r, Err(DriverError::Ended(EndReason::ExitPolicy)));
+    let r = step(
+        "BEGIN to a denied port",
+        circuit.connect(lo.clone(), denied),
+    )
+    .await
+    .err();
+    assert_eq!(r, Some(StreamFailure::End(EndReason::ExitPolicy)));
 
     // The policy is checked on the resolved address: localhost resolves to 127.0.0.1 (denied
     // port) and ::1 (no rule accepts it).
     let r = step(
         "BEGIN to localhost:denied",
-        circuit.begin(Host::Name("localhost".into()), denied),
+        circuit.connect(Host::Name("localhost".into()), denied),
     )
-    .await;
-    assert_eq!(r, Err(DriverError::Ended(EndReason::ExitPolicy)));
+    .await
+    .err();
+    assert_eq!(r, Some(StreamFailure::End(EndReason::ExitPolicy)));
 
     // An address the policy does not accept at all.
     let r = step(
         "BEGIN outside the policy",
-        circuit.begin(Host::V4(Ipv4Addr::new(127, 0, 0, 2)), 80),
+        circuit.connect(Host::V4(Ipv4Addr::new(127, 0, 0, 2)), 80),
     )
-    .await;
-    assert_eq!(r, Err(DriverError::Ended(EndReason::ExitPolicy)));
+    .await
+    .err();
+    assert_eq!(r, Some(StreamFailure::End(EndReason::ExitPolicy)));
 
     let port = closed_port().await;
-    let r = step("BEGIN to a closed port", circuit.begin(lo.clone(), port)).await;
-    assert_eq!(r, Err(DriverError::Ended(EndReason::ConnectRefused)));
+    let r = step("BEGIN to a closed port", circuit.connect(lo.clone(), port))
+        .await
+        .err();
+    assert_eq!(r, Some(StreamFailure::End(EndReason::ConnectRefused)));
 
     // No upstreams configured: names other than localhost fail cleanly.
     let r = step(
         "BEGIN to an unresolvable name",
-        circuit.begin(Host::Name("unresolvable.invalid".into()), 80),
+        circuit.connect(Host::Name("unresolvable.invalid".into()), 80),
     )
-    .await;
-    assert_eq!(r, Err(DriverError::Ended(EndReason::ResolveFailed)));
+    .await
+    .err();
+    assert_eq!(r, Some(StreamFailure::End(EndReason::ResolveFailed)));
+    // The exit answers RESOLVED with an error only, which the driver reports as a failure.
     let answers = step(
         "RESOLVE of an unresolvable name",
         circuit.resolve(Host::Name("unresolvable.invalid".into())),
     )
-    .await
-    .unwrap();
-    assert_eq!(answers, vec![ResolvedAnswer::PermanentError(0)]);
+    .await;
+    assert_eq!(answers, Err(StreamFailure::ResolveFailed));
     let answers = step(
         "RESOLVE localhost",
         circuit.resolve(Host::Name("localhost".into())),
@@ -193,10 +193,10 @@ async fn exit_answers_each_failure_with_its_end_reason() {
 
     // After all these refusals the circuit still carries a stream.
     let source = source_server(100_000).await;
-    let s = step("BEGIN after refusals", circuit.begin(lo, source.port))
+    let mut s = step("BEGIN after refusals", circuit.connect(lo, source.port))
         .await
         .unwrap();
-    let got = step("read", circuit.read_n(s, 100_001)).await.unwrap();
+    let got = step("read", read_n(&mut s, 100_001)).await;
     assert!(got == pattern(100_000, 7));
     assert!(circuit.destroyed().is_none());
 }
@@ -222,32 +222,34 @@ async fn failed_extends_answer_truncated_and_keep_the_circuit() {
         ],
         onion_key: middle.onion_key(),
     };
-    let r = step("EXTEND to nobody", circuit.extend(&ghost)).await;
+    let r = step("EXTEND to nobody", circuit.extend(ghost)).await;
     assert!(
         matches!(
             r,
-            Err(DriverError::Truncated(
-                shallot_cell::DestroyReason::ConnectFailed | shallot_cell::DestroyReason::Timeout
-            ))
+            Err(BuildFailure::ExtendRefused {
+                hop: 2,
+                reason: DestroyReason::ConnectFailed | DestroyReason::Timeout
+            })
         ),
         "{r:?}"
     );
     // Back to the client itself is refused too.
     let mut back = common::hop_of_relay(guard);
     back.peer_id = client.peer_id().to_bytes();
-    let r = step("EXTEND back to the client", circuit.extend(&back)).await;
+    let r = step("EXTEND back to the client", circuit.extend(back)).await;
     assert_eq!(
         r,
-        Err(DriverError::Truncated(
-            shallot_cell::DestroyReason::ConnectFailed
-        ))
+        Err(BuildFailure::ExtendRefused {
+            hop: 2,
+            reason: DestroyReason::ConnectFailed
+        })
     );
     assert_eq!(circuit.hops(), 1);
     assert_eq!(guard.stats().extends_failed.get(), 1);
 
     step(
         "EXTEND to the middle",
-        circuit.extend(&common::hop_of_relay(middle)),
+        circuit.extend(common::hop_of_relay(middle)),
     )
     .await
     .unwrap();
@@ -255,10 +257,11 @@ async fn failed_extends_answer_truncated_and_keep_the_circuit() {
     // A non-exit answers BEGIN with END(EXITPOLICY).
     let r = step(
         "BEGIN at a non-exit",
-        circuit.begin(Host::V4(Ipv4Addr::LOCALHOST), 80),
+        circuit.connect(Host::V4(Ipv4Addr::LOCALHOST), 80),
     )
-    .await;
-    assert_eq!(r, Err(DriverError::Ended(EndReason::ExitPolicy)));
+    .await
+    .err();
+    assert_eq!(r, Some(StreamFailure::End(EndReason::ExitPolicy)));
 }
 
 /// A next hop that takes the stream and the CREATE but never answers: after the relay's extend
@@ -296,10 +299,13 @@ async fn a_next_hop_that_never_answers_create_gives_truncated_timeout() {
         addrs: silent.listen_addrs().iter().map(|a| a.to_vec()).collect(),
         onion_key: guard.onion_key(),
     };
-    let r = step("EXTEND to a silent node", circuit.extend(&spec)).await;
+    let r = step("EXTEND to a silent node", circuit.extend(spec)).await;
     assert_eq!(
         r,
-        Err(DriverError::Truncated(shallot_cell::DestroyReason::Timeout))
+        Err(BuildFailure::ExtendRefused {
+            hop: 2,
+            reason: DestroyReason::Timeout
+        })
     );
     assert_eq!(circuit.hops(), 1);
     assert!(circuit.destroyed().is_none());
@@ -307,14 +313,10 @@ async fn a_next_hop_that_never_answers_create_gives_truncated_timeout() {
 }
 
 /// A client that knows `guard` directly, and a one-hop circuit to it.
-async fn one_hop_circuit(guard: &shallot_relay::RelayHandle) -> (shallot_p2p::Node, ClientDriver) {
+async fn one_hop_circuit(guard: &shallot_relay::RelayHandle) -> (shallot_p2p::Node, CircuitHandle) {
     let client = common::direct_client(&[guard]).await;
-    let mut control = client.stream_control();
-    let circuit = step(
-        "CREATE",
-        ClientDriver::connect(&mut control, &common::hop_of_relay(guard)),
-    )
-    .await
-    .unwrap();
+    let circuit = build_circuit(&client, vec![common::hop_of_relay(guard)])
+        .await
+        .unwrap();
     (client, circuit)
 }

@@ -10,13 +10,14 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::client::{ClientDriver, DriverError};
 use common::{
-    direct_client, echo_server, hop_of_relay, pattern, start_relays, step, tarpit_server,
+    build_circuit, direct_client, echo_server, exchange, hop_of_relay, pattern, start_relays, step,
+    tarpit_server,
 };
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use rand::RngCore;
 use shallot_cell::{DestroyReason, Host, LINK_CELL_LEN, Preamble, link_command};
+use shallot_client::{BuildFailure, CircuitHandle};
 use shallot_p2p::{CIRCUIT_PROTOCOL, Node};
 use shallot_relay::{CreateRate, RelayConfig, RelayHandle};
 
@@ -82,24 +83,17 @@ async fn garbage_closes_only_that_stream() {
     let echo = echo_server().await;
 
     // A healthy circuit with a stream, before and after the garbage.
-    let mut control = client.stream_control();
-    let good = step(
-        "CREATE",
-        ClientDriver::connect(&mut control, &hop_of_relay(relay)),
-    )
-    .await
-    .unwrap();
-    let s = step(
-        "BEGIN",
-        good.begin(Host::V4(Ipv4Addr::LOCALHOST), echo.port),
-    )
-    .await
-    .unwrap();
-    step("echo before", good.write_all(s, b"before"))
+    let good = build_circuit(&client, vec![hop_of_relay(relay)])
         .await
         .unwrap();
+    let mut s = step(
+        "BEGIN",
+        good.connect(Host::V4(Ipv4Addr::LOCALHOST), echo.port),
+    )
+    .await
+    .unwrap();
     assert_eq!(
-        step("echo before", good.read_n(s, 6)).await.unwrap(),
+        step("echo before", exchange(&mut s, b"before")).await,
         b"before"
     );
 
@@ -147,32 +141,22 @@ async fn garbage_closes_only_that_stream() {
     assert_eq!(stats.circuits_accepted.get(), 1);
 
     // The healthy circuit never noticed, and new circuits are still served.
-    step("echo after", good.write_all(s, b"after"))
-        .await
-        .unwrap();
     assert_eq!(
-        step("echo after", good.read_n(s, 5)).await.unwrap(),
+        step("echo after", exchange(&mut s, b"after")).await,
         b"after"
     );
-    let another = step(
-        "CREATE after",
-        ClientDriver::connect(&mut control, &hop_of_relay(relay)),
-    )
-    .await
-    .unwrap();
-    let s2 = step(
+    let another = build_circuit(&client, vec![hop_of_relay(relay)])
+        .await
+        .unwrap();
+    let mut s2 = step(
         "BEGIN after",
-        another.begin(Host::V4(Ipv4Addr::LOCALHOST), echo.port),
+        another.connect(Host::V4(Ipv4Addr::LOCALHOST), echo.port),
     )
     .await
     .unwrap();
     let data = pattern(200_000, 3);
-    let (w, r) = step("echo on the new circuit", async {
-        tokio::join!(another.write_all(s2, &data), another.read_n(s2, data.len()))
-    })
-    .await;
-    w.unwrap();
-    assert!(r.unwrap() == data);
+    let back = step("echo on the new circuit", exchange(&mut s2, &data)).await;
+    assert!(back == data);
     assert!(good.destroyed().is_none());
 }
 
@@ -196,14 +180,15 @@ async fn a_silent_stream_is_closed_after_the_handshake_timeout() {
 }
 
 /// Builds one-hop circuits from `client` until one is refused; returns the circuits.
-async fn connect(client: &Node, relay: &RelayHandle) -> Result<ClientDriver, DriverError> {
-    let mut control = client.stream_control();
-    step(
-        "CREATE",
-        ClientDriver::connect(&mut control, &hop_of_relay(relay)),
-    )
-    .await
+async fn connect(client: &Node, relay: &RelayHandle) -> Result<CircuitHandle, BuildFailure> {
+    build_circuit(client, vec![hop_of_relay(relay)]).await
 }
+
+/// How a CREATE the relay's limits refuse fails.
+const REFUSED: BuildFailure = BuildFailure::Destroyed {
+    hops_built: 0,
+    reason: DestroyReason::ResourceLimit,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_peer_circuit_limit_refuses_cleanly() {
@@ -213,16 +198,13 @@ async fn the_per_peer_circuit_limit_refuses_cleanly() {
     let first = connect(&a, relay).await.unwrap();
     let _second = connect(&a, relay).await.unwrap();
     let refused = connect(&a, relay).await.err();
-    assert_eq!(
-        refused,
-        Some(DriverError::Destroyed(DestroyReason::ResourceLimit))
-    );
+    assert_eq!(refused, Some(REFUSED));
     assert_eq!(relay.stats().refused_peer_limit.get(), 1);
     // Another peer is not affected.
     let b = direct_client(&[relay]).await;
     let _other = connect(&b, relay).await.unwrap();
     // Closing a circuit frees its slot.
-    step("DESTROY", first.destroy()).await;
+    step("DESTROY", first.close()).await;
     wait_for("the slot is freed", || relay.open_circuits() == 2).await;
     let _again = connect(&a, relay).await.unwrap();
     assert_eq!(relay.stats().refused_peer_limit.get(), 1);
@@ -244,10 +226,7 @@ async fn the_create_rate_limit_refuses_cleanly() {
         connect(&a, relay).await.unwrap(),
     ];
     let refused = connect(&a, relay).await.err();
-    assert_eq!(
-        refused,
-        Some(DriverError::Destroyed(DestroyReason::ResourceLimit))
-    );
+    assert_eq!(refused, Some(REFUSED));
     assert_eq!(relay.stats().refused_rate_limit.get(), 1);
     // The bucket refills at one CREATE per second.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -266,10 +245,7 @@ async fn the_total_circuit_limit_refuses_cleanly() {
     }
     let c = direct_client(&[relay]).await;
     let refused = connect(&c, relay).await.err();
-    assert_eq!(
-        refused,
-        Some(DriverError::Destroyed(DestroyReason::ResourceLimit))
-    );
+    assert_eq!(refused, Some(REFUSED));
     assert_eq!(relay.stats().refused_total_limit.get(), 1);
     assert_eq!(relay.open_circuits(), 2);
 }
@@ -285,23 +261,21 @@ async fn a_destination_that_never_reads_stalls_only_its_stream() {
     let echo = echo_server().await;
     let tarpit = tarpit_server().await;
     let circuit = connect(&client, relay).await.unwrap();
-    let stuck = step(
+    let mut stuck = step(
         "BEGIN to the tarpit",
-        circuit.begin(Host::V4(Ipv4Addr::LOCALHOST), tarpit.port),
+        circuit.connect(Host::V4(Ipv4Addr::LOCALHOST), tarpit.port),
     )
     .await
     .unwrap();
     let flood = pattern(64 << 20, 9);
-    let mut writer = Box::pin(circuit.write_all(stuck, &flood));
+    let mut writer = Box::pin(tokio::io::AsyncWriteExt::write_all(&mut stuck, &flood));
     let data = pattern(1 << 20, 4);
     let echoed = step("echo beside a stalled stream", async {
-        let s = circuit
-            .begin(Host::V4(Ipv4Addr::LOCALHOST), echo.port)
+        let mut s = circuit
+            .connect(Host::V4(Ipv4Addr::LOCALHOST), echo.port)
             .await
             .unwrap();
-        let (w, r) = tokio::join!(circuit.write_all(s, &data), circuit.read_n(s, data.len()));
-        w.unwrap();
-        r.unwrap()
+        exchange(&mut s, &data).await
     });
     // Drive the flood and the echo together; the echo must finish first.
     tokio::select! {

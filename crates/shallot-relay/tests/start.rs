@@ -85,16 +85,12 @@ async fn an_old_onion_key_is_rotated_and_still_accepted() {
     );
 
     let client = common::direct_client(&[&relay]).await;
-    let mut control = client.stream_control();
     for key in [old, relay.onion_key()] {
         let mut hop = common::hop_of_relay(&relay);
         hop.onion_key = key;
-        common::step(
-            "CREATE",
-            common::client::ClientDriver::connect(&mut control, &hop),
-        )
-        .await
-        .expect("current and previous onion keys are accepted");
+        common::build_circuit(&client, vec![hop])
+            .await
+            .expect("current and previous onion keys are accepted");
     }
     assert_eq!(relay.stats().circuits_accepted.get(), 2);
 }

@@ -1,20 +1,20 @@
 //! Helpers for the relay's network tests: relays on 127.0.<i>.1, a client node, descriptors,
-//! and local TCP servers. Everything binds to loopback and stops when dropped.
+//! circuits built by the client's own driver (`shallot_client::CircuitHandle`, what `shallot
+//! client` runs), and local TCP servers. Everything binds to loopback and stops when dropped.
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
-
-pub mod client;
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use libp2p::identity::Keypair;
+use shallot_client::{BuildFailure, CircuitHandle};
 use shallot_directory::SignedDescriptor;
 use shallot_p2p::{Multiaddr, Node, NodeConfig, PeerId, Role};
 use shallot_proto::HopSpec;
 use shallot_relay::{Relay, RelayConfig, RelayHandle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -152,6 +152,35 @@ pub fn hop_of_relay(r: &RelayHandle) -> HopSpec {
         addrs: r.announced_addrs().iter().map(|a| a.to_vec()).collect(),
         onion_key: r.onion_key(),
     }
+}
+
+/// Builds a circuit from `client` through `hops` (CREATE to the first, then EXTEND), each step
+/// within [`STEP_LIMIT`].
+pub async fn build_circuit(
+    client: &Node,
+    hops: Vec<HopSpec>,
+) -> Result<CircuitHandle, BuildFailure> {
+    let mut control = client.stream_control();
+    step(
+        "build",
+        CircuitHandle::build(&mut control, hops, STEP_LIMIT),
+    )
+    .await
+}
+
+/// Reads `n` bytes from `r`, fewer if it ends first.
+pub async fn read_n(r: &mut (impl AsyncRead + Unpin), n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n);
+    let _ = r.take(n as u64).read_to_end(&mut out).await;
+    out
+}
+
+/// Writes `data` on `stream` while reading as many bytes back, and returns what came back.
+pub async fn exchange(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), data: &[u8]) -> Vec<u8> {
+    let (mut r, mut w) = tokio::io::split(stream);
+    let (sent, back) = tokio::join!(w.write_all(data), read_n(&mut r, data.len()));
+    sent.expect("write");
+    back
 }
 
 /// A TCP echo server on 127.0.0.1; stops when the handle is dropped.
