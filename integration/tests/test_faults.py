@@ -4,7 +4,7 @@ Each test starts a fresh network (6 relays, 2 exits), starts `curl --socks5-host
 50 MiB file (rate-limited by curl to 4 MiB/s so the kill lands mid-transfer), finds the circuit
 carrying it in the client's `GET /status` (hops[0] = guard, hops[1] = middle, hops[2] = exit),
 and `kill -9`s the relay in the position under test. The time from the kill to curl's exit is
-measured and printed; the issue's bound on it is 5 s (an error, not a hang)."""
+measured and printed; it must be at most 5 s (an error, not a hang)."""
 
 import hashlib
 import shutil

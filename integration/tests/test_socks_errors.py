@@ -1,7 +1,7 @@
 """Refusals come back as the right SOCKS5 reply (specs/07 §5), within 1 s, with no hang.
 
 Each test makes one raw SOCKS5 CONNECT and times it from sending the request to reading the
-reply; the 1 s bound is the issue's correctness requirement on these error paths."""
+reply; the 1 s bound is a correctness requirement on these error paths (an error, not a hang)."""
 
 import harness
 

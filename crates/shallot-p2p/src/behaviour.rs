@@ -87,7 +87,7 @@ fn behaviour(key: &libp2p::identity::Keypair, config: &NodeConfig) -> Behaviour 
         kad_config.set_parallelism(parallelism);
     }
     let mut kad = kad::Behaviour::with_config(local, store, kad_config);
-    // DEPENDENCIES.md: without a confirmed external address a node stays a DHT client; on
+    // Without a confirmed external address a node stays a DHT client (docs/dependencies.md §3); on
     // loopback nothing ever confirms one, so relays set server mode explicitly, and clients
     // stay clients on purpose (they answer no DHT queries).
     kad.set_mode(Some(match config.role {

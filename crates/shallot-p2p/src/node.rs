@@ -613,7 +613,7 @@ impl SwarmTask {
     fn handle_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.handle_kad(event),
-            // DEPENDENCIES.md: identify does not feed Kademlia; only DHT servers go in.
+            // Identify does not feed Kademlia (docs/dependencies.md §3); only DHT servers go in.
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,

@@ -3,7 +3,8 @@
 //! Every relay and the client run as their own `shallot` process (the same binary), as they
 //! would on real machines: a relay can be killed to watch the client recover, and each
 //! process's CPU and memory can be measured on its own. Relay *i* listens on `127.<i+1>.0.1`,
-//! so every relay sits in its own /16 and the Sybil caps and path rules stay on (DESIGN.md §9).
+//! so every relay sits in its own /16 and the Sybil caps and path rules stay on
+//! (docs/architecture.md, "The local network keeps the real rules on").
 //! The children watch their standard input and stop when it closes, so they never outlive this
 //! process, however it ends.
 

@@ -25,8 +25,8 @@ pub(crate) fn init_logging(quiet: bool) {
         .try_init();
 }
 
-/// A tokio runtime: single-threaded by default (DEPENDENCIES.md measured 7–11% more throughput
-/// and 13% less CPU than a multi-threaded one for a relay's data path), or `threads` workers.
+/// A tokio runtime: single-threaded by default (7–11% more throughput and 13% less CPU than a
+/// multi-threaded one for a relay's data path, docs/dependencies.md §2), or `threads` workers.
 pub(crate) fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut builder = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
