@@ -1,23 +1,29 @@
 """Faults: `kill -9` a relay of the circuit carrying a 50 MiB download.
 
-Each test starts a fresh network (6 relays, 2 exits), starts `curl --socks5-hostname` on the
-50 MiB file (rate-limited by curl to 4 MiB/s so the kill lands mid-transfer), finds the circuit
-carrying it in the client's `GET /status` (hops[0] = guard, hops[1] = middle, hops[2] = exit),
-and `kill -9`s the relay in the position under test. The time from the kill to curl's exit is
-measured and printed; it must be at most 5 s (an error, not a hang)."""
+Each test starts a fresh network (6 relays, 2 exits), starts a download of the 50 MiB file
+through the proxy, finds the circuit carrying it in the client's `GET /status` (hops[0] =
+guard, hops[1] = middle, hops[2] = exit), and `kill -9`s the relay in the position under test.
+The download is a raw SOCKS5 stream read by the test itself at about 4 MiB/s until the kill
+(so that the kill lands mid-transfer) and as fast as it can after it, so that what the sockets
+already buffer drains at once: the time from the kill to the stream's end is then the client's,
+not the reader's, and it must be at most 5 s (an error, not a hang; a hang would last until the
+test gives up after 60 s). The requests after the kill use curl, as a user would."""
 
 import hashlib
 import shutil
 import subprocess
+import threading
 import time
 
 import harness
 
 ERROR_BOUND_SECS = 5.0
-# How long curl may take to notice at most before the test gives up on it (and fails).
-CURL_GIVE_UP_SECS = 60.0
-RATE = "4M"
-# Longest the client may take, after curl failed, to drop its circuits through the dead relay.
+# How long the download may take to end at most before the test gives up on it (and fails).
+GIVE_UP_SECS = 60.0
+# The download reads at most READ_CHUNK bytes, then pauses READ_PAUSE_SECS: about 4 MiB/s.
+READ_CHUNK = 64 * 1024
+READ_PAUSE_SECS = 0.016
+# Longest the client may take, after the download failed, to drop its circuits through the dead relay.
 SETTLE_SECS = 5.0
 
 
@@ -27,23 +33,67 @@ def curl() -> str:
     return path
 
 
-def start_download(net, web, out):
-    return subprocess.Popen(
-        [curl(), "-sS", "--socks5-hostname", f"{net.socks[0]}:{net.socks[1]}", "--limit-rate", RATE,
-         f"http://localhost:{web.port}/big.bin", "-o", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )
+class Download:
+    """GET /big.bin by name through the proxy on a raw SOCKS5 stream, read in a thread at about
+    4 MiB/s. `ended_at` is when the stream ended (EOF or error), `got` the body bytes read."""
 
+    def __init__(self, net, web):
+        reply = harness.socks5_connect(net.socks, "localhost", web.port, timeout=30)
+        assert reply.sock is not None, f"the download's CONNECT failed: {reply.name}"
+        self.sock = reply.sock
+        self.sock.settimeout(GIVE_UP_SECS)
+        self.sock.sendall(f"GET /big.bin HTTP/1.0\r\nHost: localhost:{web.port}\r\n\r\n".encode())
+        self.got = 0
+        self.length = None
+        self.ended_at = None
+        self.error = None
+        self.throttle = True
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
 
-def wait_for_bytes(path, at_least, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / 0.05) + 1):
-        if path.exists() and path.stat().st_size >= at_least:
-            return
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    raise AssertionError(f"the download did not reach {at_least} bytes within {timeout} s")
+    def _read(self) -> None:
+        head = b""
+        try:
+            for _ in range(1_000_000):
+                chunk = self.sock.recv(READ_CHUNK)
+                if not chunk:
+                    break
+                if self.length is None:
+                    head += chunk
+                    if b"\r\n\r\n" not in head:
+                        continue
+                    head, _, body = head.partition(b"\r\n\r\n")
+                    for line in head.split(b"\r\n"):
+                        if line.lower().startswith(b"content-length:"):
+                            self.length = int(line.split(b":")[1])
+                    chunk = body
+                self.got += len(chunk)
+                if self.throttle:
+                    time.sleep(READ_PAUSE_SECS)
+        except OSError as err:
+            self.error = err
+        finally:
+            self.ended_at = time.monotonic()
+            self.sock.close()
+
+    def wait_for_bytes(self, at_least: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        for _ in range(int(timeout / 0.05) + 1):
+            if self.got >= at_least:
+                return
+            if self.ended_at is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"the download did not reach {at_least} bytes within {timeout} s ({self.got} read)")
+
+    def wait_end(self) -> float:
+        self.thread.join(timeout=GIVE_UP_SECS)
+        if self.ended_at is None:
+            raise AssertionError(f"the download still runs {GIVE_UP_SECS} s after the kill: a hang")
+        return self.ended_at
+
+    def complete(self) -> bool:
+        return self.length is not None and self.got >= self.length
 
 
 def carrying_circuit(net) -> dict:
@@ -59,40 +109,27 @@ def carrying_circuit(net) -> dict:
     raise AssertionError(f"no single circuit carries the download in /status: {last}")
 
 
-def kill_during_download(net, web, tmp_path, position: int, record) -> tuple[harness.Relay, dict]:
-    """Kills hops[position] of the download's circuit; asserts curl fails within the bound."""
-    out = tmp_path / "big.bin"
-    download = start_download(net, web, out)
-    try:
-        wait_for_bytes(out, 2 << 20)
-        circuit = carrying_circuit(net)
-        victim = net.relay_by_peer(circuit["hops"][position])
-        role = ("guard", "middle", "exit")[position]
-        assert victim.proc.alive(), f"{victim.name} is already dead"
-        start = time.monotonic()
-        victim.proc.kill9()
-        try:
-            download.wait(timeout=CURL_GIVE_UP_SECS)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"curl still running {CURL_GIVE_UP_SECS} s after the {role} was killed: a hang")
-        seconds = time.monotonic() - start
-        got = out.stat().st_size if out.exists() else 0
-        record(
-            f"killed the {role} ({victim.name}) at {got >> 20} MiB; curl exited {download.returncode} "
-            f"after {seconds:.3f} s (bound {ERROR_BOUND_SECS} s)"
-        )
-        assert download.returncode != 0, (
-            f"curl reported success after the {role} died ({got} of {harness.BIG_FILE_MIB << 20} bytes)"
-        )
-        assert got < harness.BIG_FILE_MIB << 20, "the download finished before the kill; the test proved nothing"
-        assert seconds <= ERROR_BOUND_SECS, f"curl took {seconds:.3f} s to fail after the {role} died"
-        return victim, circuit
-    finally:
-        if download.poll() is None:
-            download.kill()
-            download.wait(timeout=10)
-        if out.exists():
-            out.unlink()
+def kill_during_download(net, web, position: int, record) -> tuple[harness.Relay, dict]:
+    """Kills hops[position] of the download's circuit; asserts the download fails within the bound."""
+    download = Download(net, web)
+    download.wait_for_bytes(2 << 20)
+    circuit = carrying_circuit(net)
+    victim = net.relay_by_peer(circuit["hops"][position])
+    role = ("guard", "middle", "exit")[position]
+    assert victim.proc.alive(), f"{victim.name} is already dead"
+    download.throttle = False
+    start = time.monotonic()
+    victim.proc.kill9()
+    seconds = download.wait_end() - start
+    how = f"error {download.error}" if download.error else "end of stream"
+    record(
+        f"killed the {role} ({victim.name}) at {download.got >> 20} MiB; the download ended ({how}) "
+        f"{seconds:.3f} s later (bound {ERROR_BOUND_SECS} s)"
+    )
+    assert download.length == harness.BIG_FILE_MIB << 20, f"unexpected Content-Length {download.length}"
+    assert not download.complete(), "the download finished before the kill; the test proved nothing"
+    assert seconds <= ERROR_BOUND_SECS, f"the download took {seconds:.3f} s to fail after the {role} died"
+    return victim, circuit
 
 
 def fetch_small(net, web, site, max_time=30, user=None) -> subprocess.CompletedProcess:
@@ -130,26 +167,26 @@ def assert_next_request_on_new_circuit(net, web, site, victim, old_circuit, reco
     net.check_alive()
 
 
-def test_fault_kill_middle_during_download(make_network, web, site, tmp_path, record):
-    """kill -9 the middle relay: curl fails within 5 s, the next request succeeds on a new circuit."""
+def test_fault_kill_middle_during_download(make_network, web, site, record):
+    """kill -9 the middle relay: the download fails within 5 s, the next request succeeds on a new circuit."""
     net = make_network()
-    victim, circuit = kill_during_download(net, web, tmp_path, 1, record)
+    victim, circuit = kill_during_download(net, web, 1, record)
     assert_next_request_on_new_circuit(net, web, site, victim, circuit, record)
 
 
-def test_fault_kill_exit_during_download(make_network, web, site, tmp_path, record):
-    """kill -9 the exit: curl fails within 5 s, the next request succeeds on a new circuit."""
+def test_fault_kill_exit_during_download(make_network, web, site, record):
+    """kill -9 the exit: the download fails within 5 s, the next request succeeds on a new circuit."""
     net = make_network()
-    victim, circuit = kill_during_download(net, web, tmp_path, 2, record)
+    victim, circuit = kill_during_download(net, web, 2, record)
     assert_next_request_on_new_circuit(net, web, site, victim, circuit, record)
 
 
-def test_fault_kill_guard_client_recovers(make_network, web, site, tmp_path, record):
-    """kill -9 the client's guard (hops[0] of the download's circuit): curl fails within 5 s, and
+def test_fault_kill_guard_client_recovers(make_network, web, site, record):
+    """kill -9 the client's guard (hops[0] of the download's circuit): the download fails within 5 s, and
     the client recovers through another guard: a request succeeds within 60 s (bounded
     attempts), on a circuit whose first hop is not the dead guard."""
     net = make_network()
-    victim, _ = kill_during_download(net, web, tmp_path, 0, record)
+    victim, _ = kill_during_download(net, web, 0, record)
     start = time.monotonic()
     errors = []
     for attempt in range(1, 31):
