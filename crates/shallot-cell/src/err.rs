@@ -1,5 +1,7 @@
 //! The error type of the codec.
 
+use shallot_error::{ErrorKind, HasKind};
+
 /// Why bytes could not be decoded into a cell or message, or a value could not be encoded.
 ///
 /// Every variant is a protocol violation when it comes from a decoder fed by a remote peer
@@ -141,4 +143,13 @@ pub enum CellError {
     /// `RelayMsg::Unknown` was asked to encode a command value this version knows.
     #[error("relay command {0} is known and cannot be encoded as unknown")]
     UnknownIsKnown(u8),
+}
+
+impl HasKind for CellError {
+    /// Every variant is the peer's fault when a decoder of remote input returns it (specs/01
+    /// §7); an encoder returns one only for a value it was given wrongly, which the encoders'
+    /// callers never do with remote input.
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Protocol
+    }
 }

@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 
 use futures::io::{AsyncRead, AsyncWrite};
 use shallot_cell::{DestroyReason, Host, ResolvedAnswer, StreamId};
+use shallot_error::{ErrorKind, HasKind};
 use shallot_p2p::{CIRCUIT_PROTOCOL, PeerId, StreamControl};
-use shallot_proto::{ClientCircuit, ClientEvent, ErrorKind as ProtoKind, HopSpec, ProtoError};
+use shallot_proto::{ClientCircuit, ClientEvent, HopSpec, ProtoError};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::PollSender;
 use tracing::{debug, trace};
@@ -511,7 +512,7 @@ where
     fn close_failure(&self) -> BuildFailure {
         let hops_built = self.circ.hops();
         match self.circ.close_error() {
-            Some(err) if err.kind() == ProtoKind::Timeout => BuildFailure::Timeout { hops_built },
+            Some(err) if err.kind() == ErrorKind::Timeout => BuildFailure::Timeout { hops_built },
             Some(ProtoError::Destroyed(reason)) => BuildFailure::Destroyed {
                 hops_built,
                 reason: *reason,

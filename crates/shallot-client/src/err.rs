@@ -1,27 +1,10 @@
 //! Errors of the client: starting it, and why a stream could not be carried.
 
+use shallot_error::{ErrorKind, HasKind};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use shallot_cell::EndReason;
-
-/// What a caller should do about an error: a coarse classification.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// The configuration is wrong: fix it.
-    BadConfig,
-    /// A local resource (a port, a directory) is unavailable: fix the environment.
-    Environment,
-    /// The network refused or failed: retrying later may work.
-    Network,
-    /// The exit's policy refuses the destination: retrying will not help.
-    Policy,
-    /// The client is stopping.
-    ShuttingDown,
-    /// A bug.
-    Internal,
-}
 
 /// An error starting or running the client.
 #[derive(Debug, thiserror::Error)]
@@ -73,15 +56,14 @@ pub enum ClientError {
     Stopped,
 }
 
-impl ClientError {
-    /// The coarse kind of this error.
-    pub fn kind(&self) -> ErrorKind {
+impl HasKind for ClientError {
+    fn kind(&self) -> ErrorKind {
         match self {
             Self::BadBootstrap { .. } | Self::BadSetting { .. } => ErrorKind::BadConfig,
             Self::Bind { .. } | Self::DataDir { .. } | Self::GuardState(_) => {
                 ErrorKind::Environment
             }
-            Self::P2p(_) => ErrorKind::Network,
+            Self::P2p(_) => ErrorKind::Transient,
             Self::Stopped => ErrorKind::ShuttingDown,
         }
     }
@@ -159,13 +141,16 @@ impl StreamFailure {
             _ => false,
         }
     }
+}
 
-    /// The coarse kind.
-    pub fn kind(&self) -> ErrorKind {
+impl HasKind for StreamFailure {
+    fn kind(&self) -> ErrorKind {
         match self {
-            Self::End(EndReason::ExitPolicy) | Self::NoExitForPort => ErrorKind::Policy,
+            Self::End(EndReason::ExitPolicy) | Self::NoExitForPort => ErrorKind::PolicyRefusal,
+            Self::End(EndReason::Timeout) | Self::Timeout => ErrorKind::Timeout,
+            Self::TooManyCircuits => ErrorKind::ResourceLimit,
             Self::ShuttingDown => ErrorKind::ShuttingDown,
-            _ => ErrorKind::Network,
+            _ => ErrorKind::Transient,
         }
     }
 }
@@ -207,6 +192,24 @@ mod tests {
         assert_eq!(StreamFailure::ResolveFailed.socks_reply(), 0x04);
         assert_eq!(StreamFailure::Timeout.socks_reply(), 0x06);
         assert_eq!(StreamFailure::CircuitFailed.socks_reply(), 0x01);
+    }
+
+    #[test]
+    fn stream_failures_have_the_kinds_callers_act_on() {
+        let table = [
+            (
+                StreamFailure::End(EndReason::ExitPolicy),
+                ErrorKind::PolicyRefusal,
+            ),
+            (StreamFailure::NoExitForPort, ErrorKind::PolicyRefusal),
+            (StreamFailure::Timeout, ErrorKind::Timeout),
+            (StreamFailure::TooManyCircuits, ErrorKind::ResourceLimit),
+            (StreamFailure::CircuitFailed, ErrorKind::Transient),
+            (StreamFailure::ShuttingDown, ErrorKind::ShuttingDown),
+        ];
+        for (failure, kind) in table {
+            assert_eq!(failure.kind(), kind, "{failure:?}");
+        }
     }
 
     #[test]

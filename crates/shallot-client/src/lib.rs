@@ -23,7 +23,7 @@ pub use config::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_STREAM_ATTEMPTS, DEFAULT_PREEMPTIVE_PORTS,
     DEFAULT_SOCKS_LISTEN, DEFAULT_STREAM_TIMEOUT_SECS, DEFAULT_VIEW_REFRESH_SECS,
 };
-pub use err::{ClientError, ErrorKind, StreamFailure};
+pub use err::{ClientError, StreamFailure};
 pub use front::{HANDSHAKE_TIMEOUT, MAX_HTTP_HEAD};
 pub use metrics::{BUILD_TIME_BUCKETS, METRICS_PATH, STATUS_PATH};
 pub use sensitive::{Sensitive, set_safe_logging};

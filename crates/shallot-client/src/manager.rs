@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 
 use shallot_cell::{Host, ResolvedAnswer};
 use shallot_directory::{NetworkView, ViewEntry};
+use shallot_error::{ErrorKind, HasKind};
 use shallot_p2p::{Node, PeerId};
-use shallot_path::{ErrorKind as PathErrorKind, PathError, RelayIndex};
+use shallot_path::{PathError, RelayIndex};
 use shallot_proto::HopSpec;
 use tokio::io::AsyncRead;
 use tokio::sync::{Notify, oneshot, watch};
@@ -248,7 +249,7 @@ impl Manager {
         match self.paths.select(view, None, &[]) {
             Ok(_) => true,
             Err(err) => {
-                if matches!(err.kind(), PathErrorKind::Storage | PathErrorKind::Internal) {
+                if matches!(err.kind(), ErrorKind::Storage | ErrorKind::Internal) {
                     warn!(%err, "path selection failed");
                 }
                 false
@@ -585,10 +586,8 @@ impl Manager {
     ) -> bool {
         let path = match self.select_path(port, &avoid_exits) {
             Err(err)
-                if matches!(
-                    err.kind(),
-                    PathErrorKind::PolicyRefusal | PathErrorKind::Retry
-                ) && self.refresh_on_demand().await =>
+                if matches!(err.kind(), ErrorKind::PolicyRefusal | ErrorKind::Transient)
+                    && self.refresh_on_demand().await =>
             {
                 self.select_path(port, &avoid_exits)
             }
@@ -597,10 +596,10 @@ impl Manager {
         let path = match path {
             Ok(path) => path,
             Err(err) => {
-                let failure = if err.kind() == PathErrorKind::PolicyRefusal {
+                let failure = if err.kind() == ErrorKind::PolicyRefusal {
                     StreamFailure::NoExitForPort
                 } else {
-                    if err.kind() != PathErrorKind::Retry {
+                    if err.kind() != ErrorKind::Transient {
                         warn!(%err, "path selection failed");
                     }
                     StreamFailure::NoPath

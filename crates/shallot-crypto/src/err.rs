@@ -1,5 +1,6 @@
 //! Errors of the handshake and of the onion layers.
 
+use shallot_error::{ErrorKind, HasKind};
 /// What went wrong in `shallot-crypto`.
 ///
 /// Every error from a layer operation means the circuit MUST be destroyed in both directions
@@ -68,35 +69,17 @@ pub enum CryptoError {
     Internal,
 }
 
-/// A coarse classification of [`CryptoError`], for deciding what to do about it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// The remote peer sent something invalid or forged: destroy the circuit (reason PROTOCOL
-    /// for layers; refuse the CREATE/EXTEND for handshakes).
-    Protocol,
-    /// A local limit was reached (nonce counter): tear the circuit down and build a new one.
-    Exhausted,
-    /// The caller used the API wrongly (too short a body, a hop that does not exist).
-    BadArgument,
-    /// A bug or an unusable state: destroy the circuit (reason INTERNAL).
-    Internal,
-}
-
-impl CryptoError {
-    /// The coarse kind of this error.
-    #[must_use]
-    pub fn kind(&self) -> ErrorKind {
+impl HasKind for CryptoError {
+    fn kind(&self) -> ErrorKind {
         match self {
-            Self::AuthenticationFailed { .. }
-            | Self::BadMarker(_)
+            Self::AuthenticationFailed { .. } | Self::Noise(_) => ErrorKind::Authentication,
+            Self::BadMarker(_)
             | Self::UnknownOnionKey
             | Self::BadHandshakeLength { .. }
-            | Self::NonEmptyHandshakePayload(_)
-            | Self::Noise(_) => ErrorKind::Protocol,
+            | Self::NonEmptyHandshakePayload(_) => ErrorKind::Protocol,
             Self::NonceExhausted => ErrorKind::Exhausted,
             Self::BodyTooShort { .. } | Self::NoSuchHop { .. } | Self::PeerIdTooLong(_) => {
-                ErrorKind::BadArgument
+                ErrorKind::BadApiUsage
             }
             Self::LayersClosed | Self::Internal => ErrorKind::Internal,
         }

@@ -379,7 +379,7 @@ impl<A: LayerAead> RelayLayer<A> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::ErrorKind;
+    use shallot_error::{ErrorKind, HasKind};
 
     fn pair(seed: u8) -> (HopKeys, HopKeys) {
         let (f, b) = ([seed; 32], [seed ^ 0xff; 32]);

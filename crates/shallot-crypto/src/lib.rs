@@ -7,7 +7,7 @@ mod keys;
 mod layers;
 
 pub use aead::{DefaultAead, LayerAead, RingChaCha, RustCryptoChaCha};
-pub use err::{CryptoError, ErrorKind};
+pub use err::CryptoError;
 pub use handshake::{
     CLIENT_HANDSHAKE_LEN, ClientHandshake, HopKeys, NOISE_PATTERN, PROLOGUE_LABEL,
     RELAY_HANDSHAKE_LEN, relay_handshake,

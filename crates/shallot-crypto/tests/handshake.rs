@@ -4,9 +4,10 @@
 
 use shallot_cell::OnionKeyId;
 use shallot_crypto::{
-    CLIENT_HANDSHAKE_LEN, ClientHandshake, ClientLayers, CryptoError, ErrorKind, ForwardMarker,
-    OnionKeyRing, OnionPublicKey, OnionSecretKey, RELAY_HANDSHAKE_LEN, RelayLayer, relay_handshake,
+    CLIENT_HANDSHAKE_LEN, ClientHandshake, ClientLayers, CryptoError, ForwardMarker, OnionKeyRing,
+    OnionPublicKey, OnionSecretKey, RELAY_HANDSHAKE_LEN, RelayLayer, relay_handshake,
 };
+use shallot_error::{ErrorKind, HasKind};
 
 const PEER: &[u8] = b"\x00\x24\x08\x01\x12\x20relay-identity-bytes-for-tests!!";
 
@@ -64,7 +65,7 @@ fn wrong_relay_identity_in_prologue_fails() {
     let (_, m1) = ClientHandshake::start(b"some-other-relay", &public).unwrap();
     let err = relay_handshake(PEER, &ring, &public.id(), &m1).unwrap_err();
     assert!(matches!(err, CryptoError::Noise(_)), "{err:?}");
-    assert_eq!(err.kind(), ErrorKind::Protocol);
+    assert_eq!(err.kind(), ErrorKind::Authentication);
 }
 
 #[test]

@@ -5,9 +5,10 @@
 
 use proptest::prelude::*;
 use shallot_crypto::{
-    ClientHandshake, ClientLayers, CryptoError, ErrorKind, ForwardMarker, HopKeys, LayerAead,
-    OnionKeyRing, OnionSecretKey, RelayLayer, RingChaCha, RustCryptoChaCha, relay_handshake,
+    ClientHandshake, ClientLayers, CryptoError, ForwardMarker, HopKeys, LayerAead, OnionKeyRing,
+    OnionSecretKey, RelayLayer, RingChaCha, RustCryptoChaCha, relay_handshake,
 };
+use shallot_error::{ErrorKind, HasKind};
 
 const LINK0_BODY: usize = shallot_cell::LINK_CELL_LEN - 1;
 
@@ -292,7 +293,7 @@ fn backward_replay_reorder_and_drop_are_detected_at_the_client() {
                 matches!(err, CryptoError::AuthenticationFailed { .. }),
                 "{attack} on link {attacked_link}: {err:?}"
             );
-            assert_eq!(err.kind(), ErrorKind::Protocol);
+            assert_eq!(err.kind(), ErrorKind::Authentication);
         }
     }
 }
@@ -338,7 +339,7 @@ fn api_misuse_is_an_error_not_a_panic() {
     ));
     assert_eq!(
         CryptoError::BodyTooShort { len: 0, needed: 1 }.kind(),
-        ErrorKind::BadArgument
+        ErrorKind::BadApiUsage
     );
     assert!(matches!(
         relays[0].seal_backward(true, &mut [0u8; 16]),

@@ -1,5 +1,6 @@
 //! Errors of the directory crate.
 
+use shallot_error::{ErrorKind, HasKind};
 use std::path::PathBuf;
 
 /// Why a descriptor, a view operation or the cache failed.
@@ -62,23 +63,8 @@ pub enum DirectoryError {
     },
 }
 
-/// What a caller should do about a [`DirectoryError`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// The input came from a peer and is bad: drop it and count it.
-    BadInput,
-    /// The input was once good and is no longer (expired, superseded): drop it quietly.
-    Stale,
-    /// Local storage failed: log it and carry on without the cache.
-    Storage,
-    /// A local key is unusable: a bug or a broken key file.
-    Internal,
-}
-
-impl DirectoryError {
-    /// The coarse class of this error.
-    pub fn kind(&self) -> ErrorKind {
+impl HasKind for DirectoryError {
+    fn kind(&self) -> ErrorKind {
         match self {
             Self::Oversized { .. }
             | Self::Malformed(_)
@@ -86,7 +72,7 @@ impl DirectoryError {
             | Self::NonCanonical
             | Self::BadSignature
             | Self::PeerMismatch { .. }
-            | Self::NotADescriptorKey => ErrorKind::BadInput,
+            | Self::NotADescriptorKey => ErrorKind::Protocol,
             Self::Expired(_) => ErrorKind::Stale,
             Self::Cache { .. } | Self::CorruptCache { .. } => ErrorKind::Storage,
             Self::Signing(_) => ErrorKind::Internal,

@@ -13,7 +13,7 @@ pub use descriptor::{
     MAX_POLICY_SUMMARY_LEN, PROTOCOL_CIRCUIT_V1, REPUBLISH_INTERVAL_SECS, RelayFlags,
     SignedDescriptor,
 };
-pub use err::{DirectoryError, ErrorKind};
+pub use err::DirectoryError;
 pub use records::{
     DESCRIPTOR_KEY_PREFIX, N_SHARDS, RecordRefusal, SHARD_KEY_PREFIX, all_shard_keys,
     descriptor_key, is_newer, is_shard_key, peer_of_descriptor_key, shard_key, shard_of,

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use shallot_error::{ErrorKind, HasKind};
+
 /// The most characters of a policy line quoted in a message; longer lines are cut with `…`.
 const MAX_QUOTED_CHARS: usize = 160;
 
@@ -159,6 +161,20 @@ pub enum SummaryError {
         /// The entry's position, from 0.
         index: usize,
     },
+}
+
+impl HasKind for PolicyError {
+    /// A policy file is the operator's configuration.
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::BadConfig
+    }
+}
+
+impl HasKind for SummaryError {
+    /// Summaries come from other peers' descriptors.
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Protocol
+    }
 }
 
 #[cfg(test)]

@@ -966,7 +966,10 @@ mod tests {
 
     #[test]
     fn table_against_tor_semantics() {
-        assert!(CASES.len() >= 60, "every rule of specs/06 needs its cases: at least 60");
+        assert!(
+            CASES.len() >= 60,
+            "every rule of specs/06 needs its cases: at least 60"
+        );
         for (i, (text, addr, port, want, line, why)) in CASES.iter().enumerate() {
             let p = policy(text);
             let verdict = p.evaluate(ip(addr), *port);

@@ -1,5 +1,6 @@
 //! Errors of the libp2p layer.
 
+use shallot_error::{ErrorKind, HasKind};
 /// Why a libp2p operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -32,28 +33,15 @@ pub enum P2pError {
     Descriptor(#[from] shallot_directory::DirectoryError),
 }
 
-/// What a caller should do about a [`P2pError`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// Bad configuration: tell the operator.
-    Config,
-    /// Transient network trouble: try again later.
-    Transient,
-    /// The node is gone.
-    Stopped,
-}
-
-impl P2pError {
-    /// The coarse class of this error.
-    pub fn kind(&self) -> ErrorKind {
+impl HasKind for P2pError {
+    fn kind(&self) -> ErrorKind {
         match self {
             Self::Transport(_)
             | Self::Listen { .. }
             | Self::BootstrapWithoutPeerId(_)
-            | Self::Descriptor(_) => ErrorKind::Config,
+            | Self::Descriptor(_) => ErrorKind::BadConfig,
             Self::Busy | Self::Publish(_) => ErrorKind::Transient,
-            Self::Stopped => ErrorKind::Stopped,
+            Self::Stopped => ErrorKind::ShuttingDown,
         }
     }
 }

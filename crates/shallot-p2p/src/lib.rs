@@ -10,7 +10,7 @@ pub use behaviour::{
     MAX_PROVIDERS_PER_SHARD, MAX_STORED_RECORDS,
 };
 pub use config::{ConnectionLimits, NodeConfig, Role};
-pub use err::{ErrorKind, P2pError};
+pub use err::P2pError;
 pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId, identity};
 pub use libp2p_stream::{Control as StreamControl, IncomingStreams, OpenStreamError};

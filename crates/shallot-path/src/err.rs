@@ -1,5 +1,6 @@
 //! Errors of the path-selection crate.
 
+use shallot_error::{ErrorKind, HasKind};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -69,28 +70,13 @@ pub enum PathError {
     InvariantViolated(&'static str),
 }
 
-/// What a caller should do about a [`PathError`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// No relay will carry this destination port: refuse the request (SOCKS reply 0x02,
-    /// "not allowed by ruleset"). A later view may change that.
-    PolicyRefusal,
-    /// The view or the guards cannot make a path now: fail the request, retry after the next
-    /// view refresh or guard retry.
-    Retry,
-    /// The guard state file failed: report it; do not build circuits on unpinned guards.
-    Storage,
-    /// A bug in this crate.
-    Internal,
-}
-
-impl PathError {
-    /// The coarse class of this error.
-    pub fn kind(&self) -> ErrorKind {
+impl HasKind for PathError {
+    fn kind(&self) -> ErrorKind {
         match self {
             Self::NoExitForPort(_) => ErrorKind::PolicyRefusal,
-            Self::NoExit | Self::NoUsableGuard | Self::NotEnoughRelays { .. } => ErrorKind::Retry,
+            Self::NoExit | Self::NoUsableGuard | Self::NotEnoughRelays { .. } => {
+                ErrorKind::Transient
+            }
             Self::GuardState { .. } | Self::CorruptGuardState { .. } => ErrorKind::Storage,
             Self::InvariantViolated(_) => ErrorKind::Internal,
         }

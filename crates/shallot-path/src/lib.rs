@@ -8,7 +8,7 @@ mod state;
 #[cfg(test)]
 mod testutil;
 
-pub use err::{ErrorKind, PathError, Role};
+pub use err::{PathError, Role};
 pub use guard::{
     GUARD_EXPIRY_SECS, GUARD_FAILURE_PERIOD_SECS, GUARD_MAX_FAILURES, GUARD_MIN_AGE_SECS,
     GUARD_RETRY_DELAY_SECS, GUARD_STATE_FILE, Guard, GuardChanges, GuardSet, NUM_GUARDS,

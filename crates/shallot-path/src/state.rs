@@ -215,6 +215,8 @@ fn temporary_path(path: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    use shallot_error::HasKind;
+
     use super::*;
 
     fn sample() -> Vec<Guard> {
@@ -306,7 +308,7 @@ mod tests {
             matches!(err, PathError::CorruptGuardState { line: 0, .. }),
             "{err}"
         );
-        assert_eq!(err.kind(), crate::ErrorKind::Storage);
+        assert_eq!(err.kind(), shallot_error::ErrorKind::Storage);
         let guards = sample();
         store(&path, &guards).expect("store");
         assert_eq!(load(&path).expect("load"), guards);

@@ -2,34 +2,12 @@
 
 use shallot_cell::{CellError, DestroyReason};
 use shallot_crypto::CryptoError;
-
-/// What a caller should do about a [`ProtoError`]: a coarse classification.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// The peer broke the protocol (malformed or unexpected message): the circuit is gone;
-    /// do not retry with the same peer blindly.
-    Protocol,
-    /// An onion layer or a handshake failed to authenticate: the circuit is gone.
-    Crypto,
-    /// A bound was hit (queue, buffer, stream count, credit): the circuit is gone if the peer
-    /// pushed past it, otherwise back off and retry later.
-    ResourceLimit,
-    /// A build step did not finish in time: the circuit is gone; build another.
-    Timeout,
-    /// The circuit or stream is closed (by us or by the peer): nothing more can be done on it.
-    Closed,
-    /// Nothing can be done right now (no data to read, no credit, queue full): wait for an
-    /// event and retry. Never tears anything down.
-    WouldBlock,
-    /// The caller used the API wrongly (unknown stream, wrong state): a bug in the IO layer.
-    Usage,
-}
+use shallot_error::{ErrorKind, HasKind};
 
 /// An error of the circuit and stream state machines.
 ///
 /// When a `handle_*` method returns one of these with a kind other than
-/// [`ErrorKind::WouldBlock`] or [`ErrorKind::Usage`], the circuit has been destroyed and the
+/// [`ErrorKind::WouldBlock`] or [`ErrorKind::BadApiUsage`], the circuit has been destroyed and the
 /// DESTROY cells are already queued.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -137,8 +115,24 @@ pub enum ProtoError {
 }
 
 impl ProtoError {
-    /// The coarse kind of this error.
-    pub fn kind(&self) -> ErrorKind {
+    /// The DESTROY reason we send when this error tears a circuit down.
+    pub(crate) fn destroy_reason(&self) -> DestroyReason {
+        match self.kind() {
+            ErrorKind::ResourceLimit => DestroyReason::ResourceLimit,
+            ErrorKind::Timeout => DestroyReason::Timeout,
+            ErrorKind::Closed => match self {
+                ProtoError::Destroyed(_) => DestroyReason::Destroyed,
+                ProtoError::LinkClosed => DestroyReason::ChannelClosed,
+                _ => DestroyReason::Finished,
+            },
+            ErrorKind::BadApiUsage => DestroyReason::Internal,
+            _ => DestroyReason::Protocol,
+        }
+    }
+}
+
+impl HasKind for ProtoError {
+    fn kind(&self) -> ErrorKind {
         use ProtoError as E;
         match self {
             E::Malformed { .. }
@@ -150,7 +144,7 @@ impl ProtoError {
             | E::CreditViolation(_)
             | E::WindowOverflow(_)
             | E::OptimisticDataExceeded(_) => ErrorKind::Protocol,
-            E::Layer(_) | E::Handshake(_) | E::HandshakeStart(_) => ErrorKind::Crypto,
+            E::Layer(_) | E::Handshake(_) | E::HandshakeStart(_) => ErrorKind::Authentication,
             E::QueueFull(_) | E::TooManyStreams | E::StreamIdsExhausted | E::TooManyHops => {
                 ErrorKind::ResourceLimit
             }
@@ -161,22 +155,7 @@ impl ProtoError {
             | E::CircuitClosed
             | E::StreamClosed(_) => ErrorKind::Closed,
             E::WouldBlock => ErrorKind::WouldBlock,
-            E::UnknownStream(_) | E::WrongState(_) | E::Encode { .. } => ErrorKind::Usage,
-        }
-    }
-
-    /// The DESTROY reason we send when this error tears a circuit down.
-    pub(crate) fn destroy_reason(&self) -> DestroyReason {
-        match self.kind() {
-            ErrorKind::ResourceLimit => DestroyReason::ResourceLimit,
-            ErrorKind::Timeout => DestroyReason::Timeout,
-            ErrorKind::Closed => match self {
-                ProtoError::Destroyed(_) => DestroyReason::Destroyed,
-                ProtoError::LinkClosed => DestroyReason::ChannelClosed,
-                _ => DestroyReason::Finished,
-            },
-            ErrorKind::Usage => DestroyReason::Internal,
-            _ => DestroyReason::Protocol,
+            E::UnknownStream(_) | E::WrongState(_) | E::Encode { .. } => ErrorKind::BadApiUsage,
         }
     }
 }

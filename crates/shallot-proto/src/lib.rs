@@ -8,7 +8,7 @@ mod queue;
 mod relay;
 
 pub use client::{ClientCircuit, ClientConfig, ClientEvent, DEFAULT_BUILD_TIMEOUT, HopSpec};
-pub use err::{ErrorKind, ProtoError};
+pub use err::ProtoError;
 pub use flow::{
     CIRCUIT_WINDOW_GROWTH_MAX, CLIENT_QUEUE_CELLS, CONTROL_RESERVE_CELLS, HALF_CLOSED_IDS,
     MAX_CIRCUIT_STREAM_BUFFER, MAX_PENDING_ACTIONS, MAX_STREAM_BUFFER, MAX_STREAMS_PER_CIRCUIT,

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use shallot_cell::{DestroyReason, EndReason, LinkCell, link_cell_len};
+use shallot_error::{ErrorKind, HasKind};
 use shallot_proto::harness::{Dir, Harness, HarnessConfig, Target};
-use shallot_proto::{ClientConfig, ClientEvent, ErrorKind, ProtoError, RelayCircuit};
+use shallot_proto::{ClientConfig, ClientEvent, ProtoError, RelayCircuit};
 
 fn build(hops: usize) -> Harness {
     let mut h = Harness::with_relays(hops).unwrap();
@@ -325,7 +326,7 @@ fn bad_preamble_and_bad_create_are_refused() {
         h.now,
     )
     .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Crypto);
+    assert_eq!(e.kind(), ErrorKind::Authentication);
 }
 
 #[test]

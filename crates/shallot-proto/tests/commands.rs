@@ -5,7 +5,8 @@ mod common;
 
 use common::{ManualClient, ManualRelay};
 use shallot_cell::{DestroyReason, EndReason, Host, RelayFrame, RelayMsg, StreamId};
-use shallot_proto::{ClientEvent, ErrorKind, ProtoError};
+use shallot_error::{ErrorKind, HasKind};
+use shallot_proto::{ClientEvent, ProtoError};
 
 fn unknown(command: u8, stream: u16) -> RelayFrame {
     RelayFrame {

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use common::{ManualClient, ManualRelay};
 use shallot_cell::{Begin, EndReason, Host, RelayFrame, RelayMsg, StreamId};
+use shallot_error::{ErrorKind, HasKind};
 use shallot_proto::harness::{Harness, HarnessConfig, Target};
 use shallot_proto::{
-    CLIENT_QUEUE_CELLS, CONTROL_RESERVE_CELLS, ClientCircuit, ClientEvent, ErrorKind,
+    CLIENT_QUEUE_CELLS, CONTROL_RESERVE_CELLS, ClientCircuit, ClientEvent,
     MAX_CIRCUIT_STREAM_BUFFER, MAX_PENDING_ACTIONS, MAX_STREAMS_PER_CIRCUIT, OPTIMISTIC_DATA_MAX,
     ProtoError, RELAY_QUEUE_CELLS, RelayAction, STREAM_WINDOW_INITIAL, STREAM_WINDOW_MAX,
     WINDOW_UPDATE_THRESHOLD,
@@ -219,7 +220,7 @@ fn exit_grants_credit_only_as_data_is_written() {
         .relay
         .handle_exit_written(StreamId(1), 1, m.now)
         .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Usage);
+    assert_eq!(e.kind(), ErrorKind::BadApiUsage);
     assert!(!m.relay.is_closed());
 }
 

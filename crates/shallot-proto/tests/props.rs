@@ -1,6 +1,7 @@
 //! Property tests over the harness: ordering, isolation of slow readers, teardown on tampering.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use shallot_error::HasKind;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -117,13 +118,13 @@ proptest! {
         }
         if !backward {
             // The relay behind the tampered link detected it and sent DESTROY both ways.
-            prop_assert!(h.relays[link].errors.iter().any(|e| e.kind() == shallot_proto::ErrorKind::Crypto));
+            prop_assert!(h.relays[link].errors.iter().any(|e| e.kind() == shallot_error::ErrorKind::Authentication));
             prop_assert_eq!(h.destroys_seen(link, Dir::Backward), 1);
             if link + 1 < relays {
                 prop_assert_eq!(h.destroys_seen(link + 1, Dir::Forward), 1);
             }
         } else {
-            prop_assert!(h.client_errors.iter().any(|e| e.kind() == shallot_proto::ErrorKind::Crypto));
+            prop_assert!(h.client_errors.iter().any(|e| e.kind() == shallot_error::ErrorKind::Authentication));
         }
         prop_assert_eq!(h.internet.open_connections(), 0);
         prop_assert!(h.internet.closed.contains(&s) && h.internet.closed.contains(&t));

@@ -1,5 +1,6 @@
 //! Errors of the relay.
 
+use shallot_error::{ErrorKind, HasKind};
 use std::path::PathBuf;
 
 /// Why starting or running the relay failed.
@@ -61,21 +62,8 @@ pub enum RelayError {
     AlreadyAccepting,
 }
 
-/// What a caller should do about a [`RelayError`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// Bad configuration or key files: tell the operator, do not retry.
-    Config,
-    /// Transient trouble (network, resolver): retrying may help.
-    Transient,
-    /// A bug or an impossible state.
-    Internal,
-}
-
-impl RelayError {
-    /// The coarse class of this error.
-    pub fn kind(&self) -> ErrorKind {
+impl HasKind for RelayError {
+    fn kind(&self) -> ErrorKind {
         match self {
             Self::ConfigRead { .. }
             | Self::ConfigParse(_)
@@ -85,11 +73,8 @@ impl RelayError {
             | Self::PolicyRead { .. }
             | Self::Policy(_)
             | Self::Resolver(_)
-            | Self::Descriptor(_) => ErrorKind::Config,
-            Self::P2p(e) => match e.kind() {
-                shallot_p2p::ErrorKind::Config => ErrorKind::Config,
-                _ => ErrorKind::Transient,
-            },
+            | Self::Descriptor(_) => ErrorKind::BadConfig,
+            Self::P2p(e) => e.kind(),
             Self::AlreadyAccepting => ErrorKind::Internal,
         }
     }

@@ -5,7 +5,8 @@
 
 mod common;
 
-use shallot_relay::{ErrorKind, Relay, RelayConfig, keygen};
+use shallot_error::{ErrorKind, HasKind};
+use shallot_relay::{Relay, RelayConfig, keygen};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keygen_then_start_runs_with_that_identity() {
@@ -34,7 +35,7 @@ async fn an_unspecified_listen_address_needs_announce() {
         ..RelayConfig::default()
     };
     let err = Relay::start(config).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Config);
+    assert_eq!(err.kind(), ErrorKind::BadConfig);
     assert!(err.to_string().contains("announce"), "{err}");
 }
 

@@ -12,7 +12,9 @@ use shallot_directory::{NetworkView, ViewEntry};
 
 use super::*;
 use crate::testutil::{NOW, Spec, keys, peer_of, rng, seeded_keys, view_of, view_with};
-use crate::{ErrorKind, NUM_GUARDS};
+use shallot_error::{ErrorKind, HasKind};
+
+use crate::NUM_GUARDS;
 
 /// Selects `n` paths, each by a new selector (so with new guards): every relay gets its turn
 /// at every position the rules allow.
@@ -66,7 +68,7 @@ fn rule1_three_distinct_relays_or_no_path() {
         .select_path(&relays, ExitTarget::Port(80), NOW, &mut rng(1))
         .expect_err("two relays cannot make a three-hop path");
     assert!(matches!(err, PathError::NotEnoughRelays { .. }), "{err}");
-    assert_eq!(err.kind(), ErrorKind::Retry);
+    assert_eq!(err.kind(), ErrorKind::Transient);
 
     let (view, _) = view_of(&[
         Spec::relay(&["/ip4/10.1.0.1/tcp/1"]),
