@@ -1,4 +1,4 @@
-//! The must-show: a 3-hop circuit built by the protocol crate over real libp2p streams,
+//! What a relay must show: a 3-hop circuit built by the protocol crate over real libp2p streams,
 //! from descriptors the client fetched from the DHT and verified, carrying MiBs byte-exact to a
 //! local server; and the exit's END reasons on that circuit.
 
