@@ -1,6 +1,6 @@
 //! The client side of a circuit: build it hop by hop, carry streams over it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use shallot_cell::{
@@ -12,9 +12,9 @@ use shallot_crypto::{ClientHandshake, ClientLayers, OnionPublicKey};
 
 use crate::err::ProtoError;
 use crate::flow::{
-    CIRCUIT_WINDOW_GROWTH_MAX, CLIENT_QUEUE_CELLS, CONTROL_RESERVE_CELLS, MAX_STREAMS_PER_CIRCUIT,
-    OPTIMISTIC_DATA_MAX, RecvWindow, SendWindow,
+    CIRCUIT_WINDOW_GROWTH_MAX, CLIENT_QUEUE_CELLS, CONTROL_RESERVE_CELLS, OPTIMISTIC_DATA_MAX,
 };
+use crate::streams::{Flow, FlowStream, StreamTable};
 
 /// Default time a CREATE or an EXTEND may take before the circuit is abandoned.
 pub const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -106,14 +106,12 @@ enum StreamState {
 struct ClientStream {
     hop: usize,
     state: StreamState,
-    send: SendWindow,
-    recv: RecvWindow,
+    flow: Flow,
     /// Received, not yet read. Bounded by the receive window (specs/03 §11.3).
     buf: VecDeque<u8>,
     optimistic_sent: usize,
     ended: Option<EndReason>,
     readable_signalled: bool,
-    write_blocked: bool,
 }
 
 impl ClientStream {
@@ -121,14 +119,27 @@ impl ClientStream {
         Self {
             hop,
             state,
-            send: SendWindow::new(),
-            recv: RecvWindow::new(),
+            flow: Flow::new(),
             buf: VecDeque::new(),
             optimistic_sent: 0,
             ended: None,
             readable_signalled: false,
-            write_blocked: false,
         }
+    }
+}
+
+impl FlowStream for ClientStream {
+    fn flow(&self) -> &Flow {
+        &self.flow
+    }
+    fn flow_mut(&mut self) -> &mut Flow {
+        &mut self.flow
+    }
+    fn takes_updates(&self) -> bool {
+        self.ended.is_none()
+    }
+    fn writable(&self) -> bool {
+        self.state == StreamState::Open
     }
 }
 
@@ -159,14 +170,10 @@ pub struct ClientCircuit {
     pending: Option<PendingHop>,
     out: VecDeque<Vec<u8>>,
     events: VecDeque<ClientEvent>,
-    streams: BTreeMap<u16, ClientStream>,
+    streams: StreamTable<ClientStream>,
     next_stream: u32,
     closed: Option<DestroyReason>,
     close_error: Option<ProtoError>,
-    /// Some write was cut short by the queue bound.
-    queue_blocked: bool,
-    /// Some WINDOW_UPDATE could not be queued and waits for room.
-    updates_deferred: bool,
     /// The time of the latest input (reads follow received cells closely).
     last_now: Instant,
     /// Round trip of the newest hop's CREATE/EXTEND: the window auto-tuning's RTT.
@@ -206,12 +213,10 @@ impl ClientCircuit {
             }),
             out,
             events: VecDeque::new(),
-            streams: BTreeMap::new(),
+            streams: StreamTable::new(),
             next_stream: 1,
             closed: None,
             close_error: None,
-            queue_blocked: false,
-            updates_deferred: false,
             last_now: now,
             rtt: None,
         })
@@ -323,7 +328,7 @@ impl ClientCircuit {
                 "stream open while the circuit is building",
             ));
         }
-        if self.streams.len() >= MAX_STREAMS_PER_CIRCUIT {
+        if self.streams.is_full() {
             return Err(ProtoError::TooManyStreams);
         }
         let id = u16::try_from(self.next_stream).map_err(|_| ProtoError::StreamIdsExhausted)?;
@@ -332,7 +337,7 @@ impl ClientCircuit {
         let stream_id = StreamId(id);
         self.send_frame(hop, &RelayFrame { stream_id, msg }, "BEGIN")?;
         self.next_stream += 1;
-        self.streams.insert(id, ClientStream::new(hop, state));
+        self.streams.insert(id, ClientStream::new(hop, state))?;
         Ok(stream_id)
     }
 
@@ -344,12 +349,12 @@ impl ClientCircuit {
         let room_cells = (CLIENT_QUEUE_CELLS).saturating_sub(self.out.len());
         let s = self
             .streams
-            .get_mut(&stream.0)
+            .get_mut(stream.0)
             .ok_or(ProtoError::UnknownStream(stream.0))?;
         if s.ended.is_some() {
             return Err(ProtoError::StreamClosed(stream.0));
         }
-        let mut limit = s.send.credit();
+        let mut limit = s.flow.send.credit();
         match s.state {
             StreamState::Open => {}
             // specs/03 §11.5: at most OPTIMISTIC_DATA_MAX bytes before CONNECTED.
@@ -362,15 +367,16 @@ impl ClientCircuit {
         let chunk = Self::max_data_len(hop);
         limit = limit.min(room_cells.saturating_mul(chunk));
         let take = data.len().min(limit);
+        let queue_cut = take < data.len() && room_cells.saturating_mul(chunk) < data.len();
         if take < data.len() {
-            s.write_blocked = true;
-            if room_cells.saturating_mul(chunk) < data.len() {
-                self.queue_blocked = true;
-            }
+            s.flow.write_blocked = true;
         }
-        s.send.spend(take);
+        s.flow.send.spend(take);
         if s.state == StreamState::Connecting {
             s.optimistic_sent += take;
+        }
+        if queue_cut {
+            self.streams.note_queue_blocked();
         }
         for piece in data[..take].chunks(chunk.max(1)) {
             let mut cell = new_client_cell();
@@ -396,7 +402,7 @@ impl ClientCircuit {
         self.check_open()?;
         let s = self
             .streams
-            .get_mut(&stream.0)
+            .get_mut(stream.0)
             .ok_or(ProtoError::UnknownStream(stream.0))?;
         if buf.is_empty() {
             return Ok(0);
@@ -404,7 +410,7 @@ impl ClientCircuit {
         if s.buf.is_empty() {
             s.readable_signalled = false;
             if s.ended.is_some() {
-                self.streams.remove(&stream.0);
+                self.streams.remove(stream.0);
                 return Ok(0);
             }
             return Err(ProtoError::WouldBlock);
@@ -418,8 +424,8 @@ impl ClientCircuit {
         if s.buf.is_empty() {
             s.readable_signalled = false;
         }
-        s.recv.consumed(n);
-        if s.ended.is_none() && s.recv.update_due() {
+        s.flow.recv.consumed(n);
+        if s.ended.is_none() && s.flow.recv.update_due() {
             match self.flush_update(stream.0) {
                 // Deferred (flush_update marked it): the bytes are the caller's either way.
                 Ok(()) | Err(ProtoError::WouldBlock) => {}
@@ -431,12 +437,14 @@ impl ClientCircuit {
 
     /// Bytes buffered for `stream` and not read yet.
     pub fn readable_bytes(&self, stream: StreamId) -> usize {
-        self.streams.get(&stream.0).map_or(0, |s| s.buf.len())
+        self.streams.get(stream.0).map_or(0, |s| s.buf.len())
     }
 
     /// Bytes `stream` may send now by credit alone (ignoring the queue bound).
     pub fn send_credit(&self, stream: StreamId) -> usize {
-        self.streams.get(&stream.0).map_or(0, |s| s.send.credit())
+        self.streams
+            .get(stream.0)
+            .map_or(0, |s| s.flow.send.credit())
     }
 
     /// Closes `stream`: sends END(DONE) unless the peer already ended it, and forgets it.
@@ -444,7 +452,7 @@ impl ClientCircuit {
         self.check_open()?;
         let s = self
             .streams
-            .get(&stream.0)
+            .get(stream.0)
             .ok_or(ProtoError::UnknownStream(stream.0))?;
         if s.ended.is_none() && s.state != StreamState::Resolving {
             self.check_control_room()?;
@@ -455,7 +463,7 @@ impl ClientCircuit {
             };
             self.send_frame(hop, &frame, "END")?;
         }
-        self.streams.remove(&stream.0);
+        self.streams.remove(stream.0);
         Ok(())
     }
 
@@ -495,24 +503,18 @@ impl ClientCircuit {
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         let cell = self.out.pop_front()?;
         if self.closed.is_none() {
-            if self.updates_deferred {
-                self.updates_deferred = false;
-                let due: Vec<u16> = self
-                    .streams
-                    .iter()
-                    .filter(|(_, s)| s.ended.is_none() && s.recv.update_due())
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in due {
-                    // Cannot fail for lack of room after a pop unless the queue refills.
-                    if self.flush_update(id).is_err() {
-                        break;
-                    }
+            for id in self.streams.take_deferred_updates() {
+                // Cannot fail for lack of room after a pop unless the queue refills.
+                if self.flush_update(id).is_err() {
+                    break;
                 }
             }
-            if self.queue_blocked && self.out.len() <= CLIENT_QUEUE_CELLS / 2 {
-                self.queue_blocked = false;
-                self.wake_writers();
+            for id in self
+                .streams
+                .take_writable(self.out.len(), CLIENT_QUEUE_CELLS)
+            {
+                self.events
+                    .push_back(ClientEvent::StreamWritable(StreamId(id)));
             }
         }
         Some(cell)
@@ -636,13 +638,13 @@ impl ClientCircuit {
             }
         };
         let id = stream_id.0;
-        let Some(s) = self.streams.get_mut(&id) else {
+        let Some(s) = self.streams.get_mut(id) else {
             return Ok(false);
         };
         if s.hop != hop || s.ended.is_some() || s.state != StreamState::Open {
             return Ok(false);
         }
-        s.recv.receive(id, data.len())?;
+        s.flow.recv.receive(id, data.len())?;
         s.buf.extend(data);
         if !s.readable_signalled {
             s.readable_signalled = true;
@@ -664,7 +666,7 @@ impl ClientCircuit {
         if id == 0 {
             return self.handle_circuit_msg(hop, frame.msg);
         }
-        let Some(s) = self.streams.get_mut(&id) else {
+        let Some(s) = self.streams.get_mut(id) else {
             // specs/03 §7.2: half-closed (our END crossed the peer's messages) or unknown:
             // dropped silently.
             return Ok(());
@@ -687,15 +689,15 @@ impl ClientCircuit {
                     stream: frame.stream_id,
                     addr,
                 });
-                if s.write_blocked {
-                    s.write_blocked = false;
+                if s.flow.write_blocked {
+                    s.flow.write_blocked = false;
                     self.events
                         .push_back(ClientEvent::StreamWritable(frame.stream_id));
                 }
                 Ok(())
             }
             RelayMsg::Data(data) if s.state == StreamState::Open => {
-                s.recv.receive(id, data.len())?;
+                s.flow.recv.receive(id, data.len())?;
                 s.buf.extend(data.iter());
                 if !s.readable_signalled {
                     s.readable_signalled = true;
@@ -705,9 +707,9 @@ impl ClientCircuit {
                 Ok(())
             }
             RelayMsg::WindowUpdate(inc) if s.state != StreamState::Resolving => {
-                s.send.grant(id, inc)?;
-                if s.write_blocked && s.state == StreamState::Open {
-                    s.write_blocked = false;
+                s.flow.send.grant(id, inc)?;
+                if s.flow.write_blocked && s.state == StreamState::Open {
+                    s.flow.write_blocked = false;
                     self.events
                         .push_back(ClientEvent::StreamWritable(frame.stream_id));
                 }
@@ -715,7 +717,7 @@ impl ClientCircuit {
             }
             RelayMsg::End(reason) if s.state != StreamState::Resolving => {
                 s.ended = Some(reason);
-                s.write_blocked = false;
+                s.flow.write_blocked = false;
                 self.events.push_back(ClientEvent::StreamEnded {
                     stream: frame.stream_id,
                     reason,
@@ -725,7 +727,7 @@ impl ClientCircuit {
             // specs/03 §4.9: an exit that cannot serve a RESOLVE answers END; the stream is
             // then over (nothing to drain).
             RelayMsg::End(reason) if s.state == StreamState::Resolving => {
-                self.streams.remove(&id);
+                self.streams.remove(id);
                 self.events.push_back(ClientEvent::StreamEnded {
                     stream: frame.stream_id,
                     reason,
@@ -733,7 +735,7 @@ impl ClientCircuit {
                 Ok(())
             }
             RelayMsg::Resolved(answers) if s.state == StreamState::Resolving => {
-                self.streams.remove(&id);
+                self.streams.remove(id);
                 self.events.push_back(ClientEvent::Resolved {
                     stream: frame.stream_id,
                     answers,
@@ -769,38 +771,26 @@ impl ClientCircuit {
         }
     }
 
-    fn wake_writers(&mut self) {
-        for (id, s) in &mut self.streams {
-            if s.write_blocked && s.send.credit() > 0 && s.state == StreamState::Open {
-                s.write_blocked = false;
-                self.events
-                    .push_back(ClientEvent::StreamWritable(StreamId(*id)));
-            }
-        }
-    }
-
     /// Queues a WINDOW_UPDATE for `id` if one is due and there is room; else defers it.
     fn flush_update(&mut self, id: u16) -> Result<(), ProtoError> {
-        if self.out.len() >= CLIENT_QUEUE_CELLS + CONTROL_RESERVE_CELLS {
-            self.updates_deferred = true;
-            return Err(ProtoError::WouldBlock);
-        }
-        let Some(s) = self.streams.get_mut(&id) else {
+        self.streams
+            .room_for_update(self.out.len() >= CLIENT_QUEUE_CELLS + CONTROL_RESERVE_CELLS)?;
+        let Some(s) = self.streams.get_mut(id) else {
             return Ok(());
         };
         let hop = s.hop;
-        if !s.recv.update_due() {
+        if !s.flow.recv.update_due() {
             return Ok(());
         }
         // specs/03 §11.3: growth comes out of the circuit's budget, so the circuit's buffer
         // bound (MAX_CIRCUIT_STREAM_BUFFER) holds whatever its streams do.
-        let used: u64 = self.streams.values().map(|s| s.recv.growth()).sum();
+        let used: u64 = self.streams.values().map(|s| s.flow.recv.growth()).sum();
         let budget = CIRCUIT_WINDOW_GROWTH_MAX.saturating_sub(used);
         let (now, rtt) = (self.last_now, self.rtt);
-        let Some(s) = self.streams.get_mut(&id) else {
+        let Some(s) = self.streams.get_mut(id) else {
             return Ok(());
         };
-        let Some((inc, _)) = s.recv.take_update_tuned(now, rtt, budget) else {
+        let Some((inc, _)) = s.flow.recv.take_update_tuned(now, rtt, budget) else {
             return Ok(());
         };
         let frame = RelayFrame {

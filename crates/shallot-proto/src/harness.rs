@@ -360,6 +360,13 @@ impl Harness {
     /// Moves the clock to the next delivery or timer; false if there is none.
     fn advance_clock(&mut self) -> bool {
         let mut next: Option<Instant> = self.client.poll_timeout();
+        for t in self
+            .relays
+            .iter()
+            .filter_map(|r| r.circuit.as_ref()?.poll_timeout())
+        {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
         for l in &self.links {
             for t in l
                 .fwd
@@ -394,6 +401,15 @@ impl Harness {
         if self.client.poll_timeout().is_some_and(|t| t <= self.now) {
             self.client.handle_timeout(self.now);
             progress = true;
+        }
+        let now = self.now;
+        for relay in &mut self.relays {
+            if let Some(circ) = relay.circuit.as_mut()
+                && circ.poll_timeout().is_some_and(|t| t <= now)
+            {
+                circ.handle_timeout(now);
+                progress = true;
+            }
         }
         progress |= self.app_write();
         progress |= self.transmit();
@@ -763,7 +779,10 @@ impl Harness {
                             break;
                         };
                         let preamble = self.links[j].preamble.unwrap_or_default();
-                        let config = RelayConfig { exit: node.exit };
+                        let config = RelayConfig {
+                            exit: node.exit,
+                            ..RelayConfig::default()
+                        };
                         match RelayCircuit::accept(
                             &preamble,
                             &cell,

@@ -6,6 +6,7 @@ mod flow;
 pub mod harness;
 mod queue;
 mod relay;
+mod streams;
 
 pub use client::{ClientCircuit, ClientConfig, ClientEvent, DEFAULT_BUILD_TIMEOUT, HopSpec};
 pub use err::ProtoError;
@@ -15,4 +16,4 @@ pub use flow::{
     OPTIMISTIC_DATA_MAX, RELAY_QUEUE_CELLS, STREAM_WINDOW_INITIAL, STREAM_WINDOW_MAX,
     WINDOW_UPDATE_THRESHOLD,
 };
-pub use relay::{RelayAction, RelayCircuit, RelayConfig};
+pub use relay::{DEFAULT_EXTEND_TIMEOUT, RelayAction, RelayCircuit, RelayConfig};

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{ManualClient, ManualRelay};
 use shallot_cell::{DestroyReason, EndReason, Host, RelayFrame, RelayMsg, StreamId};
 use shallot_error::{ErrorKind, HasKind};
@@ -190,17 +192,41 @@ fn a_relay_with_a_failed_next_hop_sends_truncated() {
 }
 
 #[test]
-fn no_created_in_time_gives_truncated_timeout() {
-    let mut m = ManualClient::new(false);
-    send_extend(&mut m);
-    // Before the stream is open there is no CREATE to wait for: nothing happens.
-    m.relay.handle_created_timeout(m.now);
-    assert_eq!(m.recv_all(), vec![]);
-    m.relay.handle_next_hop_opened(m.now).unwrap();
-    m.relay.handle_created_timeout(m.now);
-    assert_eq!(m.recv_all(), vec![Some(truncated(DestroyReason::Timeout))]);
-    assert!(!m.relay.is_closed());
-    // The extend is over: a second timeout says nothing.
-    m.relay.handle_created_timeout(m.now);
-    assert_eq!(m.recv_all(), vec![]);
+fn an_extension_past_its_deadline_gives_truncated_timeout_and_the_circuit_stays() {
+    for opened in [false, true] {
+        let mut m = ManualClient::new(false);
+        assert_eq!(
+            m.relay.poll_timeout(),
+            None,
+            "no timer without an extension"
+        );
+        send_extend(&mut m);
+        let deadline = m.relay.poll_timeout().expect("the extension's deadline");
+        assert_eq!(deadline, m.now + shallot_proto::DEFAULT_EXTEND_TIMEOUT);
+        assert!(m.relay.is_extending());
+        if opened {
+            m.relay
+                .handle_next_hop_opened(m.now + Duration::from_secs(1))
+                .unwrap();
+            assert_eq!(
+                m.relay.poll_timeout(),
+                Some(deadline),
+                "one deadline for the whole extension"
+            );
+        }
+        m.relay.handle_timeout(deadline - Duration::from_millis(1));
+        assert_eq!(m.recv_all(), vec![], "not yet");
+        m.relay.handle_timeout(deadline);
+        assert_eq!(m.recv_all(), vec![Some(truncated(DestroyReason::Timeout))]);
+        assert!(!m.relay.is_closed());
+        assert!(!m.relay.is_extending() && !m.relay.has_next_hop());
+        assert_eq!(m.relay.poll_timeout(), None);
+        // The extension is over: a later timeout says nothing, a late "opened" is refused.
+        m.relay.handle_timeout(deadline + Duration::from_secs(60));
+        assert_eq!(m.recv_all(), vec![]);
+        if !opened {
+            assert!(m.relay.handle_next_hop_opened(deadline).is_err());
+            assert!(!m.relay.is_closed());
+        }
+    }
 }

@@ -173,11 +173,7 @@ enum Wake {
 enum Next {
     None,
     Opening(JoinHandle<Result<Stream, DestroyReason>>),
-    Open {
-        link: Link,
-        /// Until the first cell (CREATED) comes back.
-        created_deadline: Option<Instant>,
-    },
+    Open(Link),
 }
 
 /// A circuit and its IO.
@@ -231,7 +227,7 @@ impl CircuitTask {
             let wants_prev = self.prev.is_some() && self.circ.wants_prev_cell();
             let wants_next = matches!(self.next, Next::Open { .. }) && self.circ.wants_next_cell();
             let prev_run = self.prev.as_ref().is_some_and(Link::has_run);
-            let next_run = matches!(&self.next, Next::Open { link, .. } if link.has_run());
+            let next_run = matches!(&self.next, Next::Open(link) if link.has_run());
             if (wants_prev && prev_run) || (wants_next && next_run) {
                 // `pump` stopped after its rounds with cells in hand that the circuit wants:
                 // let the other tasks run, then go on (no `select!` branch waits for these).
@@ -247,7 +243,7 @@ impl CircuitTask {
             } = &mut self;
             let (prev_cells, prev_batches) = link_parts(prev.as_mut());
             let (next_cells, next_batches, next_opening) = match next {
-                Next::Open { link, .. } => {
+                Next::Open(link) => {
                     let (c, b) = link_parts(Some(link));
                     (c, b, None)
                 }
@@ -304,16 +300,11 @@ impl CircuitTask {
                 }
             }
             while !self.circ.is_closed() && self.circ.wants_next_cell() {
-                let Next::Open {
-                    link,
-                    created_deadline,
-                } = &mut self.next
-                else {
+                let Next::Open(link) = &mut self.next else {
                     break;
                 };
                 if let Some(cell) = link.next_cell(next_len) {
                     moved = true;
-                    *created_deadline = None;
                     if let Err(e) = self.circ.handle_next_cell(cell, t) {
                         debug!(error = %e, "circuit destroyed on a cell from the next hop");
                     }
@@ -333,7 +324,7 @@ impl CircuitTask {
             if let Some(l) = self.prev.as_mut() {
                 l.settle();
             }
-            if let Next::Open { link, .. } = &mut self.next {
+            if let Next::Open(link) = &mut self.next {
                 link.settle();
             }
             if self.circ.queued_prev() > 0
@@ -349,7 +340,7 @@ impl CircuitTask {
                 }
             }
             if self.circ.queued_next() > 0
-                && let Next::Open { link, .. } = &self.next
+                && let Next::Open(link) = &self.next
                 && let Some(tx) = link.batches.as_ref()
                 && tx.capacity() > 0
             {
@@ -376,7 +367,7 @@ impl CircuitTask {
                 }
             }
             Wake::NextRun(Some((bytes, end))) => {
-                if let Next::Open { link, .. } = &mut self.next {
+                if let Next::Open(link) = &mut self.next {
                     link.run = Some(Run::new(bytes, end));
                 }
             }
@@ -400,12 +391,12 @@ impl CircuitTask {
             }
             Wake::NextRoom(true) => {
                 let spare = match &self.next {
-                    Next::Open { link, .. } => link.spares.batch(),
+                    Next::Open(link) => link.spares.batch(),
                     _ => Vec::new(),
                 };
                 let batch = drain(&mut self.circ, false, spare);
                 let tx = match &self.next {
-                    Next::Open { link, .. } => link.batches.as_ref(),
+                    Next::Open(link) => link.batches.as_ref(),
                     _ => None,
                 };
                 if let Some(tx) = tx
@@ -422,15 +413,12 @@ impl CircuitTask {
         }
     }
 
+    /// The next of the state machine's deadline (an extension in progress) and the closing
+    /// exit connections' grace ends.
     fn next_deadline(&self) -> Option<Instant> {
-        let created = match &self.next {
-            Next::Open {
-                created_deadline, ..
-            } => *created_deadline,
-            _ => None,
-        };
+        let circuit = self.circ.poll_timeout().map(Instant::from_std);
         let closing = self.closing.iter().map(|(t, _)| *t).min();
-        match (created, closing) {
+        match (circuit, closing) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -446,23 +434,30 @@ impl CircuitTask {
                 !h.is_finished()
             }
         });
-        if let Next::Open {
-            created_deadline: Some(t),
-            ..
-        } = &self.next
-            && *t <= now
+        if self
+            .circ
+            .poll_timeout()
+            .is_some_and(|t| t <= now.into_std())
         {
-            // No CREATED in time: the extend failed (specs/03 §4.8), the circuit stays.
-            debug!("next hop sent no CREATED in time");
-            self.next = Next::None;
-            self.circ.handle_created_timeout(now.into_std());
+            // The extension did not finish in time (specs/03 §4.8): the circuit answered
+            // TRUNCATED(TIMEOUT) and stays; whatever was opened for it goes.
+            debug!("next hop not reached, or no CREATED, within the extend timeout");
+            self.ctx.stats.extends_failed.inc();
+            self.circ.handle_timeout(now.into_std());
+            self.drop_next_if_gone();
         }
     }
 
-    /// The proto side dropped its next hop (TRUNCATED after a refused CREATE): drop ours.
+    /// The state machine dropped its next hop (TRUNCATED after a refused CREATE or a timeout):
+    /// drop ours, and stop opening one.
     fn drop_next_if_gone(&mut self) {
-        if matches!(self.next, Next::Open { .. }) && !self.circ.has_next_hop() {
-            self.next = Next::None;
+        match &self.next {
+            Next::Open(_) if !self.circ.has_next_hop() => self.next = Next::None,
+            Next::Opening(task) if !self.circ.is_extending() => {
+                task.abort();
+                self.next = Next::None;
+            }
+            _ => {}
         }
     }
 
@@ -476,10 +471,7 @@ impl CircuitTask {
                 let link = Link::spawn(r, w, cell_len);
                 match self.circ.handle_next_hop_opened(now.into_std()) {
                     Ok(()) => {
-                        self.next = Next::Open {
-                            link,
-                            created_deadline: Some(now + self.ctx.extend_timeout),
-                        };
+                        self.next = Next::Open(link);
                     }
                     Err(e) => {
                         debug!(error = %e, "next hop opened but the CREATE was refused");
@@ -538,12 +530,9 @@ impl CircuitTask {
         };
         self.ctx.stats.extends.inc();
         let ctx = Arc::clone(&self.ctx);
-        self.next = Next::Opening(tokio::spawn(async move {
-            let timeout = ctx.extend_timeout;
-            tokio::time::timeout(timeout, open_next(ctx, peer, addrs, preamble))
-                .await
-                .unwrap_or(Err(DestroyReason::Timeout))
-        }));
+        // No deadline here: the state machine's (poll_timeout) ends the extension, and
+        // drop_next_if_gone aborts this task.
+        self.next = Next::Opening(tokio::spawn(open_next(ctx, peer, addrs, preamble)));
     }
 
     fn exit_connect(&mut self, stream: StreamId, host: Host, port: u16) {
@@ -784,7 +773,7 @@ impl CircuitTask {
             closing.push((link, prev_batch));
         }
         match std::mem::replace(&mut self.next, Next::None) {
-            Next::Open { link, .. } => closing.push((link, next_batch)),
+            Next::Open(link) => closing.push((link, next_batch)),
             Next::Opening(h) => h.abort(),
             Next::None => {}
         }

@@ -454,6 +454,7 @@ async fn serve(
             &keys,
             CircuitConfig {
                 exit: ctx.exit.is_some(),
+                extend_timeout: ctx.extend_timeout,
             },
             std::time::Instant::now(),
         )

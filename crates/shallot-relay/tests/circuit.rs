@@ -312,6 +312,42 @@ async fn a_next_hop_that_never_answers_create_gives_truncated_timeout() {
     held.abort();
 }
 
+/// A next relay whose address takes the TCP connection and then says nothing, so the link is
+/// never up: the extension's deadline, kept by the state machine and not by the relay's IO
+/// code, answers TRUNCATED(TIMEOUT) and the circuit stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extend_whose_link_never_comes_up_times_out() {
+    let relays = start_relays(1, |_, config| config.extend_timeout_secs = 1).await;
+    let guard = &relays.handles[0];
+    let (_client, circuit) = one_hop_circuit(guard).await;
+    let tarpit = common::tarpit_server().await;
+    let nobody = libp2p::identity::Keypair::generate_ed25519();
+    let spec = shallot_proto::HopSpec {
+        peer_id: nobody.public().to_peer_id().to_bytes(),
+        addrs: vec![
+            format!("/ip4/127.0.0.1/tcp/{}", tarpit.port)
+                .parse::<shallot_p2p::Multiaddr>()
+                .unwrap()
+                .to_vec(),
+        ],
+        onion_key: guard.onion_key(),
+    };
+    let started = std::time::Instant::now();
+    let r = step("EXTEND to a silent address", circuit.extend(spec)).await;
+    assert_eq!(
+        r,
+        Err(BuildFailure::ExtendRefused {
+            hop: 2,
+            reason: DestroyReason::Timeout
+        }),
+        "after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(guard.stats().extends_failed.get(), 1);
+    assert_eq!(circuit.hops(), 1);
+    assert!(circuit.destroyed().is_none());
+}
+
 /// A client that knows `guard` directly, and a one-hop circuit to it.
 async fn one_hop_circuit(guard: &shallot_relay::RelayHandle) -> (shallot_p2p::Node, CircuitHandle) {
     let client = common::direct_client(&[guard]).await;

@@ -43,7 +43,10 @@ impl ManualClient {
             &create,
             b"relay",
             &keys,
-            RelayConfig { exit },
+            RelayConfig {
+                exit,
+                ..RelayConfig::default()
+            },
             now,
         )
         .unwrap();
