@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use shallot_directory::{NetworkView, ViewConfig, load_cache, write_cache};
 use shallot_p2p::{Node, NodeConfig, Role, identity::Keypair};
@@ -130,7 +130,7 @@ impl Client {
         let metrics = Metrics::new();
         let mut view = NetworkView::new(ViewConfig::default());
         if let Some(path) = &cache_path {
-            match load_cache(path, &mut view, unix_now()) {
+            match load_cache(path, &mut view, node.clock().now()) {
                 Ok(n) if n > 0 => {
                     info!(relays = n, "view cache loaded");
                     report(Bootstrap::CACHE);
@@ -145,7 +145,8 @@ impl Client {
                 let _ = node.add_address(peer, addr.clone()).await;
             }
         }
-        let paths = Paths::open(config.data_dir.as_deref()).map_err(ClientError::GuardState)?;
+        let paths = Paths::open(config.data_dir.as_deref(), node.clock().clone())
+            .map_err(ClientError::GuardState)?;
         let manager = Manager::new(
             config.clone(),
             Arc::clone(&node),
@@ -300,13 +301,6 @@ fn bind_front(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(FRONT_BACKLOG)
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Refreshes the view from the DHT at start, after [`YOUNG_VIEW_REFRESHES`], then every
 /// `interval` (faster while the view cannot make a path yet, and at once when a build asks),
 /// caching it on disk. specs/04 §6.1.
@@ -323,7 +317,7 @@ async fn refresh_view(
         report(Bootstrap::CONNECTING);
         match node.fetch_descriptors().await {
             Ok(outcome) => {
-                let now = unix_now();
+                let now = node.clock().now();
                 let fetched = outcome.descriptors.len();
                 let (known, usable) = manager.update_view(|view| {
                     for d in outcome.descriptors {

@@ -4,9 +4,8 @@
 
 use std::path::Path as FsPath;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use shallot_directory::{NetworkView, ViewEntry};
+use shallot_directory::{NetworkView, ViewEntry, WallClock};
 use shallot_p2p::PeerId;
 use shallot_path::{ExitTarget, PathError, PathSelector, RelayIndex};
 use tracing::{info, warn};
@@ -18,13 +17,14 @@ const AVOID_DRAWS: usize = 8;
 /// The client's path selector and pinned guards, shared by the manager's tasks.
 pub(crate) struct Paths {
     selector: Mutex<PathSelector>,
+    clock: WallClock,
 }
 
 impl Paths {
     /// Guards pinned in `data_dir/guards.state` (specs/05 §6), or in memory only without a
     /// data directory. A state file that cannot be read is an error, never replaced by fresh
     /// guards (specs/05 §6.3).
-    pub(crate) fn open(data_dir: Option<&FsPath>) -> Result<Self, PathError> {
+    pub(crate) fn open(data_dir: Option<&FsPath>, clock: WallClock) -> Result<Self, PathError> {
         let selector = match data_dir {
             Some(dir) => {
                 let selector = PathSelector::open(dir)?;
@@ -42,6 +42,7 @@ impl Paths {
         };
         Ok(Self {
             selector: Mutex::new(selector),
+            clock,
         })
     }
 
@@ -61,7 +62,7 @@ impl Paths {
         avoid_exits: &[PeerId],
     ) -> Result<Vec<ViewEntry>, PathError> {
         let target = port.map_or(ExitTarget::Any, ExitTarget::Port);
-        let now = unix_now();
+        let now = self.clock.now();
         let mut rng = rand::rng();
         let mut selector = self.lock();
         let relays = RelayIndex::new(view);
@@ -82,7 +83,7 @@ impl Paths {
     /// Records the outcome of a circuit build through `guard` (specs/05 §5.4): `false` when
     /// the build failed at the guard itself.
     pub(crate) fn guard_outcome(&self, guard: &PeerId, ok: bool) {
-        let now = unix_now();
+        let now = self.clock.now();
         let mut selector = self.lock();
         let result = if ok {
             selector.mark_guard_succeeded(guard, now)
@@ -93,11 +94,4 @@ impl Paths {
             warn!(%err, "cannot record the guard's state");
         }
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

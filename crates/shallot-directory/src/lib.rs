@@ -1,12 +1,14 @@
 #![doc = include_str!("../README.md")]
 
 mod cache;
+mod clock;
 mod descriptor;
 mod err;
 mod records;
 mod view;
 
 pub use cache::{CACHE_MAGIC, CacheContents, decode_cache, encode_cache, load_cache, write_cache};
+pub use clock::WallClock;
 pub use descriptor::{
     DESCRIPTOR_LIFETIME_SECS, DESCRIPTOR_MAGIC, Descriptor, MAX_ADDR_LEN, MAX_ADDRS,
     MAX_CLOCK_SKEW_SECS, MAX_DESCRIPTOR_LEN, MAX_DESCRIPTOR_LIFETIME_SECS, MAX_FAMILY,

@@ -3,12 +3,14 @@
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
+use libp2p::core::{Transport as _, upgrade};
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, Swarm, connection_limits, identify, kad, noise, tcp, yamux};
 
-use crate::config::{NodeConfig, Role};
+use crate::config::{NodeConfig, Role, TransportConfig};
 use crate::err::P2pError;
+use crate::memnet::MemoryTransport;
 
 /// The circuit stream protocol (specs/01): one stream per circuit hop.
 pub const CIRCUIT_PROTOCOL: StreamProtocol = StreamProtocol::new("/shallot/circuit/1.0.0");
@@ -40,19 +42,39 @@ pub(crate) fn build_swarm(
     config: &NodeConfig,
 ) -> Result<Swarm<Behaviour>, P2pError> {
     let transport_err = |e: &dyn std::fmt::Display| P2pError::Transport(e.to_string());
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| transport_err(&e))?
-        .with_quic()
-        .with_behaviour(|key| behaviour(key, config))
-        .map_err(|e| transport_err(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
-        .build();
+    let idle = config.idle_connection_timeout;
+    let swarm = match &config.transport {
+        TransportConfig::System => libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| transport_err(&e))?
+            .with_quic()
+            .with_behaviour(|key| behaviour(key, config))
+            .map_err(|e| transport_err(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build(),
+        TransportConfig::Memory { net, ip } => {
+            libp2p::SwarmBuilder::with_existing_identity(keypair)
+                .with_tokio()
+                .with_other_transport(|key| {
+                    let noise = noise::Config::new(key)
+                        .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
+                    Ok(MemoryTransport::new(net.clone(), *ip)
+                        .upgrade(upgrade::Version::V1)
+                        .authenticate(noise)
+                        .multiplex(yamux::Config::default()))
+                })
+                .map_err(|e| transport_err(&e))?
+                .with_behaviour(|key| behaviour(key, config))
+                .map_err(|e| transport_err(&e))?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+                .build()
+        }
+    };
     Ok(swarm)
 }
 

@@ -1,8 +1,12 @@
 //! Settings of a libp2p node.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use libp2p::Multiaddr;
+use shallot_directory::WallClock;
+
+use crate::memnet::MemoryNet;
 
 /// Whether a node serves the DHT and circuits, or only uses them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +38,22 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// How a node reaches others.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TransportConfig {
+    /// TCP (with Noise and Yamux) and QUIC on the operating system's network.
+    #[default]
+    System,
+    /// A [`MemoryNet`] in this process (tests and simulations): TCP-style addresses, Noise and
+    /// Yamux over in-memory pipes; the node dials out from `ip`.
+    Memory {
+        /// The network.
+        net: MemoryNet,
+        /// The node's own IP (dials come from it).
+        ip: IpAddr,
+    },
+}
+
 /// Settings of a [`crate::Node`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -56,6 +76,10 @@ pub struct NodeConfig {
     pub provider_republish_interval: Duration,
     /// Connection limits.
     pub limits: ConnectionLimits,
+    /// How the node reaches others. Default: the system's TCP and QUIC.
+    pub transport: TransportConfig,
+    /// The wall clock descriptors are validated against. Default: the system's.
+    pub clock: WallClock,
 }
 
 impl NodeConfig {
@@ -73,6 +97,8 @@ impl NodeConfig {
                 shallot_directory::REPUBLISH_INTERVAL_SECS,
             ),
             limits: ConnectionLimits::default(),
+            transport: TransportConfig::default(),
+            clock: WallClock::system(),
         }
     }
 }

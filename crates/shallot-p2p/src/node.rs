@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::kad::{self, QueryId, QueryResult, Quorum, Record, RecordKey};
@@ -11,8 +11,8 @@ use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, identify};
 use shallot_directory::{
-    MAX_VIEW_RELAYS, RecordRefusal, SignedDescriptor, descriptor_key, is_newer, is_shard_key,
-    shard_key, validate_record,
+    MAX_VIEW_RELAYS, RecordRefusal, SignedDescriptor, WallClock, descriptor_key, is_newer,
+    is_shard_key, shard_key, validate_record,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -126,6 +126,7 @@ pub struct Node {
     commands: mpsc::Sender<Command>,
     control: libp2p_stream::Control,
     stats: Arc<NodeStats>,
+    clock: WallClock,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -177,6 +178,7 @@ impl Node {
                 stats: Arc::clone(&stats),
                 publishes: HashMap::new(),
                 refresh: None,
+                clock: config.clock.clone(),
             }
             .run(queue),
         );
@@ -187,6 +189,7 @@ impl Node {
             commands,
             control,
             stats,
+            clock: config.clock,
             task,
         })
     }
@@ -216,6 +219,11 @@ impl Node {
     /// Counters of refused and stored records.
     pub fn stats(&self) -> &NodeStats {
         &self.stats
+    }
+
+    /// The wall clock the node validates descriptors against (its configuration's).
+    pub fn clock(&self) -> &WallClock {
+        &self.clock
     }
 
     async fn send(&self, command: Command) -> Result<(), P2pError> {
@@ -289,13 +297,6 @@ pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
         Some(Protocol::P2p(peer)) => Some(peer),
         _ => None,
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 async fn wait_for_listeners(
@@ -380,6 +381,7 @@ struct SwarmTask {
     stats: Arc<NodeStats>,
     publishes: HashMap<QueryId, PendingPublish>,
     refresh: Option<Refresh>,
+    clock: WallClock,
 }
 
 impl SwarmTask {
@@ -457,7 +459,7 @@ impl SwarmTask {
         let remaining = descriptor
             .descriptor()
             .expires_at
-            .saturating_sub(unix_now());
+            .saturating_sub(self.clock.now());
         let record = Record {
             key: RecordKey::new(&descriptor_key(&peer)),
             value: descriptor.as_bytes().to_vec(),
@@ -709,7 +711,7 @@ impl SwarmTask {
                 record.key.as_ref(),
                 &record.value,
                 record.publisher.as_ref(),
-                unix_now(),
+                self.clock.now(),
             ) {
                 Ok(signed) if signed.peer_id() == peer => {
                     let newer = refresh
@@ -753,7 +755,7 @@ impl SwarmTask {
                     record.key.as_ref(),
                     &record.value,
                     record.publisher.as_ref(),
-                    unix_now(),
+                    self.clock.now(),
                 );
                 let store = self.swarm.behaviour_mut().kad.store_mut();
                 let verdict = verdict.map(|signed| {
@@ -769,7 +771,10 @@ impl SwarmTask {
                     }
                     Ok((signed, _)) => {
                         // Never keep a record past the descriptor's own expiry.
-                        let remaining = signed.descriptor().expires_at.saturating_sub(unix_now());
+                        let remaining = signed
+                            .descriptor()
+                            .expires_at
+                            .saturating_sub(self.clock.now());
                         let cap = std::time::Instant::now() + Duration::from_secs(remaining);
                         record.expires = Some(record.expires.map_or(cap, |e| e.min(cap)));
                         match store.put(record) {

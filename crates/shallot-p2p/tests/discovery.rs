@@ -1,8 +1,13 @@
-//! In-process networks of real libp2p nodes on loopback: discovery through the DHT, validation
-//! against a malicious DHT node, expiry and replication (specs/04).
+//! In-process networks of real libp2p nodes: discovery through the DHT, validation against a
+//! malicious DHT node, expiry and replication (specs/04). Most run on an in-memory network
+//! (`MemoryNet`: the same Noise and Yamux, no sockets) with a wall clock the test moves; one
+//! discovery test and the malicious-node test run on loopback TCP.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::identity::{Keypair, ed25519};
@@ -10,20 +15,90 @@ use libp2p::kad::{self, Quorum, Record, RecordKey, store::MemoryStore, store::Re
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId, noise, tcp, yamux};
 use shallot_crypto::OnionPublicKey;
+use shallot_directory::WallClock;
 use shallot_directory::{
     Descriptor, PROTOCOL_CIRCUIT_V1, RecordRefusal, RelayFlags, SignedDescriptor, descriptor_key,
     shard_key, shard_of,
 };
-use shallot_p2p::{KAD_PROTOCOL, Node, NodeConfig, Role};
+use shallot_p2p::{KAD_PROTOCOL, MemoryNet, Node, NodeConfig, Role, TransportConfig};
 
 /// Upper bound for any network in these tests to converge; a test that needs longer fails.
-const CONVERGE_LIMIT: Duration = Duration::from_secs(60);
+const CONVERGE_LIMIT: Duration = Duration::from_secs(120);
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
+/// Where a test network runs: on loopback TCP with the system clock, or on an in-memory
+/// network with a wall clock the test can move forward.
+#[derive(Clone)]
+enum Wire {
+    Tcp,
+    Memory {
+        net: MemoryNet,
+        /// Seconds added to the system clock.
+        ahead: Arc<AtomicU64>,
+    },
+}
+
+impl Wire {
+    fn memory() -> Self {
+        Self::Memory {
+            net: MemoryNet::new(),
+            ahead: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn clock(&self) -> WallClock {
+        match self {
+            Self::Tcp => WallClock::system(),
+            Self::Memory { ahead, .. } => {
+                let ahead = Arc::clone(ahead);
+                let system = WallClock::system();
+                WallClock::from_fn(move || system.now() + ahead.load(Ordering::Relaxed))
+            }
+        }
+    }
+
+    /// Moves the wall clock of every node on this wire forward (memory only).
+    fn skip(&self, secs: u64) {
+        match self {
+            Self::Tcp => panic!("the system clock cannot be moved"),
+            Self::Memory { ahead, .. } => {
+                ahead.fetch_add(secs, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Relay `i`'s address: each in its own /24 (and /16 on memory), so the view's Sybil caps
+    /// hold them all, as they would hold relays of different operators.
+    fn relay_ip(&self, i: usize) -> Ipv4Addr {
+        let i = u8::try_from(i + 1).expect("at most 255 relays");
+        match self {
+            Self::Tcp => Ipv4Addr::new(127, 0, i, 1),
+            Self::Memory { .. } => Ipv4Addr::new(10, i, 0, 1),
+        }
+    }
+
+    fn config(
+        &self,
+        role: Role,
+        ip: Ipv4Addr,
+        listen: bool,
+        bootstrap: Vec<Multiaddr>,
+    ) -> NodeConfig {
+        let listen = if listen {
+            vec![format!("/ip4/{ip}/tcp/0").parse().expect("addr")]
+        } else {
+            Vec::new()
+        };
+        let mut config = NodeConfig::new(role, listen, bootstrap);
+        config.query_timeout = Duration::from_secs(10);
+        config.clock = self.clock();
+        if let Self::Memory { net, .. } = self {
+            config.transport = TransportConfig::Memory {
+                net: net.clone(),
+                ip: IpAddr::V4(ip),
+            };
+        }
+        config
+    }
 }
 
 struct TestRelay {
@@ -33,7 +108,7 @@ struct TestRelay {
 
 impl TestRelay {
     fn descriptor(&self, lifetime: u64) -> SignedDescriptor {
-        let now = unix_now();
+        let now = self.node.clock().now();
         Descriptor {
             identity: self.keypair.public(),
             published_at: now,
@@ -51,15 +126,8 @@ impl TestRelay {
     }
 }
 
-fn test_config(role: Role, listen: Vec<Multiaddr>, bootstrap: Vec<Multiaddr>) -> NodeConfig {
-    let mut config = NodeConfig::new(role, listen, bootstrap);
-    config.query_timeout = Duration::from_secs(10);
-    config
-}
-
-/// Starts `n` relays on 127.0.<i>.1 (each in its own /24, so the view's Sybil caps hold them
-/// all, as they would hold relays of different operators) bootstrapping from the first.
-async fn start_relays(n: usize) -> Vec<TestRelay> {
+/// Starts `n` relays on `wire` (relay `i` at [`Wire::relay_ip`]), bootstrapping from the first.
+async fn start_relays(wire: &Wire, n: usize) -> Vec<TestRelay> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -67,9 +135,6 @@ async fn start_relays(n: usize) -> Vec<TestRelay> {
     let mut relays: Vec<TestRelay> = Vec::with_capacity(n);
     for i in 0..n {
         let keypair = ed25519::Keypair::generate();
-        let listen: Multiaddr = format!("/ip4/127.0.{}.1/tcp/0", i + 1)
-            .parse()
-            .expect("addr");
         let bootstrap = relays
             .first()
             .and_then(|r| r.node.bootstrap_addr())
@@ -77,7 +142,7 @@ async fn start_relays(n: usize) -> Vec<TestRelay> {
             .collect();
         let node = Node::start(
             Keypair::from(keypair.clone()),
-            test_config(Role::Relay, vec![listen], bootstrap),
+            wire.config(Role::Relay, wire.relay_ip(i), true, bootstrap),
         )
         .await
         .expect("start relay");
@@ -105,10 +170,14 @@ async fn publish_all(relays: &[TestRelay], lifetime: u64) {
     .await;
 }
 
-async fn start_client(bootstrap: Vec<Multiaddr>) -> Node {
+async fn start_client(wire: &Wire, bootstrap: Vec<Multiaddr>) -> Node {
+    let ip = match wire {
+        Wire::Tcp => Ipv4Addr::LOCALHOST,
+        Wire::Memory { .. } => Ipv4Addr::new(10, 255, 0, 1),
+    };
     Node::start(
         Keypair::generate_ed25519(),
-        test_config(Role::Client, Vec::new(), bootstrap),
+        wire.config(Role::Client, ip, false, bootstrap),
     )
     .await
     .expect("start client")
@@ -194,9 +263,9 @@ async fn where_stored(relays: &[TestRelay], missing: &[PeerId]) -> String {
     report
 }
 
-async fn discovery_of(n: usize) -> Duration {
+async fn discovery_of(wire: &Wire, n: usize) -> Duration {
     let started = Instant::now();
-    let relays = start_relays(n).await;
+    let relays = start_relays(wire, n).await;
     let all_started = started.elapsed();
     publish_all(&relays, 3600).await;
     let all_published = started.elapsed();
@@ -205,7 +274,7 @@ async fn discovery_of(n: usize) -> Duration {
         .take(3)
         .filter_map(|r| r.node.bootstrap_addr())
         .collect();
-    let client = start_client(bootstrap).await;
+    let client = start_client(wire, bootstrap).await;
     let expected: HashSet<PeerId> = relays.iter().map(|r| r.node.peer_id()).collect();
     let took = match try_wait_for_view(&client, &expected).await {
         Ok(took) => took,
@@ -218,21 +287,16 @@ async fn discovery_of(n: usize) -> Duration {
     took
 }
 
+/// Over real TCP on loopback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_client_discovers_twenty_relays() {
-    discovery_of(20).await;
+    discovery_of(&Wire::Tcp, 20).await;
 }
 
-/// The figure for 100 relays in specs/04 §6.1. Runs in release builds
-/// (`cargo test --release -p shallot-p2p --test discovery`), 12–19 s on 2 shared cores.
+/// The figure for 100 relays in specs/04 §6.1, on the in-memory network.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    debug_assertions,
-    ignore = "too slow unoptimised: in a debug build on 2 cores, 100 relays publishing at once \
-              need minutes and their DHT queries time out; run it with --release"
-)]
 async fn fresh_client_discovers_one_hundred_relays() {
-    discovery_of(100).await;
+    discovery_of(&Wire::memory(), 100).await;
 }
 
 /// specs/04 §5.3: a relay's shard announcement carries its descriptor's addresses. A DHT server
@@ -240,7 +304,7 @@ async fn fresh_client_discovers_one_hundred_relays() {
 /// in its routing table; with 100 relays that left 1 to 6 of them out of every fresh view.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shard_announcements_carry_the_descriptor_addresses() {
-    let relays = start_relays(6).await;
+    let relays = start_relays(&Wire::memory(), 6).await;
     publish_all(&relays, 3600).await;
     for relay in &relays {
         let peer = relay.node.peer_id();
@@ -359,7 +423,7 @@ impl MaliciousNode {
 }
 
 fn forged_descriptors(genuine: &TestRelay) -> Vec<(&'static str, Vec<u8>, Vec<u8>, PeerId)> {
-    let now = unix_now();
+    let now = WallClock::system().now();
     let mut forged = Vec::new();
 
     // Bad signature: a genuine relay's descriptor with one signature byte changed.
@@ -433,7 +497,7 @@ fn forged_descriptors(genuine: &TestRelay) -> Vec<(&'static str, Vec<u8>, Vec<u8
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malicious_dht_node_gets_nothing_into_views_or_stores() {
-    let relays = start_relays(8).await;
+    let relays = start_relays(&Wire::Tcp, 8).await;
     publish_all(&relays, 3600).await;
     let mut adversary = MaliciousNode::start().await;
     let forged = forged_descriptors(&relays[0]);
@@ -509,10 +573,13 @@ async fn malicious_dht_node_gets_nothing_into_views_or_stores() {
 
     // A client bootstrapping from the adversary and one honest relay: sees every honest relay,
     // none of the forged ones, and counts each kind of forgery as refused.
-    let client = start_client(vec![
-        adversary_addr,
-        relays[1].node.bootstrap_addr().expect("addr"),
-    ])
+    let client = start_client(
+        &Wire::Tcp,
+        vec![
+            adversary_addr,
+            relays[1].node.bootstrap_addr().expect("addr"),
+        ],
+    )
     .await;
     let expected: HashSet<PeerId> = honest.iter().copied().collect();
     wait_for_view(&client, &expected).await;
@@ -560,7 +627,8 @@ async fn malicious_dht_node_gets_nothing_into_views_or_stores() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_relay_stays_findable_until_expiry_then_leaves_views() {
     const LIFETIME: u64 = 20;
-    let mut relays = start_relays(6).await;
+    let wire = Wire::memory();
+    let mut relays = start_relays(&wire, 6).await;
     // The relay that will stop publishes only a short-lived descriptor.
     let leaving = relays.pop().expect("relay");
     publish_all(&relays, 3600).await;
@@ -574,18 +642,18 @@ async fn stopped_relay_stays_findable_until_expiry_then_leaves_views() {
     drop(leaving);
 
     // Its publisher is offline, yet other DHT servers still serve its record.
-    let client = start_client(vec![relays[0].node.bootstrap_addr().expect("addr")]).await;
+    let client = start_client(&wire, vec![relays[0].node.bootstrap_addr().expect("addr")]).await;
     let mut expected: HashSet<PeerId> = relays.iter().map(|r| r.node.peer_id()).collect();
     expected.insert(leaving_peer);
     wait_for_view(&client, &expected).await;
     assert!(
         published.elapsed() < Duration::from_secs(LIFETIME),
-        "the test machine was too slow to check findability before expiry"
+        "the test machine was too slow to check findability before the DHT's own expiry"
     );
 
-    // After expiry, a fresh view does not hold it.
-    tokio::time::sleep(Duration::from_secs(LIFETIME + 1).saturating_sub(published.elapsed())).await;
-    let fresh = start_client(vec![relays[1].node.bootstrap_addr().expect("addr")]).await;
+    // After its lifetime (the wall clock moved, no waiting), a fresh view does not hold it.
+    wire.skip(LIFETIME + 1);
+    let fresh = start_client(&wire, vec![relays[1].node.bootstrap_addr().expect("addr")]).await;
     let outcome = fresh.fetch_descriptors().await.expect("fetch");
     assert!(
         outcome

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use futures::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
@@ -489,9 +489,7 @@ struct Publisher {
 
 impl Publisher {
     fn descriptor(&self, ctx: &Context) -> Result<SignedDescriptor, RelayError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = ctx.node.clock().now();
         let (onion_key, previous_onion_key) = {
             let keys = ctx.keys.read().unwrap_or_else(PoisonError::into_inner);
             (keys.current_public(), keys.previous_public())
