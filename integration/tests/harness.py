@@ -525,6 +525,8 @@ class Network:
     client: Proc | None = None
     socks: tuple[str, int] = ("127.0.0.1", 0)
     metrics: tuple[str, int] = ("127.0.0.1", 0)
+    # Extra lines of the client's TOML config (e.g. "max_connections = 16384").
+    client_settings: list[str] = field(default_factory=list)
 
     def start(self, probe_port: int) -> "Network":
         """Starts everything and waits (bounded) until a stream to 127.0.0.1:probe_port works."""
@@ -570,6 +572,7 @@ class Network:
                     f"bootstrap = {_toml_list([r.multiaddr for r in self.relays[:3]])}",
                     f"data_dir = {json.dumps(str(cdir))}",
                     "safe_logging = false",
+                    *self.client_settings,
                 ]
             )
             + "\n"
