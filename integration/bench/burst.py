@@ -24,8 +24,6 @@ import argparse
 import asyncio
 import os
 import resource
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -72,26 +70,8 @@ def kib(pid: int, field: str) -> int:
 
 async def one_stream(proxy, port: int) -> tuple[int, float]:
     start = time.monotonic()
-    try:
-        reader, writer = await asyncio.open_connection(*proxy)
-    except OSError:
-        return -4, time.monotonic() - start
-    try:
-        writer.write(b"\x05\x01\x00")
-        if await reader.readexactly(2) != b"\x05\x00":
-            return -2, time.monotonic() - start
-        writer.write(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack(">H", port))
-        head = await reader.readexactly(4)
-        await reader.readexactly({1: 6, 4: 18}.get(head[3], 6))
-        if head[1] != 0:
-            return head[1], time.monotonic() - start
-        writer.write(b"GET / HTTP/1.0\r\n\r\n")
-        body = await reader.readexactly(PAYLOAD_BYTES)
-        return (0 if body == PAYLOAD else -1), time.monotonic() - start
-    except (OSError, asyncio.IncompleteReadError):
-        return -1, time.monotonic() - start
-    finally:
-        writer.close()
+    code = await harness.socks5_fetch_async(proxy, port, PAYLOAD)
+    return code, time.monotonic() - start
 
 
 async def burst(proxy, port: int, n: int):

@@ -269,6 +269,35 @@ def http_get_via_socks(
     return body
 
 
+async def socks5_fetch_async(proxy: tuple[str, int], port: int, expected: bytes) -> int:
+    """One SOCKS5 CONNECT (no authentication) to 127.0.0.1:port with asyncio, a request, and a
+    read of exactly len(expected) bytes. Returns 0 when they are `expected`, else the SOCKS
+    reply code, or -1 for a short or different body, -2 for a refused greeting, -4 when the
+    proxy did not take the connection."""
+    import asyncio
+
+    try:
+        reader, writer = await asyncio.open_connection(*proxy)
+    except OSError:
+        return -4
+    try:
+        writer.write(b"\x05\x01\x00")
+        if await reader.readexactly(2) != b"\x05\x00":
+            return -2
+        writer.write(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack(">H", port))
+        head = await reader.readexactly(4)
+        await reader.readexactly({1: 6, 4: 18}.get(head[3], 6))
+        if head[1] != 0:
+            return head[1]
+        writer.write(b"GET / HTTP/1.0\r\n\r\n")
+        body = await reader.readexactly(len(expected))
+        return 0 if body == expected else -1
+    except (OSError, asyncio.IncompleteReadError):
+        return -1
+    finally:
+        writer.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # The web server: generated files and a page with an image and a script.
 

@@ -9,8 +9,6 @@ by closing circuits nobody uses, instead of refusing."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import struct
 import time
 
 import harness
@@ -40,27 +38,10 @@ async def _serve_payload(reader: asyncio.StreamReader, writer: asyncio.StreamWri
 
 
 async def _one_stream(proxy: tuple[str, int], port: int) -> tuple[int, float]:
-    """One SOCKS5 CONNECT to 127.0.0.1:port and a 64 KiB fetch. Returns (reply code, or -1 for
-    a stream that connected but did not deliver the whole payload intact; seconds)."""
+    """One 64 KiB fetch through the proxy: (outcome of harness.socks5_fetch_async, seconds)."""
     start = time.monotonic()
-    reader, writer = await asyncio.open_connection(*proxy)
-    try:
-        writer.write(b"\x05\x01\x00")
-        if await reader.readexactly(2) != b"\x05\x00":
-            return -2, time.monotonic() - start
-        writer.write(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack(">H", port))
-        head = await reader.readexactly(4)
-        await reader.readexactly({1: 6, 4: 18}.get(head[3], 6))
-        if head[1] != 0:
-            return head[1], time.monotonic() - start
-        writer.write(b"GET / HTTP/1.0\r\n\r\n")
-        body = await reader.readexactly(BURST_BYTES)
-        ok = body == PAYLOAD
-        return (0 if ok else -1), time.monotonic() - start
-    except (OSError, asyncio.IncompleteReadError):
-        return -1, time.monotonic() - start
-    finally:
-        writer.close()
+    code = await harness.socks5_fetch_async(proxy, port, PAYLOAD)
+    return code, time.monotonic() - start
 
 
 async def _burst(proxy: tuple[str, int]) -> tuple[list[tuple[int, float]], float]:

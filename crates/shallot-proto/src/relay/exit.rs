@@ -213,9 +213,7 @@ impl RelayCircuit {
             return Ok(());
         }
         self.exit_stream(stream, ExitState::Connecting)?;
-        self.streams.close(stream.0);
-        let r = self.send_own(stream, RelayMsg::End(reason));
-        self.fail_on_err(r)
+        self.end_exit_stream(stream, reason)
     }
 
     /// Exit: bytes read from the stream's connection. Returns how many were taken, bounded by
@@ -312,6 +310,11 @@ impl RelayCircuit {
         if self.streams.get(stream.0).is_none() {
             return Err(ProtoError::UnknownStream(stream.0));
         }
+        self.end_exit_stream(stream, reason)
+    }
+
+    /// This end closes `stream`: forgets it, remembers the id, sends END(`reason`).
+    fn end_exit_stream(&mut self, stream: StreamId, reason: EndReason) -> Result<(), ProtoError> {
         self.streams.close(stream.0);
         let r = self.send_own(stream, RelayMsg::End(reason));
         self.fail_on_err(r)
