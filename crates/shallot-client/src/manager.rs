@@ -725,12 +725,12 @@ impl Manager {
     }
 }
 
-/// What a circuit needs to know about a relay to use it as a hop.
+/// What a circuit needs to know about a relay to use it as a hop: its proven addresses only
+/// (specs/04 §6.3), the only ones it may be reached at.
 fn hop_spec(entry: &ViewEntry) -> HopSpec {
-    let d = entry.descriptor.descriptor();
     HopSpec {
         peer_id: entry.descriptor.peer_id().to_bytes(),
-        addrs: d.addrs.iter().map(|a| a.to_vec()).collect(),
-        onion_key: d.onion_key,
+        addrs: entry.proven_addrs().map(|a| a.to_vec()).collect(),
+        onion_key: entry.descriptor.descriptor().onion_key,
     }
 }

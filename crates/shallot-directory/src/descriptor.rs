@@ -95,13 +95,7 @@ impl Descriptor {
 
     /// The IP addresses among the listen addresses (what the Sybil caps count).
     pub fn ip_addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        self.addrs.iter().filter_map(|addr| {
-            addr.iter().find_map(|proto| match proto {
-                Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-                Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
-                _ => None,
-            })
-        })
+        self.addrs.iter().filter_map(ip_of)
     }
 
     /// The exit-policy summary (specs/06 §7) of an exit; `None` for a non-exit.
@@ -285,6 +279,15 @@ impl SignedDescriptor {
     pub fn peer_id(&self) -> PeerId {
         self.descriptor.peer_id()
     }
+
+    /// The PeerId that `bytes` would belong to if they verified, read from the identity key's
+    /// place without checking anything else (to match bytes against a descriptor already
+    /// verified; never a substitute for [`SignedDescriptor::verify`]).
+    pub fn peer_of_bytes(bytes: &[u8]) -> Option<PeerId> {
+        let key = bytes.get(DESCRIPTOR_MAGIC.len()..DESCRIPTOR_MAGIC.len() + 32)?;
+        let public = ed25519::PublicKey::try_from_bytes(key).ok()?;
+        Some(libp2p_identity::PublicKey::from(public).to_peer_id())
+    }
 }
 
 fn signed_message(unsigned: &[u8]) -> Vec<u8> {
@@ -405,6 +408,15 @@ fn decode_unsigned(bytes: &[u8]) -> Result<(Descriptor, usize), DirectoryError> 
     };
     descriptor.check_fields()?;
     Ok((descriptor, r.consumed))
+}
+
+/// The IP address of a multiaddr's `/ip4` or `/ip6` component, if it has one.
+pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    addr.iter().find_map(|proto| match proto {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
 }
 
 #[cfg(test)]

@@ -18,6 +18,17 @@ pub enum DirectoryError {
     /// The bytes do not form a descriptor (specs/04 §3).
     #[error("malformed descriptor: {0}")]
     Malformed(&'static str),
+    /// A directory-protocol message does not decode (specs/04 §7).
+    #[error("malformed directory message: {0}")]
+    BadMessage(&'static str),
+    /// A directory-protocol message is longer than its bound (specs/04 §7).
+    #[error("directory message of {len} bytes, more than the {max}-byte limit")]
+    MessageTooLong {
+        /// Length received.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A field holds a value the protocol forbids (specs/04 §3).
     #[error("invalid descriptor: {0}")]
     Invalid(&'static str),
@@ -68,6 +79,8 @@ impl HasKind for DirectoryError {
         match self {
             Self::Oversized { .. }
             | Self::Malformed(_)
+            | Self::BadMessage(_)
+            | Self::MessageTooLong { .. }
             | Self::Invalid(_)
             | Self::NonCanonical
             | Self::BadSignature

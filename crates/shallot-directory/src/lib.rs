@@ -1,19 +1,32 @@
 #![doc = include_str!("../README.md")]
 
+mod assemble;
 mod cache;
 mod clock;
 mod descriptor;
+mod dirproto;
+mod dirstore;
 mod err;
 mod records;
+mod subnet;
 mod view;
 
+pub use assemble::{AssemblyReport, MAX_CANDIDATES, MAX_SOURCE_INVALID, SourceListing, assemble};
 pub use cache::{CACHE_MAGIC, CacheContents, decode_cache, encode_cache, load_cache, write_cache};
 pub use clock::WallClock;
 pub use descriptor::{
     DESCRIPTOR_LIFETIME_SECS, DESCRIPTOR_MAGIC, Descriptor, MAX_ADDR_LEN, MAX_ADDRS,
     MAX_CLOCK_SKEW_SECS, MAX_DESCRIPTOR_LEN, MAX_DESCRIPTOR_LIFETIME_SECS, MAX_FAMILY,
     MAX_POLICY_SUMMARY_LEN, PROTOCOL_CIRCUIT_V1, REPUBLISH_INTERVAL_SECS, RelayFlags,
-    SignedDescriptor,
+    SignedDescriptor, ip_of,
+};
+pub use dirproto::{
+    AnnounceStatus, DIR_VERSION, DirRequest, DirResponse, ENTRY_OVERHEAD, LISTING_HEADER_LEN,
+    Listing, ListingEntry, MAX_LISTING_ENTRIES, MAX_REQUEST_LEN, MAX_RESPONSE_LEN,
+};
+pub use dirstore::{
+    DirStore, MAX_PENDING_PROBES, MAX_STORE_ENTRIES, MAX_STORE_PER_BLOCK, MAX_STORE_PER_SUBNET,
+    Offered, Probe, StoreConfig, StoreEntry,
 };
 pub use err::DirectoryError;
 pub use records::{
@@ -21,7 +34,8 @@ pub use records::{
     descriptor_key, is_newer, is_shard_key, peer_of_descriptor_key, shard_key, shard_of,
     validate_record,
 };
+pub use subnet::{Block, Subnet, canonical_ip};
 pub use view::{
-    Admission, DEFAULT_MAX_RELAYS_PER_SUBNET, MAX_VIEW_RELAYS, NetworkView,
-    SIGHTING_RETENTION_SECS, Sighting, Subnet, ViewConfig, ViewEntry,
+    AddrSet, Admission, DEFAULT_MAX_RELAYS_PER_BLOCK, DEFAULT_MAX_RELAYS_PER_SUBNET,
+    MAX_VIEW_RELAYS, NetworkView, SIGHTING_RETENTION_SECS, Sighting, ViewConfig, ViewEntry,
 };

@@ -4,12 +4,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use libp2p_identity::PeerId;
+use multiaddr::Multiaddr;
 
 use crate::descriptor::SignedDescriptor;
 use crate::err::DirectoryError;
+use crate::subnet::{Block, Subnet};
 
 /// Default most relays per IPv4 /24 or IPv6 /48 in a view (specs/04 §6.3).
 pub const DEFAULT_MAX_RELAYS_PER_SUBNET: usize = 2;
+/// Default most relays per IPv4 /16 or IPv6 /32 in a view (specs/04 §6.3): one /32 (or a few
+/// /24s of one provider) cannot fill the view.
+pub const DEFAULT_MAX_RELAYS_PER_BLOCK: usize = 8;
 /// Hard bound on the relays one view holds, whatever the DHT serves.
 pub const MAX_VIEW_RELAYS: usize = 10_000;
 /// How long a view remembers when it first saw a relay after the relay's last descriptor
@@ -22,6 +27,8 @@ pub const SIGHTING_RETENTION_SECS: u64 = 30 * 24 * 3600;
 pub struct ViewConfig {
     /// Most relays per IPv4 /24 or IPv6 /48.
     pub max_relays_per_subnet: usize,
+    /// Most relays per IPv4 /16 or IPv6 /32.
+    pub max_relays_per_block: usize,
     /// Admit relays that list no IP address (only for in-memory test networks).
     pub allow_non_ip_relays: bool,
     /// Most relays in the view.
@@ -32,9 +39,36 @@ impl Default for ViewConfig {
     fn default() -> Self {
         Self {
             max_relays_per_subnet: DEFAULT_MAX_RELAYS_PER_SUBNET,
+            max_relays_per_block: DEFAULT_MAX_RELAYS_PER_BLOCK,
             allow_non_ip_relays: false,
             max_relays: MAX_VIEW_RELAYS,
         }
+    }
+}
+
+/// A set of a descriptor's addresses, by index (a descriptor lists at most 8, specs/04 §3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct AddrSet(pub u8);
+
+impl AddrSet {
+    /// Every address.
+    pub const ALL: Self = Self(u8::MAX);
+    /// No address.
+    pub const NONE: Self = Self(0);
+
+    /// Whether address `i` is in the set.
+    pub fn contains(self, i: usize) -> bool {
+        i < 8 && self.0 & (1 << i) != 0
+    }
+
+    /// The set with address `i` added.
+    pub fn with(self, i: usize) -> Self {
+        if i < 8 { Self(self.0 | (1 << i)) } else { self }
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
     }
 }
 
@@ -45,6 +79,28 @@ pub struct ViewEntry {
     pub descriptor: SignedDescriptor,
     /// When this client first saw the relay (UNIX seconds); guards are chosen among old ones.
     pub first_seen: u64,
+    /// The descriptor's addresses that were proven: a node dialed them and the Noise
+    /// handshake authenticated the relay's PeerId there (specs/04 §6.3). Only these count for
+    /// the caps, and only these are dialed.
+    pub proven: AddrSet,
+}
+
+impl ViewEntry {
+    /// The descriptor's proven addresses, the only ones a circuit may reach the relay at.
+    pub fn proven_addrs(&self) -> impl Iterator<Item = &Multiaddr> + '_ {
+        self.descriptor
+            .descriptor()
+            .addrs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.proven.contains(*i))
+            .map(|(_, a)| a)
+    }
+
+    /// The IP addresses of the proven addresses.
+    pub fn proven_ips(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.proven_addrs().filter_map(crate::descriptor::ip_of)
+    }
 }
 
 /// A relay the view knew and no longer holds: when it was first seen, and until when its last
@@ -91,40 +147,13 @@ pub enum Admission {
     ViewFull,
 }
 
-/// The subnet a Sybil cap counts: an IPv4 /24 or an IPv6 /48.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Subnet {
-    /// The first three octets of an IPv4 address.
-    V4([u8; 3]),
-    /// The first six octets of an IPv6 address.
-    V6([u8; 6]),
-}
-
-impl Subnet {
-    /// The cap subnet of `ip`. IPv4-mapped IPv6 addresses count as IPv4.
-    pub fn of(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(v4) => {
-                let o = v4.octets();
-                Self::V4([o[0], o[1], o[2]])
-            }
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Self::of(IpAddr::V4(v4)),
-                None => {
-                    let o = v6.octets();
-                    Self::V6([o[0], o[1], o[2], o[3], o[4], o[5]])
-                }
-            },
-        }
-    }
-}
-
 /// The verified relays a client knows, with Sybil caps, ready for path selection.
 #[derive(Debug, Clone, Default)]
 pub struct NetworkView {
     config: ViewConfig,
     relays: BTreeMap<PeerId, ViewEntry>,
     subnet_load: HashMap<Subnet, usize>,
+    block_load: HashMap<Block, usize>,
     /// Relays that left the view, so that their first-seen time survives their absence;
     /// at most [`MAX_VIEW_RELAYS`].
     departed: HashMap<PeerId, Sighting>,
@@ -137,6 +166,7 @@ impl NetworkView {
             config,
             relays: BTreeMap::new(),
             subnet_load: HashMap::new(),
+            block_load: HashMap::new(),
             departed: HashMap::new(),
         }
     }
@@ -166,10 +196,21 @@ impl NetworkView {
         self.departed.iter()
     }
 
-    /// Offers a descriptor that the caller has already verified (any [`SignedDescriptor`] is);
+    /// Offers a descriptor whose every address is proven (see [`NetworkView::offer_proven`]).
+    pub fn offer(&mut self, descriptor: SignedDescriptor, first_seen: u64) -> Admission {
+        self.offer_proven(descriptor, first_seen, AddrSet::ALL)
+    }
+
+    /// Offers a descriptor that the caller has already verified (any [`SignedDescriptor`] is),
+    /// with the set of its addresses that were proven; only those count for the caps.
     /// `first_seen` is used only if the relay is new to the view, and then only if the view
     /// does not remember seeing it earlier.
-    pub fn offer(&mut self, descriptor: SignedDescriptor, first_seen: u64) -> Admission {
+    pub fn offer_proven(
+        &mut self,
+        descriptor: SignedDescriptor,
+        first_seen: u64,
+        proven: AddrSet,
+    ) -> Admission {
         let peer = descriptor.peer_id();
         if let Some(entry) = self.relays.get(&peer) {
             if !crate::records::is_newer(&descriptor, &entry.descriptor) {
@@ -178,7 +219,7 @@ impl NetworkView {
             let first_seen = entry.first_seen;
             // A new descriptor may list other addresses: re-admit it under the caps.
             let old = self.take(&peer);
-            return match self.admit(peer, descriptor, first_seen) {
+            return match self.admit(peer, descriptor, first_seen, proven) {
                 Admission::Added => Admission::Updated,
                 refused => {
                     if let Some(old) = old {
@@ -188,32 +229,53 @@ impl NetworkView {
                 }
             };
         }
-        self.admit(peer, descriptor, first_seen)
+        self.admit(peer, descriptor, first_seen, proven)
     }
 
-    fn subnets(descriptor: &SignedDescriptor) -> Vec<Subnet> {
-        let mut subnets: Vec<Subnet> = descriptor.descriptor().ip_addrs().map(Subnet::of).collect();
+    /// The /24s (/48s) and /16s (/32s) an entry's proven addresses take a cap slot in.
+    fn networks(entry: &ViewEntry) -> (Vec<Subnet>, Vec<Block>) {
+        let mut subnets: Vec<Subnet> = entry.proven_ips().map(Subnet::of).collect();
+        let mut blocks: Vec<Block> = entry.proven_ips().map(Block::of).collect();
         subnets.sort_unstable();
         subnets.dedup();
-        subnets
+        blocks.sort_unstable();
+        blocks.dedup();
+        (subnets, blocks)
     }
 
-    fn admit(&mut self, peer: PeerId, descriptor: SignedDescriptor, first_seen: u64) -> Admission {
+    fn admit(
+        &mut self,
+        peer: PeerId,
+        descriptor: SignedDescriptor,
+        first_seen: u64,
+        proven: AddrSet,
+    ) -> Admission {
         if self.relays.len() >= self.config.max_relays {
             return Admission::ViewFull;
         }
-        let subnets = Self::subnets(&descriptor);
+        let entry = ViewEntry {
+            descriptor,
+            first_seen,
+            proven,
+        };
+        let (subnets, blocks) = Self::networks(&entry);
         if subnets.is_empty() && !self.config.allow_non_ip_relays {
             return Admission::NoIpAddress;
         }
-        let full = subnets.iter().any(|subnet| {
+        let subnet_full = subnets.iter().any(|subnet| {
             self.subnet_load.get(subnet).copied().unwrap_or(0) >= self.config.max_relays_per_subnet
         });
-        if full {
+        let block_full = blocks.iter().any(|block| {
+            self.block_load.get(block).copied().unwrap_or(0) >= self.config.max_relays_per_block
+        });
+        if subnet_full || block_full {
             return Admission::SubnetFull;
         }
         for subnet in subnets {
             *self.subnet_load.entry(subnet).or_default() += 1;
+        }
+        for block in blocks {
+            *self.block_load.entry(block).or_default() += 1;
         }
         let first_seen = match self.departed.remove(&peer) {
             Some(earlier) => earlier.first_seen.min(first_seen),
@@ -222,8 +284,8 @@ impl NetworkView {
         self.relays.insert(
             peer,
             ViewEntry {
-                descriptor,
                 first_seen,
+                ..entry
             },
         );
         Admission::Added
@@ -243,6 +305,7 @@ impl NetworkView {
             config: self.config.clone(),
             relays: self.relays.clone(),
             subnet_load: self.subnet_load.clone(),
+            block_load: self.block_load.clone(),
             departed: HashMap::new(),
         };
         for peer in left_out {
@@ -283,14 +346,9 @@ impl NetworkView {
     /// Removes `peer` without remembering it (a newer descriptor is about to replace it).
     fn take(&mut self, peer: &PeerId) -> Option<ViewEntry> {
         let entry = self.relays.remove(peer)?;
-        for subnet in Self::subnets(&entry.descriptor) {
-            if let Some(load) = self.subnet_load.get_mut(&subnet) {
-                *load = load.saturating_sub(1);
-                if *load == 0 {
-                    self.subnet_load.remove(&subnet);
-                }
-            }
-        }
+        let (subnets, blocks) = Self::networks(&entry);
+        release(&mut self.subnet_load, subnets);
+        release(&mut self.block_load, blocks);
         Some(entry)
     }
 
@@ -349,6 +407,18 @@ impl NetworkView {
             outcomes.push((self.offer(signed, first_seen), None));
         }
         outcomes
+    }
+}
+
+/// Gives back one cap slot in each of `keys`.
+fn release<K: std::hash::Hash + Eq>(load: &mut HashMap<K, usize>, keys: Vec<K>) {
+    for key in keys {
+        if let Some(n) = load.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                load.remove(&key);
+            }
+        }
     }
 }
 
@@ -411,6 +481,88 @@ mod tests {
         assert_eq!(
             view.offer(relay_at("/ip6/::ffff:198.51.100.9/tcp/1"), 1),
             Admission::SubnetFull
+        );
+    }
+
+    #[test]
+    fn block_cap_per_ipv4_slash16_and_ipv6_slash32() {
+        let mut view = NetworkView::new(ViewConfig {
+            max_relays_per_block: 3,
+            ..ViewConfig::default()
+        });
+        for third in 0..3 {
+            let addr = format!("/ip4/203.0.{third}.1/tcp/1");
+            assert_eq!(view.offer(relay_at(&addr), 1), Admission::Added, "{addr}");
+        }
+        assert_eq!(
+            view.offer(relay_at("/ip4/203.0.9.1/tcp/1"), 1),
+            Admission::SubnetFull,
+            "a fourth /24 of the same /16"
+        );
+        for i in 0..3 {
+            let addr = format!("/ip6/2001:db8:{i}::1/tcp/1");
+            assert_eq!(view.offer(relay_at(&addr), 1), Admission::Added, "{addr}");
+        }
+        assert_eq!(
+            view.offer(relay_at("/ip6/2001:db8:77::1/tcp/1"), 1),
+            Admission::SubnetFull,
+            "a fourth /48 of the same /32"
+        );
+    }
+
+    #[test]
+    fn ipv6_forms_of_one_ipv4_host_share_its_cap() {
+        let mut view = NetworkView::new(ViewConfig {
+            max_relays_per_subnet: 1,
+            ..ViewConfig::default()
+        });
+        assert_eq!(
+            view.offer(relay_at("/ip4/198.51.100.7/tcp/1"), 1),
+            Admission::Added
+        );
+        for form in [
+            "2002:c633:6407::1",
+            "64:ff9b::c633:6407",
+            "2001:0:4136:e378:8000:63bf:39cc:9bf8",
+        ] {
+            let addr = format!("/ip6/{form}/tcp/1");
+            assert_eq!(
+                view.offer(relay_at(&addr), 1),
+                Admission::SubnetFull,
+                "{form}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_proven_addresses_take_cap_slots_and_are_dialed() {
+        let mut view = NetworkView::new(ViewConfig {
+            max_relays_per_subnet: 1,
+            ..ViewConfig::default()
+        });
+        // A squatter signs an address inside an honest relay's /24 where it does not listen
+        // (unproven), and one where it does (proven).
+        let keypair = ed25519::Keypair::generate();
+        let mut d = sample(&keypair, "/ip4/192.0.2.50/tcp/1");
+        d.addrs
+            .push("/ip4/203.0.113.9/tcp/1".parse().expect("addr"));
+        let squatter = d.sign(&keypair).expect("sign");
+        assert_eq!(
+            view.offer_proven(squatter, 1, AddrSet::NONE.with(1)),
+            Admission::Added
+        );
+        let entry = view.entries().next().expect("entry");
+        let dialed: Vec<String> = entry.proven_addrs().map(ToString::to_string).collect();
+        assert_eq!(dialed, vec!["/ip4/203.0.113.9/tcp/1".to_owned()]);
+        // The honest relay of 192.0.2.0/24 still gets its slot.
+        assert_eq!(
+            view.offer(relay_at("/ip4/192.0.2.1/tcp/1"), 1),
+            Admission::Added
+        );
+        // A descriptor none of whose addresses is proven is not admitted.
+        assert_eq!(
+            view.offer_proven(relay_at("/ip4/198.18.0.1/tcp/1"), 1, AddrSet::NONE),
+            Admission::NoIpAddress
         );
     }
 

@@ -1,52 +1,27 @@
 //! The view prepared for selection: per relay, the facts the rules of specs/05 §3 look at.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 
 use libp2p_identity::PeerId;
-use shallot_directory::{NetworkView, ViewEntry};
+use shallot_directory::{Block, NetworkView, ViewEntry};
 use shallot_exit_policy::PolicySummary;
 
-/// The subnet the path rule counts (specs/05 §3.2): an IPv4 /16 or an IPv6 /32.
-/// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) count as IPv4.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum PathSubnet {
-    /// The first two octets of an IPv4 address.
-    V4([u8; 2]),
-    /// The first four octets of an IPv6 address.
-    V6([u8; 4]),
-}
+/// The network the path rule counts (specs/05 §3.2): an IPv4 /16 or an IPv6 /32 of the
+/// canonical address (an IPv6 form that embeds an IPv4 address counts as that address).
+pub type PathSubnet = Block;
 
-impl PathSubnet {
-    /// The path subnet of `ip`.
-    pub fn of(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(v4) => {
-                let o = v4.octets();
-                Self::V4([o[0], o[1]])
-            }
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Self::of(IpAddr::V4(v4)),
-                None => {
-                    let o = v6.octets();
-                    Self::V6([o[0], o[1], o[2], o[3]])
-                }
-            },
-        }
-    }
-
-    /// Every path subnet of a view entry, sorted and without duplicates.
-    pub fn all_of(entry: &ViewEntry) -> Vec<Self> {
-        let mut subnets: Vec<Self> = entry
-            .descriptor
-            .descriptor()
-            .ip_addrs()
-            .map(Self::of)
-            .collect();
-        subnets.sort_unstable();
-        subnets.dedup();
-        subnets
-    }
+/// Every path subnet of a view entry, counting every signed address (proven or not: the rule
+/// only forbids), sorted and without duplicates.
+pub(crate) fn path_subnets(entry: &ViewEntry) -> Vec<PathSubnet> {
+    let mut subnets: Vec<PathSubnet> = entry
+        .descriptor
+        .descriptor()
+        .ip_addrs()
+        .map(Block::of)
+        .collect();
+    subnets.sort_unstable();
+    subnets.dedup();
+    subnets
 }
 
 /// One relay of a [`RelayIndex`].
@@ -89,7 +64,7 @@ impl<'v> RelayIndex<'v> {
                 RelayInfo {
                     entry,
                     peer: entry.descriptor.peer_id(),
-                    subnets: PathSubnet::all_of(entry),
+                    subnets: path_subnets(entry),
                     family: Vec::new(),
                     exit,
                 }

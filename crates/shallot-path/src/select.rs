@@ -8,7 +8,7 @@ use shallot_directory::ViewEntry;
 
 use crate::err::{PathError, Role};
 use crate::guard::{GuardChanges, GuardSet};
-use crate::relays::{PathSubnet, RelayIndex};
+use crate::relays::{RelayIndex, path_subnets};
 
 /// What the exit of a path must allow (specs/05 §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,7 +202,7 @@ pub(crate) fn check_path(
     }
     for (a, b) in [(0, 1), (0, 2), (1, 2)] {
         // Rule 2: no two in one IPv4 /16 or IPv6 /32, counting every address.
-        let (sa, sb) = (PathSubnet::all_of(hops[a]), PathSubnet::all_of(hops[b]));
+        let (sa, sb) = (path_subnets(hops[a]), path_subnets(hops[b]));
         if sa.iter().any(|s| sb.contains(s)) {
             return Err(PathError::InvariantViolated(
                 "two relays share a /16 or /32",

@@ -67,10 +67,11 @@ pub(crate) fn sign(keypair: &ed25519::Keypair, spec: &Spec<'_>) -> SignedDescrip
     descriptor.sign(keypair).expect("sign test descriptor")
 }
 
-/// A view without the /24 cap, so tests can place relays as they like.
+/// A view without the subnet caps, so tests can place relays as they like.
 pub(crate) fn empty_view() -> NetworkView {
     NetworkView::new(ViewConfig {
         max_relays_per_subnet: usize::MAX,
+        max_relays_per_block: usize::MAX,
         ..ViewConfig::default()
     })
 }
