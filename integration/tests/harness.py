@@ -579,6 +579,7 @@ class Network:
                 f'listen = ["/ip4/{ip}/tcp/{relay.port}"]',
                 f"bootstrap = {_toml_list(bootstrap)}",
                 "exit_policy_reject_private = false",
+                "allow_private_addresses = true",
                 "safe_logging = false",
             ]
             if relay.is_exit:

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shallot_directory::{NetworkView, ViewConfig, load_cache, write_cache};
+use shallot_directory::{NetworkView, ViewConfig, assemble, load_cache, write_cache};
 use shallot_p2p::{Node, NodeConfig, Role, identity::Keypair};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
@@ -318,16 +318,26 @@ async fn refresh_view(
         match node.fetch_descriptors().await {
             Ok(outcome) => {
                 let now = node.clock().now();
-                let fetched = outcome.descriptors.len();
-                let (known, usable) = manager.update_view(|view| {
-                    for d in outcome.descriptors {
-                        let first_seen = view.get(&d.peer_id()).map_or(now, |e| e.first_seen);
-                        view.offer(d, first_seen);
-                    }
+                let bytes = outcome.bytes;
+                let (known, usable, assembled) = manager.update_view(|view| {
+                    let assembled = assemble(view, outcome.listings, now);
                     view.prune_expired(now);
-                    (view.len(), view.clone())
+                    (view.len(), view.clone(), assembled)
                 });
-                info!(fetched, known, "view refreshed");
+                info!(
+                    known,
+                    sources = assembled.sources_used,
+                    added = assembled.added,
+                    bytes,
+                    "view refreshed"
+                );
+                if !assembled.sources_dropped.is_empty() || assembled.invalid > 0 {
+                    warn!(
+                        dropped = assembled.sources_dropped.len(),
+                        invalid = assembled.invalid,
+                        "directory sources listed invalid descriptors"
+                    );
+                }
                 if known > 0 {
                     report(Bootstrap::FOUND);
                 }
@@ -341,7 +351,6 @@ async fn refresh_view(
             }
             Err(err) => warn!(%err, "view refresh failed"),
         }
-        manager.view_refreshed();
         let ready = manager.with_view(|v| manager.path_possible(v));
         let wait = if ready {
             retry = Duration::from_millis(500);
@@ -350,11 +359,15 @@ async fn refresh_view(
             retry = (retry * 2).min(BOOTSTRAP_RETRY_MAX);
             retry
         };
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = manager.refresh_wanted.notified() => {}
-        }
+        tokio::time::sleep(jittered(wait)).await;
     }
+}
+
+/// `wait` give or take up to 10 %, so that when a client refreshes says nothing about what it
+/// does (specs/04 §6.1).
+fn jittered(wait: Duration) -> Duration {
+    let tenth = wait / 10;
+    wait - tenth + tenth.mul_f64(rand::random::<f64>() * 2.0)
 }
 
 /// Builds ahead and closes used-up circuits, every few seconds or when woken.

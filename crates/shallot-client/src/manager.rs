@@ -12,10 +12,9 @@
 //!   done; every build is bounded by the learned build timeout (`timeout.rs`).
 //! - **Departed relays**: after each view refresh, circuits through relays that left the view
 //!   take no new streams and close once idle.
-//! - **Refresh on demand**: when the view cannot make a path (no exit for the port, too few
-//!   relays once the unreachable ones are left out), a build asks for a view refresh now and
-//!   tries once more with what it brings (specs/04 §6.1): a young view may miss relays that
-//!   published after it was fetched.
+//! - **No refresh on demand**: when the view cannot make a path, the stream fails with the
+//!   reason; the view refreshes only on its schedule (specs/04 §6.1), so no DHT query ever
+//!   follows from a stream.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
@@ -38,8 +37,8 @@ use crate::metrics::Metrics;
 use crate::path::Paths;
 
 use crate::pool::{
-    CircuitId, CircuitSummary, Decision, DemandRefresh, Isolation, MAX_CLEAN_CIRCUITS, Pool,
-    PoolConfig, Request, WaiterId,
+    CircuitId, CircuitSummary, Decision, Isolation, MAX_CLEAN_CIRCUITS, Pool, PoolConfig, Request,
+    WaiterId,
 };
 use crate::sensitive::Sensitive;
 use crate::stream::{StreamHandle, stream_pair};
@@ -47,9 +46,6 @@ use crate::timeout::BuildTimes;
 
 /// How often the build-ahead and cleanup pass runs.
 pub(crate) const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
-/// How long a build waits for the refresh it asked for. Below the stream timeout, so the
-/// stream still gets its answer in time when the DHT is slow.
-const DEMAND_REFRESH_WAIT: Duration = Duration::from_secs(5);
 
 /// How a circuit's build is going, for the streams waiting for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,11 +128,6 @@ pub(crate) struct Manager {
     pub(crate) wake: Notify,
     /// Set once the first circuit is built.
     first_built: watch::Sender<bool>,
-    /// Wakes the view refresh task before its time (a build found no path).
-    pub(crate) refresh_wanted: Notify,
-    /// Counts finished view refreshes (failed ones too), so a build can wait for the one it
-    /// asked for.
-    refreshes: watch::Sender<u64>,
 }
 
 impl Manager {
@@ -172,8 +163,6 @@ impl Manager {
             metrics,
             wake: Notify::new(),
             first_built: watch::Sender::new(false),
-            refresh_wanted: Notify::new(),
-            refreshes: watch::Sender::new(0),
         })
     }
 
@@ -200,32 +189,6 @@ impl Manager {
 
     fn with_pool<T>(&self, f: impl FnOnce(&mut Pool<Link>) -> T) -> T {
         self.with_locked(|l| f(&mut l.pool))
-    }
-
-    /// Called by the refresh task after each attempt, successful or not.
-    pub(crate) fn view_refreshed(&self) {
-        self.refreshes.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    /// The view could not make a path: asks the refresh task for a refresh now, or joins the
-    /// one asked for lately (the pool's rule), and waits for it at most
-    /// [`DEMAND_REFRESH_WAIT`]. Whether a refresh finished meanwhile, so that one more try at a
-    /// path may find what the view lacked.
-    async fn refresh_on_demand(&self) -> bool {
-        let mut finished = self.refreshes.subscribe();
-        let count = *finished.borrow_and_update();
-        let wait_for = match self.with_pool(|p| p.demand_refresh(Instant::now(), count)) {
-            DemandRefresh::Skip => return false,
-            DemandRefresh::Join(count) => count,
-            DemandRefresh::Ask(count) => {
-                debug!("no path in the view: refreshing it now");
-                self.refresh_wanted.notify_one();
-                count
-            }
-        };
-        tokio::time::timeout(DEMAND_REFRESH_WAIT, finished.wait_for(|n| *n != wait_for))
-            .await
-            .is_ok_and(|r| r.is_ok())
     }
 
     /// A path from the view for `port`, leaving out the relays marked unreachable.
@@ -584,16 +547,10 @@ impl Manager {
         avoid_exits: Vec<PeerId>,
         status: watch::Sender<BuildStatus>,
     ) -> bool {
+        // specs/04 §6.1: a path that cannot be made now waits for the next scheduled refresh;
+        // no refresh is ever tied to a stream (it would tell DHT nodes when this client uses
+        // the network).
         let path = match self.select_path(port, &avoid_exits) {
-            Err(err)
-                if matches!(err.kind(), ErrorKind::PolicyRefusal | ErrorKind::Transient)
-                    && self.refresh_on_demand().await =>
-            {
-                self.select_path(port, &avoid_exits)
-            }
-            selected => selected,
-        };
-        let path = match path {
             Ok(path) => path,
             Err(err) => {
                 let failure = if err.kind() == ErrorKind::PolicyRefusal {

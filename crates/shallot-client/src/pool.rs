@@ -51,10 +51,6 @@ pub(crate) const CLEAN_CIRCUIT_TTL: Duration = Duration::from_secs(3600);
 /// Most streams waiting for room at once; one more is refused at once. Above the front's
 /// default connection limit (1,024) with room for a configured higher one.
 pub(crate) const MAX_WAITING_STREAMS: usize = 16_384;
-/// At most one view refresh on demand per this long: a program asking again and again for a
-/// port no exit allows must not turn into a stream of DHT queries.
-pub(crate) const DEMAND_REFRESH_EVERY: Duration = Duration::from_secs(10);
-
 /// A circuit's id in the pool (local, never sent anywhere).
 pub(crate) type CircuitId = u64;
 /// A queued stream's ticket.
@@ -195,17 +191,6 @@ pub(crate) struct BuildVerdict {
     pub(crate) unreachable: Option<PeerId>,
 }
 
-/// What to do about a view that cannot make a path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DemandRefresh {
-    /// Ask for a refresh now, then wait until the refresh count differs from this.
-    Ask(u64),
-    /// One was asked for lately and has not finished: wait until the count differs from this.
-    Join(u64),
-    /// One was asked for lately and has finished: another would bring the same view.
-    Skip,
-}
-
 /// A snapshot of one circuit, for status views and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CircuitSummary {
@@ -247,8 +232,6 @@ pub(crate) struct Pool<C> {
     recent_ports: HashMap<u16, Instant>,
     build_times: BuildTimes,
     first_built: bool,
-    /// The last refresh on demand: when it was asked, and the refresh count then.
-    last_demand: Option<(Instant, u64)>,
 }
 
 impl<C: Clone> Pool<C> {
@@ -264,7 +247,6 @@ impl<C: Clone> Pool<C> {
             recent_ports: HashMap::new(),
             build_times,
             first_built: false,
-            last_demand: None,
         }
     }
 
@@ -717,25 +699,6 @@ impl<C: Clone> Pool<C> {
     /// The build timeout for the next build, learned from recent ones.
     pub(crate) fn build_timeout(&self) -> Duration {
         self.build_times.timeout()
-    }
-
-    /// The view could not make a path; `finished` is the count of refreshes finished so far.
-    /// At most one refresh on demand per [`DEMAND_REFRESH_EVERY`]: later asks join it while it
-    /// runs and give up once it finished.
-    pub(crate) fn demand_refresh(&mut self, now: Instant, finished: u64) -> DemandRefresh {
-        match self.last_demand {
-            Some((asked, count)) if now.saturating_duration_since(asked) < DEMAND_REFRESH_EVERY => {
-                if count == finished {
-                    DemandRefresh::Join(count)
-                } else {
-                    DemandRefresh::Skip
-                }
-            }
-            _ => {
-                self.last_demand = Some((now, finished));
-                DemandRefresh::Ask(finished)
-            }
-        }
     }
 
     /// A snapshot of every circuit whose path is known.
@@ -1395,16 +1358,6 @@ mod tests {
         assert!(ports.contains(&(1000 + MAX_RECENT_PORTS as u16 + 3)));
         let later = f.t0 + RECENT_PORT_TTL + Duration::from_secs(100);
         assert_eq!(f.pool.ports_to_cover(&[80], later), vec![80]);
-    }
-
-    #[test]
-    fn a_refresh_on_demand_is_asked_at_most_once_per_interval() {
-        let mut f = Fixture::new(32);
-        assert_eq!(f.pool.demand_refresh(f.at(0), 5), DemandRefresh::Ask(5));
-        assert_eq!(f.pool.demand_refresh(f.at(1), 5), DemandRefresh::Join(5));
-        assert_eq!(f.pool.demand_refresh(f.at(2), 6), DemandRefresh::Skip);
-        let later = f.t0 + DEMAND_REFRESH_EVERY;
-        assert_eq!(f.pool.demand_refresh(later, 6), DemandRefresh::Ask(6));
     }
 
     #[test]

@@ -47,6 +47,7 @@ async fn start_net() -> Net {
                 .into_iter()
                 .collect(),
             safe_logging: false,
+            allow_private_addresses: true,
             ..RelayConfig::default()
         };
         if i == 3 {
@@ -337,11 +338,11 @@ async fn guards_stay_pinned_across_restarts() {
     second.shutdown().await;
 }
 
-/// specs/07 §5.2 rule 2: an exit that published after the client fetched its view, and the only
-/// exit allowing the port asked for, serves the first request for that port: the failed path
-/// selection refreshes the view on demand instead of answering 0x02 at once.
+/// specs/04 §6.1: refreshes follow the schedule, never a stream. A port no exit in the view
+/// allows is refused at once (0x02) even when an exit that allows it has just joined; once a
+/// scheduled refresh brought that exit into the view, the same request is carried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_exit_that_joined_after_bootstrap_serves_the_first_request_for_its_port() {
+async fn a_late_exit_serves_its_port_after_the_scheduled_refresh_not_before() {
     init_logs();
     let (port, digest) = file_server().await;
     let mut relays: Vec<RelayHandle> = Vec::new();
@@ -353,6 +354,7 @@ async fn an_exit_that_joined_after_bootstrap_serves_the_first_request_for_its_po
             listen: vec![format!("/ip4/127.{i}.0.1/tcp/0").parse().unwrap()],
             bootstrap: bootstrap.into_iter().collect(),
             safe_logging: false,
+            allow_private_addresses: true,
             ..RelayConfig::default()
         };
         if let Some(policy) = policy {
@@ -393,6 +395,31 @@ async fn an_exit_that_joined_after_bootstrap_serves_the_first_request_for_its_po
         .expect("published");
     assert_eq!(client.relays_known(), 3, "the client refreshed on its own");
 
+    // No exit in the view allows the port: refused at once, and no refresh follows.
+    let started = Instant::now();
+    let err = tokio_socks::tcp::Socks5Stream::connect(client.socks_addr(), ("127.0.0.1", port))
+        .await
+        .expect_err("no exit for the port yet");
+    assert!(
+        matches!(err, tokio_socks::Error::ConnectionNotAllowedByRuleset),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < ERROR_BOUND,
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(client.relays_known(), 3, "a stream refreshed the view");
+
+    // The young view's scheduled refreshes (15 s, then 45 s) bring the late exit in.
+    let refreshed = async {
+        while client.relays_known() < 4 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(LIMIT, refreshed)
+        .await
+        .expect("a scheduled refresh brought the late exit");
     let resp = tokio::time::timeout(
         LIMIT,
         fetch_socks(client.socks_addr(), ("127.0.0.1", port), None),
@@ -400,7 +427,6 @@ async fn an_exit_that_joined_after_bootstrap_serves_the_first_request_for_its_po
     .await
     .expect("fetch within the limit");
     assert_eq!(body_digest(&resp), digest);
-    assert_eq!(client.relays_known(), 4);
     drop(late_exit);
     drop(relays);
 }

@@ -26,12 +26,16 @@ use multiaddr::Multiaddr;
 
 use crate::descriptor::SignedDescriptor;
 use crate::dirproto::ListingEntry;
+use crate::err::DirectoryError;
 use crate::records::is_newer;
 use crate::subnet::Block;
 use crate::view::{AddrSet, Admission, MAX_VIEW_RELAYS, NetworkView};
 
 /// Invalid entries after which a source is dropped and nothing it listed is used.
 pub const MAX_SOURCE_INVALID: usize = 16;
+/// Entries past their lifetime after which a source is dropped: an honest source lists only
+/// valid ones (a few may expire while its listing travels, or by clock skew).
+pub const MAX_SOURCE_STALE: usize = 64;
 /// Most distinct relays considered in one assembly, over all sources.
 pub const MAX_CANDIDATES: usize = 2 * MAX_VIEW_RELAYS;
 
@@ -63,6 +67,8 @@ pub struct AssemblyReport {
     pub refused: usize,
     /// Entries that did not verify.
     pub invalid: usize,
+    /// Correctly signed entries past their lifetime.
+    pub stale: usize,
     /// Relays listed by some of the sources used but not by all.
     pub disagreements: usize,
     /// Entries left out because [`MAX_CANDIDATES`] or a source's bound was reached.
@@ -92,6 +98,7 @@ pub fn assemble(view: &mut NetworkView, listings: Vec<SourceListing>, now: u64) 
         }
         let mut verified: Vec<(SignedDescriptor, &ListingEntry)> = Vec::new();
         let mut invalid = 0;
+        let mut stale = 0;
         for entry in listing.entries.iter().take(MAX_VIEW_RELAYS) {
             // Bytes another source listed already are not checked twice.
             let known = SignedDescriptor::peer_of_bytes(&entry.descriptor)
@@ -104,6 +111,14 @@ pub fn assemble(view: &mut NetworkView, listings: Vec<SourceListing>, now: u64) 
             };
             match checked {
                 Ok(d) => verified.push((d, entry)),
+                // Correctly signed but past its lifetime: stale, not a lie (a source prunes
+                // on its own schedule).
+                Err(DirectoryError::Expired(_)) => {
+                    stale += 1;
+                    if stale > MAX_SOURCE_STALE {
+                        break;
+                    }
+                }
                 Err(_) => {
                     invalid += 1;
                     if invalid > MAX_SOURCE_INVALID {
@@ -112,9 +127,10 @@ pub fn assemble(view: &mut NetworkView, listings: Vec<SourceListing>, now: u64) 
                 }
             }
         }
+        report.stale += stale;
         report.over_bounds += listing.entries.len().saturating_sub(MAX_VIEW_RELAYS);
         report.invalid += invalid;
-        if invalid > MAX_SOURCE_INVALID {
+        if invalid > MAX_SOURCE_INVALID || stale > MAX_SOURCE_STALE {
             report.sources_dropped.push(listing.source);
             continue;
         }

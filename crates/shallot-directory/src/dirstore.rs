@@ -170,6 +170,14 @@ impl DirStore {
 
     /// Offers descriptor bytes from a peer: verified at `now`, then as [`DirStore::offer_verified`].
     pub fn offer(&mut self, bytes: &[u8], now: u64) -> Offered {
+        // The bytes the store holds already were verified when they came in: a sync that
+        // lists them again costs a comparison, not a signature check.
+        let held = SignedDescriptor::peer_of_bytes(bytes)
+            .and_then(|peer| self.entries.get(&peer))
+            .is_some_and(|e| e.descriptor.as_bytes() == bytes);
+        if held {
+            return Offered::Unchanged;
+        }
         match SignedDescriptor::verify(bytes, now) {
             Ok(d) => self.offer_verified(d, now),
             Err(err) => Offered::Invalid(RecordRefusal::of(&err)),
@@ -327,6 +335,19 @@ impl DirStore {
         self.bump(probe.peer);
     }
 
+    /// Marks every address of `peer`'s descriptor proven (a relay's own entry: it listens at
+    /// its own addresses).
+    pub fn prove_all(&mut self, peer: &PeerId) {
+        let Some(e) = self.entries.get_mut(peer) else {
+            return;
+        };
+        if e.proven == AddrSet::ALL {
+            return;
+        }
+        e.proven = AddrSet::ALL;
+        self.bump(*peer);
+    }
+
     /// Takes out every descriptor no longer valid at `now`; returns how many went.
     pub fn prune_expired(&mut self, now: u64) -> usize {
         let expired: Vec<PeerId> = self
@@ -342,9 +363,10 @@ impl DirStore {
     }
 
     /// A listing for a client that last saw `since` in epoch `epoch`: the entries that changed
-    /// after it, or all of them when the epoch is not the store's (specs/04 §7.3). At most
-    /// [`MAX_LISTING_ENTRIES`] entries and [`MAX_RESPONSE_LEN`] bytes; `more` says to ask again.
-    pub fn listing(&self, epoch: u64, since: u64) -> Listing {
+    /// after it, or all of them when the epoch is not the store's (specs/04 §7.3), leaving out
+    /// descriptors no longer valid at `now`. At most [`MAX_LISTING_ENTRIES`] entries and
+    /// [`MAX_RESPONSE_LEN`] bytes; `more` says to ask again.
+    pub fn listing(&self, epoch: u64, since: u64, now: u64) -> Listing {
         let full = epoch != self.epoch;
         let from = if full { 0 } else { since };
         let mut listing = Listing {
@@ -359,6 +381,9 @@ impl DirStore {
             let Some(e) = self.entries.get(peer) else {
                 continue;
             };
+            if e.descriptor.descriptor().check_time(now).is_err() {
+                continue;
+            }
             let len = ENTRY_OVERHEAD + e.descriptor.as_bytes().len();
             if listing.entries.len() >= MAX_LISTING_ENTRIES || bytes + len > MAX_RESPONSE_LEN {
                 listing.more = true;
@@ -524,23 +549,23 @@ mod tests {
             peers.push(d.peer_id());
             s.offer_verified(d, NOW);
         }
-        let first = s.listing(0, 0);
+        let first = s.listing(0, 0, NOW);
         assert!(first.full && !first.more);
         assert_eq!(first.entries.len(), 5);
         assert_eq!(first.epoch, 77);
         // Nothing changed: an empty change listing at the same position.
-        let none = s.listing(first.epoch, first.seq);
+        let none = s.listing(first.epoch, first.seq, NOW);
         assert!(!none.full && none.entries.is_empty());
         assert_eq!(none.seq, first.seq);
         // One relay proven: only it comes in the next change listing.
         let p = s.next_probe().expect("probe");
         s.probed(&p, true);
-        let changes = s.listing(first.epoch, first.seq);
+        let changes = s.listing(first.epoch, first.seq, NOW);
         assert!(!changes.full);
         assert_eq!(changes.entries.len(), 1);
         assert!(changes.entries[0].proven.contains(0));
         // Another epoch (the server restarted): everything again.
-        assert!(s.listing(12345, first.seq).full);
+        assert!(s.listing(12345, first.seq, NOW).full);
     }
 
     #[test]
@@ -550,10 +575,10 @@ mod tests {
             let (_, d) = relay(&distinct(i));
             s.offer_verified(d, NOW);
         }
-        let page1 = s.listing(0, 0);
+        let page1 = s.listing(0, 0, NOW);
         assert!(page1.more);
         assert_eq!(page1.entries.len(), MAX_LISTING_ENTRIES);
-        let page2 = s.listing(page1.epoch, page1.seq);
+        let page2 = s.listing(page1.epoch, page1.seq, NOW);
         assert!(!page2.more);
         assert_eq!(page2.entries.len(), 10);
     }
@@ -563,6 +588,10 @@ mod tests {
         let mut s = store();
         let (_, d) = relay("/ip4/10.0.0.1/tcp/1");
         s.offer_verified(d, NOW);
+        assert!(
+            s.listing(0, 0, NOW + 3600).entries.is_empty(),
+            "not listed once expired, even before the next prune"
+        );
         assert_eq!(s.prune_expired(NOW + 3600), 1);
         assert!(s.is_empty());
         let (_, late) = relay("/ip4/10.0.0.2/tcp/1");

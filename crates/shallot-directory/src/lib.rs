@@ -11,7 +11,9 @@ mod records;
 mod subnet;
 mod view;
 
-pub use assemble::{AssemblyReport, MAX_CANDIDATES, MAX_SOURCE_INVALID, SourceListing, assemble};
+pub use assemble::{
+    AssemblyReport, MAX_CANDIDATES, MAX_SOURCE_INVALID, MAX_SOURCE_STALE, SourceListing, assemble,
+};
 pub use cache::{CACHE_MAGIC, CacheContents, decode_cache, encode_cache, load_cache, write_cache};
 pub use clock::WallClock;
 pub use descriptor::{
@@ -30,8 +32,7 @@ pub use dirstore::{
 };
 pub use err::DirectoryError;
 pub use records::{
-    DESCRIPTOR_KEY_PREFIX, N_SHARDS, RecordRefusal, SHARD_KEY_PREFIX, all_shard_keys,
-    descriptor_key, is_newer, is_shard_key, peer_of_descriptor_key, shard_key, shard_of,
+    DESCRIPTOR_KEY_PREFIX, RecordRefusal, descriptor_key, is_newer, peer_of_descriptor_key,
     validate_record,
 };
 pub use subnet::{Block, Subnet, canonical_ip};

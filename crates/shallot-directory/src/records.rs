@@ -6,12 +6,9 @@ use libp2p_identity::PeerId;
 use crate::descriptor::SignedDescriptor;
 use crate::err::DirectoryError;
 
-/// Prefix of every descriptor record key (specs/04 §5.2).
-pub const DESCRIPTOR_KEY_PREFIX: &[u8] = b"/shallot/desc/1/";
-/// Prefix of the provider shard keys (specs/04 §5.3).
-pub const SHARD_KEY_PREFIX: &[u8] = b"/shallot/relays/1/shard/";
-/// Number of provider shards (specs/04 §5.3).
-pub const N_SHARDS: u8 = 16;
+/// Prefix of every descriptor record key (specs/04 §5.2). Version 2: records of the first
+/// directory (`/shallot/desc/1/`) are refused as not descriptor keys.
+pub const DESCRIPTOR_KEY_PREFIX: &[u8] = b"/shallot/desc/2/";
 
 /// The record key under which `peer`'s descriptor is stored.
 pub fn descriptor_key(peer: &PeerId) -> Vec<u8> {
@@ -26,29 +23,6 @@ pub fn peer_of_descriptor_key(key: &[u8]) -> Result<PeerId, DirectoryError> {
         .strip_prefix(DESCRIPTOR_KEY_PREFIX)
         .ok_or(DirectoryError::NotADescriptorKey)?;
     PeerId::from_bytes(raw).map_err(|_| DirectoryError::NotADescriptorKey)
-}
-
-/// The shard a relay announces itself under: first byte of SHA-256(PeerId) mod [`N_SHARDS`].
-pub fn shard_of(peer: &PeerId) -> u8 {
-    let digest = ring::digest::digest(&ring::digest::SHA256, &peer.to_bytes());
-    digest.as_ref()[0] % N_SHARDS
-}
-
-/// The provider key of shard `shard`.
-pub fn shard_key(shard: u8) -> Vec<u8> {
-    let mut key = SHARD_KEY_PREFIX.to_vec();
-    key.push(shard);
-    key
-}
-
-/// All provider keys, which a client queries on every refresh (specs/04 §6.1).
-pub fn all_shard_keys() -> impl Iterator<Item = Vec<u8>> {
-    (0..N_SHARDS).map(shard_key)
-}
-
-/// Whether `key` is one of the provider shard keys a server accepts announcements for.
-pub fn is_shard_key(key: &[u8]) -> bool {
-    matches!(key.strip_prefix(SHARD_KEY_PREFIX), Some([shard]) if *shard < N_SHARDS)
 }
 
 /// Why a DHT server refused a record: the label of the refusal counter (specs/04 §5.4).
@@ -140,20 +114,12 @@ mod tests {
             peer_of_descriptor_key(&descriptor_key(&peer)).ok(),
             Some(peer)
         );
-        assert!(peer_of_descriptor_key(b"/shallot/desc/1/garbage").is_err());
+        assert!(peer_of_descriptor_key(b"/shallot/desc/2/garbage").is_err());
+        // A record of the first directory version is not a descriptor key any more.
+        let mut v1 = b"/shallot/desc/1/".to_vec();
+        v1.extend_from_slice(&peer.to_bytes());
+        assert!(peer_of_descriptor_key(&v1).is_err());
         assert!(peer_of_descriptor_key(b"/other/").is_err());
-    }
-
-    #[test]
-    fn shards_cover_all_keys_and_only_them() {
-        let keys: Vec<Vec<u8>> = all_shard_keys().collect();
-        assert_eq!(keys.len(), usize::from(N_SHARDS));
-        assert!(keys.iter().all(|k| is_shard_key(k)));
-        assert!(!is_shard_key(&shard_key(N_SHARDS)));
-        assert!(!is_shard_key(SHARD_KEY_PREFIX));
-        for _ in 0..64 {
-            assert!(shard_of(&PeerId::random()) < N_SHARDS);
-        }
     }
 
     #[test]

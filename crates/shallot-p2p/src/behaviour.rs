@@ -6,16 +6,19 @@ use std::time::Duration;
 use libp2p::core::{Transport as _, upgrade};
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{StreamProtocol, Swarm, connection_limits, identify, kad, noise, tcp, yamux};
+use libp2p::{
+    StreamProtocol, Swarm, connection_limits, identify, kad, noise, request_response, tcp, yamux,
+};
 
 use crate::config::{NodeConfig, Role, TransportConfig};
+use crate::dircodec::{DIR_PROTOCOL, DirCodec};
 use crate::err::P2pError;
 use crate::memnet::MemoryTransport;
 
 /// The circuit stream protocol (specs/01): one stream per circuit hop.
 pub const CIRCUIT_PROTOCOL: StreamProtocol = StreamProtocol::new("/shallot/circuit/1.0.0");
-/// Shallot's own Kademlia, never IPFS's (specs/04 §5.1).
-pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/shallot/kad/1.0.0");
+/// Shallot's own Kademlia, never IPFS's (specs/04 §5.1); version 2 with the directory of §7.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/shallot/kad/2.0.0");
 /// What identify announces as protocol version.
 pub const IDENTIFY_PROTOCOL: &str = "/shallot/1.0.0";
 /// What identify announces as agent: the same for every node, so it tells an observer nothing
@@ -24,10 +27,12 @@ pub const AGENT_VERSION: &str = "shallot";
 
 /// Most DHT records a server stores (each is at most `MAX_DESCRIPTOR_LEN`).
 pub const MAX_STORED_RECORDS: usize = 16_384;
-/// Most providers stored per shard key (specs/04 §5.3): 16 shards × 1024 relays.
-pub const MAX_PROVIDERS_PER_SHARD: usize = 1024;
-/// Largest Kademlia message accepted: a provider reply for a full shard fits.
-pub const MAX_KAD_PACKET: usize = 256 * 1024;
+/// Largest Kademlia message accepted: a descriptor record with room to spare.
+pub const MAX_KAD_PACKET: usize = 64 * 1024;
+/// How long a directory request may wait for its answer.
+pub const DIR_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Directory streams open at once per connection (inbound and outbound).
+pub const MAX_DIR_STREAMS: usize = 16;
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -35,6 +40,7 @@ pub(crate) struct Behaviour {
     pub(crate) kad: kad::Behaviour<MemoryStore>,
     pub(crate) identify: identify::Behaviour,
     pub(crate) stream: libp2p_stream::Behaviour,
+    pub(crate) dir: request_response::Behaviour<DirCodec>,
 }
 
 pub(crate) fn build_swarm(
@@ -78,21 +84,30 @@ pub(crate) fn build_swarm(
     Ok(swarm)
 }
 
-fn behaviour(key: &libp2p::identity::Keypair, config: &NodeConfig) -> Behaviour {
-    let local = key.public().to_peer_id();
-    let store = MemoryStore::with_config(
+/// The Kademlia record store (specs/04 §5.4): descriptor records only, no providers.
+fn record_store(local: libp2p::PeerId) -> MemoryStore {
+    MemoryStore::with_config(
         local,
         MemoryStoreConfig {
             max_records: MAX_STORED_RECORDS,
-            max_value_bytes: shallot_directory::MAX_DESCRIPTOR_LEN,
-            max_provided_keys: usize::from(shallot_directory::N_SHARDS),
-            max_providers_per_key: MAX_PROVIDERS_PER_SHARD,
+            // MemoryStore refuses a value of exactly max_value_bytes: allow the largest
+            // descriptor.
+            max_value_bytes: shallot_directory::MAX_DESCRIPTOR_LEN + 1,
+            // No provider records any more (the directory protocol lists relays, §7).
+            max_provided_keys: 0,
+            max_providers_per_key: 0,
         },
-    );
+    )
+}
+
+fn behaviour(key: &libp2p::identity::Keypair, config: &NodeConfig) -> Behaviour {
+    let local = key.public().to_peer_id();
+    let store = record_store(local);
     let mut kad_config = kad::Config::new(KAD_PROTOCOL);
     kad_config
         .set_query_timeout(config.query_timeout)
-        // specs/04 §5.4: every inbound record and provider announcement is validated first.
+        // specs/04 §5.4: every inbound record is validated first; provider announcements are
+        // not stored at all.
         .set_record_filtering(kad::StoreInserts::FilterBoth)
         .set_max_packet_size(MAX_KAD_PACKET)
         // Relays publish fresh descriptors themselves (specs/04 §4); Kademlia only replicates
@@ -102,8 +117,7 @@ fn behaviour(key: &libp2p::identity::Keypair, config: &NodeConfig) -> Behaviour 
         .set_record_ttl(Some(Duration::from_secs(
             shallot_directory::MAX_DESCRIPTOR_LIFETIME_SECS,
         )))
-        .set_provider_record_ttl(Some(config.provider_ttl))
-        .set_provider_publication_interval(Some(config.provider_republish_interval))
+        .set_provider_publication_interval(None)
         .set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
     if let Some(parallelism) = NonZeroUsize::new(3) {
         kad_config.set_parallelism(parallelism);
@@ -128,10 +142,53 @@ fn behaviour(key: &libp2p::identity::Keypair, config: &NodeConfig) -> Behaviour 
             .with_max_established_incoming(Some(config.limits.max_established_incoming))
             .with_max_established_per_peer(Some(config.limits.max_established_per_peer)),
     );
+    // Clients only ask; relays answer too.
+    let support = match config.role {
+        Role::Relay => request_response::ProtocolSupport::Full,
+        Role::Client => request_response::ProtocolSupport::Outbound,
+    };
+    let dir = request_response::Behaviour::with_codec(
+        DirCodec,
+        [(DIR_PROTOCOL, support)],
+        request_response::Config::default()
+            .with_request_timeout(DIR_REQUEST_TIMEOUT)
+            .with_max_concurrent_streams(MAX_DIR_STREAMS),
+    );
     Behaviour {
         limits,
         kad,
         identify,
         stream: libp2p_stream::Behaviour::new(),
+        dir,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use libp2p::kad::store::RecordStore;
+    use libp2p::kad::{ProviderRecord, Record, RecordKey};
+
+    use super::*;
+
+    #[test]
+    fn the_store_takes_a_record_of_the_largest_descriptor_and_no_provider() {
+        let mut store = record_store(libp2p::PeerId::random());
+        let largest = Record::new(
+            RecordKey::new(&b"k".to_vec()),
+            vec![0; shallot_directory::MAX_DESCRIPTOR_LEN],
+        );
+        store.put(largest).expect("the largest descriptor fits");
+        let over = Record::new(
+            RecordKey::new(&b"k2".to_vec()),
+            vec![0; shallot_directory::MAX_DESCRIPTOR_LEN + 1],
+        );
+        assert!(store.put(over).is_err());
+        let provider = ProviderRecord::new(
+            RecordKey::new(&b"p".to_vec()),
+            libp2p::PeerId::random(),
+            Vec::new(),
+        );
+        assert!(store.add_provider(provider).is_err(), "no provider records");
     }
 }

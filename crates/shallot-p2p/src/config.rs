@@ -38,6 +38,44 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// Default sources a refresh gathers listings from (specs/04 §6.1).
+pub const DEFAULT_SOURCES_PER_REFRESH: usize = 8;
+/// Default Kademlia walks to random keys one refresh may make to find sources.
+pub const DEFAULT_MAX_WALKS: usize = 8;
+/// Default time between a relay's probes of other relays' addresses.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// Default time between a relay's synchronisations with other relays (jittered ±25 %).
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Settings of the directory (specs/04 §6–§7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirConfig {
+    /// Sources per refresh, each in its own /16 (IPv6 /32) of the address connected to.
+    pub sources_per_refresh: usize,
+    /// Kademlia walks to random keys per refresh, to find sources.
+    pub max_walks: usize,
+    /// A relay's time between two probes of other relays' addresses (at most
+    /// `MAX_PROBES_IN_FLIGHT` run at once).
+    pub probe_interval: Duration,
+    /// A relay's time between synchronisations of its store with other relays'.
+    pub sync_interval: Duration,
+    /// Dial private, loopback and link-local addresses (probes, sources). Only for test
+    /// networks, where every node is on such an address.
+    pub allow_private_addrs: bool,
+}
+
+impl Default for DirConfig {
+    fn default() -> Self {
+        Self {
+            sources_per_refresh: DEFAULT_SOURCES_PER_REFRESH,
+            max_walks: DEFAULT_MAX_WALKS,
+            probe_interval: DEFAULT_PROBE_INTERVAL,
+            sync_interval: DEFAULT_SYNC_INTERVAL,
+            allow_private_addrs: false,
+        }
+    }
+}
+
 /// How a node reaches others.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum TransportConfig {
@@ -70,10 +108,8 @@ pub struct NodeConfig {
     pub idle_connection_timeout: Duration,
     /// How often a DHT server re-replicates the records it holds to the closest peers.
     pub replication_interval: Duration,
-    /// How long a provider announcement lives (specs/04 §5.3).
-    pub provider_ttl: Duration,
-    /// How often a relay renews its provider announcement.
-    pub provider_republish_interval: Duration,
+    /// The directory (specs/04 §7).
+    pub directory: DirConfig,
     /// Connection limits.
     pub limits: ConnectionLimits,
     /// How the node reaches others. Default: the system's TCP and QUIC.
@@ -92,10 +128,7 @@ impl NodeConfig {
             query_timeout: Duration::from_secs(30),
             idle_connection_timeout: Duration::from_secs(120),
             replication_interval: Duration::from_secs(600),
-            provider_ttl: Duration::from_secs(shallot_directory::DESCRIPTOR_LIFETIME_SECS),
-            provider_republish_interval: Duration::from_secs(
-                shallot_directory::REPUBLISH_INTERVAL_SECS,
-            ),
+            directory: DirConfig::default(),
             limits: ConnectionLimits::default(),
             transport: TransportConfig::default(),
             clock: WallClock::system(),

@@ -2,21 +2,27 @@
 
 mod behaviour;
 mod config;
+mod dircodec;
 mod err;
 mod memnet;
 mod node;
 
 pub use behaviour::{
-    AGENT_VERSION, CIRCUIT_PROTOCOL, IDENTIFY_PROTOCOL, KAD_PROTOCOL, MAX_KAD_PACKET,
-    MAX_PROVIDERS_PER_SHARD, MAX_STORED_RECORDS,
+    AGENT_VERSION, CIRCUIT_PROTOCOL, DIR_REQUEST_TIMEOUT, IDENTIFY_PROTOCOL, KAD_PROTOCOL,
+    MAX_DIR_STREAMS, MAX_KAD_PACKET, MAX_STORED_RECORDS,
 };
-pub use config::{ConnectionLimits, NodeConfig, Role, TransportConfig};
+pub use config::{
+    ConnectionLimits, DEFAULT_MAX_WALKS, DEFAULT_PROBE_INTERVAL, DEFAULT_SOURCES_PER_REFRESH,
+    DEFAULT_SYNC_INTERVAL, DirConfig, NodeConfig, Role, TransportConfig,
+};
+pub use dircodec::DIR_PROTOCOL;
 pub use err::P2pError;
 pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId, identity};
 pub use libp2p_stream::{Control as StreamControl, IncomingStreams, OpenStreamError};
 pub use memnet::{MEMORY_BACKLOG, MEMORY_PIPE_BYTES, MemoryNet, MemoryNetError};
 pub use node::{
-    COMMAND_QUEUE, FetchOutcome, MAX_FETCHES_IN_FLIGHT, MAX_PENDING_PUBLISHES, MAX_REFRESH_WAITERS,
-    Node, NodeStats, StoredProvider, peer_of,
+    COMMAND_QUEUE, Directory, FetchOutcome, MAX_ANNOUNCE_PEERS, MAX_CANDIDATES_PER_REFRESH,
+    MAX_LISTINGS_IN_FLIGHT, MAX_PAGES_PER_SOURCE, MAX_PENDING_PUBLISHES, MAX_PROBES_IN_FLIGHT,
+    MAX_REFRESH_WAITERS, Node, NodeStats, peer_of,
 };

@@ -1,43 +1,75 @@
 //! A running libp2p node: the swarm in its own task, driven through a bounded command queue.
+//!
+//! The directory (specs/04 §6–§7) runs here too. A relay keeps a store of every verified
+//! descriptor it learned ([`DirStore`]), probes the addresses they sign, answers listings, takes
+//! other relays' announcements of their own descriptors, announces its own to every relay it
+//! meets, and synchronises its store with a few other relays on a jittered schedule. Any node
+//! refreshes in bulk from several sources: relays found by Kademlia walks to random keys (never
+//! a well-known key), at most one per /16 (IPv6 /32) of the address actually connected to, with
+//! the sources of the last refresh asked only for what changed since.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
 use libp2p::kad::{self, QueryId, QueryResult, Quorum, Record, RecordKey};
 use libp2p::multiaddr::Protocol;
-use libp2p::swarm::SwarmEvent;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify};
 use shallot_directory::{
-    MAX_VIEW_RELAYS, RecordRefusal, SignedDescriptor, WallClock, descriptor_key, is_newer,
-    is_shard_key, shard_key, validate_record,
+    AnnounceStatus, Block, DirRequest, DirResponse, DirStore, ENTRY_OVERHEAD, LISTING_HEADER_LEN,
+    Listing, Offered, Probe, RecordRefusal, SignedDescriptor, SourceListing, StoreConfig,
+    StoreEntry, WallClock, canonical_ip, descriptor_key, ip_of, is_newer, validate_record,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, build_swarm};
-use crate::config::NodeConfig;
+use crate::config::{DirConfig, NodeConfig, Role};
 use crate::err::P2pError;
 
 /// Capacity of the command queue into the swarm task.
 pub const COMMAND_QUEUE: usize = 64;
-/// Descriptor fetches in flight during one refresh (specs/04 §6.1).
-pub const MAX_FETCHES_IN_FLIGHT: usize = 32;
 /// Callers that may wait on one refresh at once.
 pub const MAX_REFRESH_WAITERS: usize = 16;
 /// Publications that may be in flight at once.
 pub const MAX_PENDING_PUBLISHES: usize = 16;
+/// A relay's probes running at once.
+pub const MAX_PROBES_IN_FLIGHT: usize = 8;
+/// Listing requests of one refresh in flight at once.
+pub const MAX_LISTINGS_IN_FLIGHT: usize = 8;
+/// Pages one source may send in one refresh (each at most `MAX_LISTING_ENTRIES` entries).
+pub const MAX_PAGES_PER_SOURCE: usize = 4;
+/// Candidate sources one refresh keeps at most.
+pub const MAX_CANDIDATES_PER_REFRESH: usize = 256;
+/// Relays a relay tells about its new descriptor at once (the others learn it when they meet
+/// it, or from the relays that did).
+pub const MAX_ANNOUNCE_PEERS: usize = 32;
 /// How long [`Node::start`] waits for its listeners to come up.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a relay drops expired descriptors from its store.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Counters of what the node refused and stored, for metrics.
+/// Counters of what the node refused, stored and served, for metrics.
 #[derive(Debug, Default)]
 pub struct NodeStats {
     refused: [AtomicU64; 6],
     records_stored: AtomicU64,
-    providers_refused: AtomicU64,
+    /// Listing requests this relay answered.
+    pub listings_served: AtomicU64,
+    /// Bytes of the listings this relay answered.
+    pub listing_bytes_served: AtomicU64,
+    /// Announcements this relay took.
+    pub announces_accepted: AtomicU64,
+    /// Probes that reached the relay at the address (and authenticated it).
+    pub probes_reached: AtomicU64,
+    /// Probes that did not.
+    pub probes_failed: AtomicU64,
 }
 
 impl NodeStats {
@@ -65,32 +97,56 @@ impl NodeStats {
     pub fn records_stored(&self) -> u64 {
         self.records_stored.load(Ordering::Relaxed)
     }
-
-    /// Provider announcements refused (not for a shard key).
-    pub fn providers_refused(&self) -> u64 {
-        self.providers_refused.load(Ordering::Relaxed)
-    }
 }
 
-/// The result of a bulk descriptor fetch (specs/04 §6.1).
+/// The result of a bulk refresh (specs/04 §6.1).
 #[derive(Debug, Default)]
 pub struct FetchOutcome {
-    /// Every verified descriptor found, the newest per relay.
+    /// What each source listed (verify and assemble them with `shallot_directory::assemble`).
+    pub listings: Vec<SourceListing>,
+    /// Every verified descriptor listed, the newest per relay (a convenience for callers that
+    /// only need the descriptors).
     pub descriptors: Vec<SignedDescriptor>,
-    /// Relays listed by the shard providers.
-    pub providers_listed: usize,
-    /// Records refused, by reason.
-    pub refused: HashMap<RecordRefusal, u64>,
+    /// Bytes of listings received.
+    pub bytes: u64,
+    /// Sources that answered with a full listing (the others sent changes only).
+    pub full_listings: usize,
+    /// Kademlia walks made to find sources.
+    pub walks: usize,
+    /// Sources left out because one in the same /16 (/32) answered first.
+    pub same_block: usize,
+    /// Sources that did not answer.
+    pub failed: usize,
 }
 
-/// A provider announcement held in a DHT server's store (see [`Node::stored_providers`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredProvider {
-    /// The relay that announced itself.
-    pub provider: PeerId,
-    /// The addresses the announcement carried. A server leaves a provider without addresses
-    /// out of its replies unless it knows them from its routing table (specs/04 §5.3).
-    pub addrs: Vec<Multiaddr>,
+/// A relay's directory store, readable from outside the swarm task.
+#[derive(Debug, Clone)]
+pub struct Directory(Arc<RwLock<DirStore>>);
+
+impl Directory {
+    fn read(&self) -> RwLockReadGuard<'_, DirStore> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The store's entry of `peer`: its descriptor and the addresses this relay proved.
+    pub fn get(&self, peer: &PeerId) -> Option<StoreEntry> {
+        self.read().get(peer).cloned()
+    }
+
+    /// Descriptors held.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// Every entry (a copy).
+    pub fn entries(&self) -> Vec<StoreEntry> {
+        self.read().entries().cloned().collect()
+    }
 }
 
 enum Command {
@@ -113,13 +169,9 @@ enum Command {
     ConnectedPeers {
         reply: oneshot::Sender<usize>,
     },
-    StoredProviders {
-        key: Vec<u8>,
-        reply: oneshot::Sender<Vec<StoredProvider>>,
-    },
 }
 
-/// A running libp2p node. Dropping it stops the swarm task.
+/// A libp2p node (client or relay) with its swarm task.
 pub struct Node {
     peer_id: PeerId,
     listen_addrs: Vec<Multiaddr>,
@@ -127,12 +179,22 @@ pub struct Node {
     control: libp2p_stream::Control,
     stats: Arc<NodeStats>,
     clock: WallClock,
+    directory: Option<Directory>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("peer_id", &self.peer_id)
+            .field("listen_addrs", &self.listen_addrs)
+            .finish_non_exhaustive()
     }
 }
 
@@ -156,6 +218,7 @@ impl Node {
             listeners.push((id, addr.clone()));
         }
         let listen_addrs = wait_for_listeners(&mut swarm, listeners).await?;
+        let mut bootstrap_peers = Vec::new();
         for addr in &config.bootstrap {
             let peer =
                 peer_of(addr).ok_or_else(|| P2pError::BootstrapWithoutPeerId(addr.clone()))?;
@@ -165,20 +228,37 @@ impl Node {
             if let Err(err) = swarm.dial(addr.clone()) {
                 warn!(%addr, %err, "cannot dial bootstrap peer");
             }
+            bootstrap_peers.push(peer);
         }
         if !config.bootstrap.is_empty() {
             let _ = swarm.behaviour_mut().kad.bootstrap();
         }
         let control = swarm.behaviour().stream.new_control();
         let stats = Arc::new(NodeStats::default());
+        let directory = (config.role == Role::Relay).then(|| {
+            Directory(Arc::new(RwLock::new(DirStore::new(
+                StoreConfig::default(),
+                rand_u64(),
+            ))))
+        });
         let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
         let task = tokio::spawn(
             SwarmTask {
                 swarm,
                 stats: Arc::clone(&stats),
-                publishes: HashMap::new(),
-                refresh: None,
                 clock: config.clock.clone(),
+                dir_config: config.directory.clone(),
+                local: peer_id,
+                bootstrap: bootstrap_peers,
+                publishes: HashMap::new(),
+                directory: directory.clone(),
+                own: None,
+                conns: HashMap::new(),
+                relay_peers: HashSet::new(),
+                probes: HashMap::new(),
+                sources: Vec::new(),
+                refresh: None,
+                requests: HashMap::new(),
             }
             .run(queue),
         );
@@ -190,6 +270,7 @@ impl Node {
             control,
             stats,
             clock: config.clock,
+            directory,
             task,
         })
     }
@@ -226,6 +307,11 @@ impl Node {
         &self.clock
     }
 
+    /// A relay's directory store (`None` for a client).
+    pub fn directory(&self) -> Option<&Directory> {
+        self.directory.as_ref()
+    }
+
     async fn send(&self, command: Command) -> Result<(), P2pError> {
         self.commands
             .send(command)
@@ -233,8 +319,10 @@ impl Node {
             .map_err(|_| P2pError::Stopped)
     }
 
-    /// Stores `descriptor` in the DHT and announces this relay under its shard
-    /// (specs/04 §5.2–§5.3). Resolves when at least one other DHT server stored the record.
+    /// A relay publishes `descriptor`: into its own store (its addresses are its own, so
+    /// proven), to the relays it is connected to (an announcement, specs/04 §7.2), and as a
+    /// Kademlia record under its PeerId's key (specs/04 §5.2), stored in the background.
+    /// Resolves once the store holds it and the announcements are sent.
     pub async fn publish(&self, descriptor: SignedDescriptor) -> Result<(), P2pError> {
         if descriptor.peer_id() != self.peer_id {
             return Err(P2pError::Publish(
@@ -250,9 +338,7 @@ impl Node {
         answer.await.map_err(|_| P2pError::Stopped)?
     }
 
-    /// Fetches every relay's descriptor in bulk: the providers of all shards, then each
-    /// listed relay's record, each verified (specs/04 §6.1). Learns every verified relay's
-    /// addresses so circuit streams can be opened to them.
+    /// Refreshes in bulk from several sources (specs/04 §6.1) and returns what they listed.
     pub async fn fetch_descriptors(&self) -> Result<FetchOutcome, P2pError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Fetch { reply }).await?;
@@ -275,14 +361,6 @@ impl Node {
         answer.await.map_err(|_| P2pError::Stopped)
     }
 
-    /// The provider announcements this node's DHT store holds under `key` (at most
-    /// [`crate::MAX_PROVIDERS_PER_SHARD`]), for tests and diagnostics.
-    pub async fn stored_providers(&self, key: Vec<u8>) -> Result<Vec<StoredProvider>, P2pError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::StoredProviders { key, reply }).await?;
-        answer.await.map_err(|_| P2pError::Stopped)
-    }
-
     /// How many peers the node is connected to.
     pub async fn connected_peers(&self) -> Result<usize, P2pError> {
         let (reply, answer) = oneshot::channel();
@@ -296,6 +374,45 @@ pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     match addr.iter().last() {
         Some(Protocol::P2p(peer)) => Some(peer),
         _ => None,
+    }
+}
+
+fn rand_u64() -> u64 {
+    rand::random()
+}
+
+/// `addr` without a trailing `/p2p/<PeerId>`.
+fn without_peer(addr: &Multiaddr) -> Multiaddr {
+    let mut a = addr.clone();
+    if matches!(a.iter().last(), Some(Protocol::P2p(_))) {
+        a.pop();
+    }
+    a
+}
+
+/// Whether a test network's private, loopback or link-local addresses are needed to dial
+/// `addr`: public addresses are always allowed; others only with `allow_private_addrs`.
+fn dialable(addr: &Multiaddr, config: &DirConfig) -> bool {
+    if config.allow_private_addrs {
+        return true;
+    }
+    match ip_of(addr).map(canonical_ip) {
+        Some(std::net::IpAddr::V4(v4)) => {
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+        }
+        Some(std::net::IpAddr::V6(v6)) => {
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80)
+        }
+        None => false,
     }
 }
 
@@ -348,44 +465,75 @@ async fn wait_for_listeners(
     Ok(bound)
 }
 
-/// One bulk refresh in progress (specs/04 §6.1).
+/// A source kept from one refresh to the next, asked only for what changed.
+#[derive(Debug, Clone)]
+struct SourceState {
+    peer: PeerId,
+    epoch: u64,
+    seq: u64,
+}
+
+/// One bulk refresh in progress.
 #[derive(Default)]
 struct Refresh {
     waiters: Vec<oneshot::Sender<Result<FetchOutcome, P2pError>>>,
-    provider_queries: HashSet<QueryId>,
-    listed: HashSet<PeerId>,
-    to_fetch: VecDeque<PeerId>,
-    record_queries: HashMap<QueryId, PeerId>,
-    found: HashMap<PeerId, SignedDescriptor>,
-    refused: HashMap<RecordRefusal, u64>,
+    /// Whether the result goes into this relay's store (a synchronisation) and nowhere else.
+    sync_only: bool,
+    walks_left: usize,
+    walks: HashSet<QueryId>,
+    /// Peers to ask, with the state of an earlier listing from them (sticky sources).
+    candidates: VecDeque<(PeerId, Option<SourceState>)>,
+    tried: HashSet<PeerId>,
+    blocks: HashSet<Block>,
+    asked: usize,
+    /// Listings being gathered, by source.
+    listings: HashMap<PeerId, (SourceListing, SourceState, usize)>,
+    done: Vec<(SourceListing, SourceState)>,
+    outcome: FetchOutcome,
 }
 
-impl Refresh {
-    fn is_done(&self) -> bool {
-        self.provider_queries.is_empty()
-            && self.record_queries.is_empty()
-            && self.to_fetch.is_empty()
-    }
+/// What an outbound directory request was for.
+enum Pending {
+    Listing { peer: PeerId },
+    Announce,
 }
 
-/// A publication in progress: the shard announcement first, then (`record` still `Some`) the
-/// descriptor record, so that `Node::publish` reports a failed announcement too, not only a
-/// failed record.
-struct PendingPublish {
-    reply: oneshot::Sender<Result<(), P2pError>>,
-    record: Option<Record>,
-}
+/// A Kademlia record of our descriptor being stored.
+struct PendingPublish;
 
 struct SwarmTask {
     swarm: Swarm<Behaviour>,
     stats: Arc<NodeStats>,
-    publishes: HashMap<QueryId, PendingPublish>,
-    refresh: Option<Refresh>,
     clock: WallClock,
+    dir_config: DirConfig,
+    local: PeerId,
+    bootstrap: Vec<PeerId>,
+    publishes: HashMap<QueryId, PendingPublish>,
+    /// A relay's store.
+    directory: Option<Directory>,
+    /// A relay's own newest descriptor, announced to the relays it meets.
+    own: Option<SignedDescriptor>,
+    /// Open connections and how they were made (bounded by the swarm's connection limits).
+    conns: HashMap<ConnectionId, (PeerId, ConnectedPoint)>,
+    /// Connected peers that are relays (they speak the DHT as servers).
+    relay_peers: HashSet<PeerId>,
+    /// Probes in flight, by the connection dialed for them.
+    probes: HashMap<ConnectionId, Probe>,
+    /// The sources of the last refresh.
+    sources: Vec<SourceState>,
+    refresh: Option<Refresh>,
+    requests: HashMap<OutboundRequestId, Pending>,
 }
 
 impl SwarmTask {
     async fn run(mut self, mut queue: mpsc::Receiver<Command>) {
+        let relay = self.directory.is_some();
+        let mut probe_tick = tokio::time::interval(self.dir_config.probe_interval);
+        probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prune_tick = tokio::time::interval(PRUNE_INTERVAL);
+        prune_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let sync = tokio::time::sleep(self.next_sync_delay());
+        tokio::pin!(sync);
         loop {
             tokio::select! {
                 command = queue.recv() => match command {
@@ -394,15 +542,29 @@ impl SwarmTask {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.handle_event(event),
+                _ = probe_tick.tick(), if relay => self.probe_next(),
+                _ = prune_tick.tick(), if relay => self.prune(),
+                () = &mut sync, if relay => {
+                    self.start_refresh(None);
+                    sync.as_mut().reset(tokio::time::Instant::now() + self.next_sync_delay());
+                }
             }
         }
         debug!("swarm task stopped");
     }
 
+    /// The sync interval, jittered by up to ±25 % so relays do not synchronise in step.
+    fn next_sync_delay(&self) -> Duration {
+        let base = self.dir_config.sync_interval;
+        let quarter = base / 4;
+        let jitter = quarter.mul_f64((rand_u64() % 1000) as f64 / 500.0);
+        base - quarter + jitter
+    }
+
     fn handle_command(&mut self, command: Command) {
         match command {
             Command::Publish { descriptor, reply } => self.publish(*descriptor, reply),
-            Command::Fetch { reply } => self.start_refresh(reply),
+            Command::Fetch { reply } => self.start_refresh(Some(reply)),
             Command::AddAddress { peer, addr, done } => {
                 // No behaviour here keeps `add_peer_address`'s addresses for dialing (there is
                 // no peer store); Kademlia's routing table is what a dial by PeerId asks.
@@ -424,22 +586,6 @@ impl SwarmTask {
                     .map(|r| r.value.clone());
                 let _ = reply.send(value);
             }
-            Command::StoredProviders { key, reply } => {
-                use libp2p::kad::store::RecordStore;
-                let providers = self
-                    .swarm
-                    .behaviour_mut()
-                    .kad
-                    .store_mut()
-                    .providers(&RecordKey::new(&key))
-                    .into_iter()
-                    .map(|p| StoredProvider {
-                        provider: p.provider,
-                        addrs: p.addresses,
-                    })
-                    .collect();
-                let _ = reply.send(providers);
-            }
             Command::ConnectedPeers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().count());
             }
@@ -455,77 +601,28 @@ impl SwarmTask {
             let _ = reply.send(Err(P2pError::Busy));
             return;
         }
+        let now = self.clock.now();
         let peer = descriptor.peer_id();
-        let remaining = descriptor
-            .descriptor()
-            .expires_at
-            .saturating_sub(self.clock.now());
+        if let Some(dir) = &self.directory {
+            let mut store = dir.0.write().unwrap_or_else(PoisonError::into_inner);
+            store.offer_verified(descriptor.clone(), now);
+            // A relay's own addresses are its own: proven.
+            store.prove_all(&peer);
+        }
+        self.own = Some(descriptor.clone());
+        let relays: Vec<PeerId> = self.relay_peers.iter().copied().collect();
+        for relay in relays.into_iter().take(MAX_ANNOUNCE_PEERS) {
+            self.announce_to(relay);
+        }
+        let remaining = descriptor.descriptor().expires_at.saturating_sub(now);
         let record = Record {
             key: RecordKey::new(&descriptor_key(&peer)),
             value: descriptor.as_bytes().to_vec(),
             publisher: Some(peer),
             expires: Some(std::time::Instant::now() + Duration::from_secs(remaining)),
         };
-        self.declare_external_addrs(&descriptor.descriptor().addrs);
-        let kad = &mut self.swarm.behaviour_mut().kad;
-        match kad.start_providing(RecordKey::new(&shard_key(shallot_directory::shard_of(
-            &peer,
-        )))) {
-            Ok(query) => {
-                self.publishes.insert(
-                    query,
-                    PendingPublish {
-                        reply,
-                        record: Some(record),
-                    },
-                );
-            }
-            Err(err) => {
-                let _ = reply.send(Err(P2pError::Publish(err.to_string())));
-            }
-        }
-    }
-
-    /// Makes the swarm's confirmed external addresses exactly the descriptor's `addrs`.
-    ///
-    /// Why: a provider announcement carries the announcer's external addresses, and a DHT
-    /// server leaves a provider whose record has no addresses out of its GET_PROVIDERS replies
-    /// unless the provider happens to sit in the server's routing table (libp2p-kad 0.49,
-    /// `Behaviour::provider_peers`). Nothing else confirms an external address here (no
-    /// AutoNAT), so without this every announcement went out empty, and a relay absent from
-    /// the full k-buckets of the servers holding its announcement was never listed
-    /// (specs/04 §5.3). The descriptor's addresses are the ones the relay signs and publishes
-    /// anyway, so declaring them reveals nothing new.
-    fn declare_external_addrs(&mut self, addrs: &[Multiaddr]) {
-        let stale: Vec<Multiaddr> = self
-            .swarm
-            .external_addresses()
-            .filter(|a| !addrs.contains(a))
-            .cloned()
-            .collect();
-        for addr in &stale {
-            self.swarm.remove_external_address(addr);
-        }
-        for addr in addrs {
-            if !self.swarm.external_addresses().any(|a| a == addr) {
-                self.swarm.add_external_address(addr.clone());
-            }
-        }
-    }
-
-    /// The shard announcement of a publication finished: store the record next.
-    fn on_announced(&mut self, id: QueryId, outcome: kad::AddProviderResult) {
-        let Some(PendingPublish {
-            reply,
-            record: Some(record),
-        }) = self.publishes.remove(&id)
-        else {
-            return;
-        };
-        if let Err(err) = outcome {
-            let _ = reply.send(Err(P2pError::Publish(err.to_string())));
-            return;
-        }
+        // The directory (store and announcements) is what lists relays; the Kademlia record
+        // is stored on the side and its outcome only logged.
         match self
             .swarm
             .behaviour_mut()
@@ -533,88 +630,26 @@ impl SwarmTask {
             .put_record(record, Quorum::One)
         {
             Ok(query) => {
-                self.publishes.insert(
-                    query,
-                    PendingPublish {
-                        reply,
-                        record: None,
-                    },
-                );
+                self.publishes.insert(query, PendingPublish);
             }
-            Err(err) => {
-                let _ = reply.send(Err(P2pError::Publish(err.to_string())));
-            }
+            Err(err) => debug!(%err, "cannot store the descriptor record in the DHT"),
         }
+        let _ = reply.send(Ok(()));
     }
 
-    fn start_refresh(&mut self, reply: oneshot::Sender<Result<FetchOutcome, P2pError>>) {
-        if let Some(refresh) = &mut self.refresh {
-            if refresh.waiters.len() >= MAX_REFRESH_WAITERS {
-                let _ = reply.send(Err(P2pError::Busy));
-            } else {
-                refresh.waiters.push(reply);
-            }
-            return;
-        }
-        let mut refresh = Refresh {
-            waiters: vec![reply],
-            ..Refresh::default()
-        };
-        for key in shallot_directory::all_shard_keys() {
-            let query = self
-                .swarm
-                .behaviour_mut()
-                .kad
-                .get_providers(RecordKey::new(&key));
-            refresh.provider_queries.insert(query);
-        }
-        self.refresh = Some(refresh);
-    }
-
-    fn pump_refresh(&mut self) {
-        let Some(refresh) = &mut self.refresh else {
+    fn announce_to(&mut self, peer: PeerId) {
+        let Some(own) = &self.own else {
             return;
         };
-        while refresh.record_queries.len() < MAX_FETCHES_IN_FLIGHT {
-            let Some(peer) = refresh.to_fetch.pop_front() else {
-                break;
-            };
-            let query = self
-                .swarm
-                .behaviour_mut()
-                .kad
-                .get_record(RecordKey::new(&descriptor_key(&peer)));
-            refresh.record_queries.insert(query, peer);
-        }
-        if refresh.is_done() {
-            let Some(refresh) = self.refresh.take() else {
-                return;
-            };
-            for descriptor in refresh.found.values() {
-                for addr in &descriptor.descriptor().addrs {
-                    self.swarm
-                        .add_peer_address(descriptor.peer_id(), addr.clone());
-                }
-            }
-            let descriptors: Vec<SignedDescriptor> = refresh.found.into_values().collect();
-            debug!(
-                relays = descriptors.len(),
-                listed = refresh.listed.len(),
-                "view refresh finished"
-            );
-            for waiter in refresh.waiters {
-                let _ = waiter.send(Ok(FetchOutcome {
-                    descriptors: descriptors.clone(),
-                    providers_listed: refresh.listed.len(),
-                    refused: refresh.refused.clone(),
-                }));
-            }
-        }
+        let request = DirRequest::Announce(own.as_bytes().to_vec());
+        let id = self.swarm.behaviour_mut().dir.send_request(&peer, request);
+        self.requests.insert(id, Pending::Announce);
     }
 
     fn handle_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.handle_kad(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Dir(event)) => self.handle_dir(event),
             // Identify does not feed Kademlia (docs/dependencies.md §3); only DHT servers go in.
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
@@ -624,13 +659,474 @@ impl SwarmTask {
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
+                // A relay met for the first time hears of our descriptor.
+                if self.relay_peers.insert(peer_id) {
+                    self.announce_to(peer_id);
+                }
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                if let Some(probe) = self.probes.remove(&connection_id) {
+                    let reached = peer_id == probe.peer
+                        && matches!(&endpoint, ConnectedPoint::Dialer { address, .. }
+                            if without_peer(address) == probe.addr);
+                    self.probe_done(&probe, reached);
+                }
+                self.conns.insert(connection_id, (peer_id, endpoint));
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
+                self.conns.remove(&connection_id);
+                if num_established == 0 {
+                    self.relay_peers.remove(&peer_id);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                if let Some(probe) = self.probes.remove(&connection_id) {
+                    self.probe_done(&probe, false);
+                }
                 debug!(?peer_id, %error, "outgoing connection failed");
             }
             _ => {}
         }
     }
+
+    // ---- probes (relays) ----------------------------------------------------------------
+
+    /// Starts the next probe, if there is room: dials the address and lets the handshake
+    /// authenticate the relay there. A connection we dialed to that address already proves
+    /// it.
+    fn probe_next(&mut self) {
+        if self.probes.len() >= MAX_PROBES_IN_FLIGHT {
+            return;
+        }
+        let Some(dir) = self.directory.clone() else {
+            return;
+        };
+        let probe = {
+            let mut store = dir.0.write().unwrap_or_else(PoisonError::into_inner);
+            store.next_probe()
+        };
+        let Some(probe) = probe else {
+            return;
+        };
+        if !dialable(&probe.addr, &self.dir_config) {
+            self.probe_done(&probe, false);
+            return;
+        }
+        let already = self.conns.values().any(|(peer, endpoint)| {
+            *peer == probe.peer
+                && matches!(endpoint, ConnectedPoint::Dialer { address, .. }
+                    if without_peer(address) == probe.addr)
+        });
+        if already {
+            self.probe_done(&probe, true);
+            return;
+        }
+        let opts = DialOpts::peer_id(probe.peer)
+            .addresses(vec![probe.addr.clone()])
+            .condition(PeerCondition::Always)
+            .build();
+        let connection = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.probes.insert(connection, probe);
+            }
+            Err(err) => {
+                debug!(%err, "probe dial refused");
+                self.probe_done(&probe, false);
+            }
+        }
+    }
+
+    fn probe_done(&mut self, probe: &Probe, reached: bool) {
+        if reached {
+            self.stats.probes_reached.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats.probes_failed.fetch_add(1, Ordering::Relaxed);
+            debug!(peer = %probe.peer, addr = %probe.addr, "a signed address did not answer as its relay");
+        }
+        if let Some(dir) = &self.directory {
+            dir.0
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .probed(probe, reached);
+        }
+    }
+
+    fn prune(&mut self) {
+        if let Some(dir) = &self.directory {
+            let now = self.clock.now();
+            dir.0
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .prune_expired(now);
+        }
+    }
+
+    // ---- the directory protocol ---------------------------------------------------------
+
+    fn handle_dir(&mut self, event: request_response::Event<DirRequest, DirResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => self.answer(peer, request, channel),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => self.on_response(request_id, Some(response)),
+            },
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                debug!(%error, "directory request failed");
+                self.on_response(request_id, None);
+            }
+            request_response::Event::InboundFailure { error, .. } => {
+                debug!(%error, "directory request from a peer failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn answer(&mut self, peer: PeerId, request: DirRequest, channel: ResponseChannel<DirResponse>) {
+        let Some(dir) = self.directory.clone() else {
+            return;
+        };
+        let response = match request {
+            DirRequest::Listing { epoch, since } => {
+                let now = self.clock.now();
+                let listing = dir
+                    .0
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .listing(epoch, since, now);
+                self.stats.listings_served.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .listing_bytes_served
+                    .fetch_add(listing_len(&listing) as u64, Ordering::Relaxed);
+                DirResponse::Listing(listing)
+            }
+            DirRequest::Announce(bytes) => {
+                let now = self.clock.now();
+                let status = match SignedDescriptor::verify(&bytes, now) {
+                    Err(_) => AnnounceStatus::Invalid,
+                    // specs/04 §7.2: a relay announces only its own descriptor.
+                    Ok(d) if d.peer_id() != peer => AnnounceStatus::NotOwn,
+                    Ok(d) => {
+                        let mut store = dir.0.write().unwrap_or_else(PoisonError::into_inner);
+                        match store.offer_verified(d, now) {
+                            Offered::Added | Offered::Updated => {
+                                self.stats
+                                    .announces_accepted
+                                    .fetch_add(1, Ordering::Relaxed);
+                                AnnounceStatus::Accepted
+                            }
+                            Offered::Unchanged => AnnounceStatus::Unchanged,
+                            Offered::Full => AnnounceStatus::Busy,
+                            Offered::Invalid(_) => AnnounceStatus::Invalid,
+                        }
+                    }
+                };
+                DirResponse::Announce(status)
+            }
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .dir
+            .send_response(channel, response);
+    }
+
+    // ---- refreshes ------------------------------------------------------------------------
+
+    /// Starts a refresh (or joins the one running). `reply` is `None` for a relay's own
+    /// synchronisation, whose listings go into its store only.
+    fn start_refresh(&mut self, reply: Option<oneshot::Sender<Result<FetchOutcome, P2pError>>>) {
+        if let Some(refresh) = &mut self.refresh {
+            if let Some(reply) = reply {
+                if refresh.waiters.len() >= MAX_REFRESH_WAITERS {
+                    let _ = reply.send(Err(P2pError::Busy));
+                } else {
+                    refresh.waiters.push(reply);
+                    refresh.sync_only = false;
+                }
+            }
+            return;
+        }
+        let mut refresh = Refresh {
+            sync_only: reply.is_none(),
+            walks_left: self.dir_config.max_walks,
+            ..Refresh::default()
+        };
+        refresh.waiters.extend(reply);
+        // Sticky sources first (only changes), then the bootstrap peers and the relays we are
+        // connected to; Kademlia walks to random keys find more.
+        for s in &self.sources {
+            refresh.candidates.push_back((s.peer, Some(s.clone())));
+        }
+        let mut others: Vec<PeerId> = self
+            .bootstrap
+            .iter()
+            .chain(self.relay_peers.iter())
+            .copied()
+            .collect();
+        others.sort_unstable();
+        others.dedup();
+        shuffle(&mut others);
+        for peer in others {
+            refresh.candidates.push_back((peer, None));
+        }
+        self.refresh = Some(refresh);
+        self.pump_refresh();
+    }
+
+    fn pump_refresh(&mut self) {
+        let want = self.dir_config.sources_per_refresh;
+        let local = self.local;
+        let Some(refresh) = &mut self.refresh else {
+            return;
+        };
+        let gathered = |r: &Refresh| r.done.len() + r.listings.len();
+        while refresh.asked < MAX_LISTINGS_IN_FLIGHT && gathered(refresh) + refresh.asked < want {
+            let Some((peer, state)) = refresh.candidates.pop_front() else {
+                break;
+            };
+            if peer == local || !refresh.tried.insert(peer) {
+                continue;
+            }
+            let (epoch, since) = state.as_ref().map_or((0, 0), |s| (s.epoch, s.seq));
+            let id = self
+                .swarm
+                .behaviour_mut()
+                .dir
+                .send_request(&peer, DirRequest::Listing { epoch, since });
+            self.requests.insert(id, Pending::Listing { peer });
+            refresh.asked += 1;
+        }
+        let short = gathered(refresh) + refresh.asked < want;
+        if short
+            && refresh.candidates.is_empty()
+            && refresh.walks.is_empty()
+            && refresh.walks_left > 0
+        {
+            refresh.walks_left -= 1;
+            refresh.outcome.walks += 1;
+            let query = self
+                .swarm
+                .behaviour_mut()
+                .kad
+                .get_closest_peers(PeerId::random());
+            refresh.walks.insert(query);
+        }
+        let finished = refresh.asked == 0
+            && refresh.walks.is_empty()
+            && (gathered(refresh) >= want || refresh.candidates.is_empty());
+        if finished {
+            self.finish_refresh();
+        }
+    }
+
+    fn on_walk(
+        &mut self,
+        id: QueryId,
+        result: Result<kad::GetClosestPeersOk, kad::GetClosestPeersError>,
+        last: bool,
+    ) {
+        let Some(refresh) = &mut self.refresh else {
+            return;
+        };
+        if !refresh.walks.contains(&id) {
+            return;
+        }
+        let peers = match result {
+            Ok(ok) => ok.peers,
+            Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+        };
+        let mut found: Vec<PeerId> = peers.into_iter().map(|p| p.peer_id).collect();
+        shuffle(&mut found);
+        for peer in found {
+            if refresh.candidates.len() >= MAX_CANDIDATES_PER_REFRESH {
+                break;
+            }
+            if !refresh.tried.contains(&peer) {
+                refresh.candidates.push_back((peer, None));
+            }
+        }
+        if last {
+            refresh.walks.remove(&id);
+        }
+        self.pump_refresh();
+    }
+
+    fn on_response(&mut self, id: OutboundRequestId, response: Option<DirResponse>) {
+        let Some(pending) = self.requests.remove(&id) else {
+            return;
+        };
+        let Pending::Listing { peer } = pending else {
+            return;
+        };
+        let block = self.block_of(&peer);
+        let Some(refresh) = &mut self.refresh else {
+            return;
+        };
+        refresh.asked = refresh.asked.saturating_sub(1);
+        let listing = match response {
+            Some(DirResponse::Listing(l)) => Some(l),
+            _ => None,
+        };
+        let (Some(listing), Some(block)) = (listing, block) else {
+            refresh.outcome.failed += 1;
+            refresh.listings.remove(&peer);
+            self.pump_refresh();
+            return;
+        };
+        refresh.outcome.bytes += listing_len(&listing) as u64;
+        let more = listing.more;
+        let next = SourceState {
+            peer,
+            epoch: listing.epoch,
+            seq: listing.seq,
+        };
+        match refresh.listings.remove(&peer) {
+            // A further page of a source already taken.
+            Some((mut gathered, _, pages)) => {
+                gathered.entries.extend(listing.entries);
+                self.continue_source(peer, gathered, next, pages + 1, more);
+            }
+            None => {
+                if !refresh.blocks.insert(block) {
+                    refresh.outcome.same_block += 1;
+                } else {
+                    if listing.full {
+                        refresh.outcome.full_listings += 1;
+                    }
+                    let gathered = SourceListing {
+                        source: peer,
+                        block,
+                        entries: listing.entries,
+                    };
+                    self.continue_source(peer, gathered, next, 1, more);
+                }
+            }
+        }
+        self.pump_refresh();
+    }
+
+    /// Asks a source for its next page, or files what it listed.
+    fn continue_source(
+        &mut self,
+        peer: PeerId,
+        gathered: SourceListing,
+        state: SourceState,
+        pages: usize,
+        more: bool,
+    ) {
+        let Some(refresh) = &mut self.refresh else {
+            return;
+        };
+        if more && pages < MAX_PAGES_PER_SOURCE {
+            let request = DirRequest::Listing {
+                epoch: state.epoch,
+                since: state.seq,
+            };
+            let id = self.swarm.behaviour_mut().dir.send_request(&peer, request);
+            self.requests.insert(id, Pending::Listing { peer });
+            refresh.asked += 1;
+            refresh.listings.insert(peer, (gathered, state, pages));
+        } else {
+            refresh.done.push((gathered, state));
+        }
+    }
+
+    /// The /16 (/32) of the address of our connection to `peer`.
+    fn block_of(&self, peer: &PeerId) -> Option<Block> {
+        self.conns.values().find_map(|(p, endpoint)| {
+            if p != peer {
+                return None;
+            }
+            let addr = match endpoint {
+                ConnectedPoint::Dialer { address, .. } => address,
+                ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr,
+            };
+            ip_of(addr).map(Block::of)
+        })
+    }
+
+    fn finish_refresh(&mut self) {
+        let Some(mut refresh) = self.refresh.take() else {
+            return;
+        };
+        let now = self.clock.now();
+        self.sources = refresh.done.iter().map(|(_, s)| s.clone()).collect();
+        let listings: Vec<SourceListing> = refresh.done.into_iter().map(|(l, _)| l).collect();
+        // A relay's store takes every valid entry it was listed; it proves them itself.
+        if let Some(dir) = &self.directory {
+            let mut store = dir.0.write().unwrap_or_else(PoisonError::into_inner);
+            for entry in listings.iter().flat_map(|l| l.entries.iter()) {
+                store.offer(&entry.descriptor, now);
+            }
+        }
+        if refresh.sync_only {
+            debug!(sources = listings.len(), "directory synchronised");
+            return;
+        }
+        let mut newest: HashMap<PeerId, SignedDescriptor> = HashMap::new();
+        for entry in listings.iter().flat_map(|l| l.entries.iter()) {
+            match SignedDescriptor::verify(&entry.descriptor, now) {
+                Ok(d) => {
+                    let keep = newest
+                        .get(&d.peer_id())
+                        .is_none_or(|held| is_newer(&d, held));
+                    if keep {
+                        newest.insert(d.peer_id(), d);
+                    }
+                }
+                Err(err) => self.stats.count_refusal(RecordRefusal::of(&err)),
+            }
+        }
+        // Streams can be opened to listed relays at their signed addresses.
+        for d in newest.values() {
+            for addr in &d.descriptor().addrs {
+                self.swarm.add_peer_address(d.peer_id(), addr.clone());
+            }
+        }
+        refresh.outcome.descriptors = newest.into_values().collect();
+        refresh.outcome.listings = listings;
+        debug!(
+            sources = refresh.outcome.listings.len(),
+            relays = refresh.outcome.descriptors.len(),
+            bytes = refresh.outcome.bytes,
+            walks = refresh.outcome.walks,
+            "view refresh finished"
+        );
+        let waiters = std::mem::take(&mut refresh.waiters);
+        let mut outcome = Some(refresh.outcome);
+        let n = waiters.len();
+        for (i, waiter) in waiters.into_iter().enumerate() {
+            let result = if i + 1 == n {
+                outcome.take().unwrap_or_default()
+            } else {
+                outcome.as_ref().map(clone_outcome).unwrap_or_default()
+            };
+            let _ = waiter.send(Ok(result));
+        }
+    }
+
+    // ---- Kademlia -------------------------------------------------------------------------
 
     fn handle_kad(&mut self, event: kad::Event) {
         match event {
@@ -651,159 +1147,174 @@ impl SwarmTask {
                     );
                 }
                 match result {
-                    QueryResult::StartProviding(outcome) => self.on_announced(id, outcome),
                     QueryResult::PutRecord(outcome) => {
-                        if let Some(PendingPublish { reply, .. }) = self.publishes.remove(&id) {
-                            let _ = reply.send(
-                                outcome
-                                    .map(|_| ())
-                                    .map_err(|e| P2pError::Publish(e.to_string())),
-                            );
+                        if self.publishes.remove(&id).is_some()
+                            && let Err(err) = outcome
+                        {
+                            debug!(%err, "the DHT did not store the descriptor record");
                         }
                     }
-                    QueryResult::GetProviders(outcome) => {
-                        self.on_providers(id, outcome, step.last);
-                    }
-                    QueryResult::GetRecord(outcome) => self.on_record(id, outcome, step.last),
+                    QueryResult::GetClosestPeers(outcome) => self.on_walk(id, outcome, step.last),
                     _ => {}
                 }
-                self.pump_refresh();
             }
             _ => {}
         }
     }
 
-    fn on_providers(&mut self, id: QueryId, outcome: kad::GetProvidersResult, last: bool) {
-        let Some(refresh) = &mut self.refresh else {
-            return;
-        };
-        if !refresh.provider_queries.contains(&id) {
-            return;
-        }
-        if let Err(err) = &outcome {
-            debug!(%err, "a shard's provider query failed");
-        }
-        if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = outcome {
-            for peer in providers {
-                if refresh.listed.len() >= MAX_VIEW_RELAYS {
-                    break;
-                }
-                if refresh.listed.insert(peer) {
-                    refresh.to_fetch.push_back(peer);
-                }
-            }
-        }
-        if last {
-            refresh.provider_queries.remove(&id);
-        }
-    }
-
-    fn on_record(&mut self, id: QueryId, outcome: kad::GetRecordResult, last: bool) {
-        let Some(refresh) = &mut self.refresh else {
-            return;
-        };
-        let Some(peer) = refresh.record_queries.get(&id).copied() else {
-            return;
-        };
-        if let Ok(kad::GetRecordOk::FoundRecord(found)) = outcome {
-            let record = found.record;
-            match validate_record(
-                record.key.as_ref(),
-                &record.value,
-                record.publisher.as_ref(),
-                self.clock.now(),
-            ) {
-                Ok(signed) if signed.peer_id() == peer => {
-                    let newer = refresh
-                        .found
-                        .get(&peer)
-                        .is_none_or(|current| is_newer(&signed, current));
-                    if newer {
-                        refresh.found.insert(peer, signed);
-                    }
-                }
-                Ok(_) => {
-                    *refresh
-                        .refused
-                        .entry(RecordRefusal::PeerMismatch)
-                        .or_default() += 1;
-                    self.stats.count_refusal(RecordRefusal::PeerMismatch);
-                }
-                Err(err) => {
-                    let refusal = RecordRefusal::of(&err);
-                    debug!(%peer, %err, "fetched descriptor refused");
-                    *refresh.refused.entry(refusal).or_default() += 1;
-                    self.stats.count_refusal(refusal);
-                }
-            }
-        }
-        if last {
-            refresh.record_queries.remove(&id);
-        }
+    /// Whether this node is among the k closest it knows to `key` (specs/04 §5.4): a server
+    /// stores a record only then, so records minted under keys far from it fill nothing here.
+    fn among_closest(&mut self, key: &RecordKey) -> bool {
+        let target = kad::KBucketKey::new(key.clone());
+        let me = kad::KBucketKey::from(self.local).distance(&target);
+        let closer = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .get_closest_local_peers(&target)
+            .take(kad::K_VALUE.get())
+            .filter(|p| p.distance(&target) < me)
+            .count();
+        closer < kad::K_VALUE.get()
     }
 
     /// specs/04 §5.4: validate before storing.
     fn handle_inbound(&mut self, request: kad::InboundRequest) {
         use libp2p::kad::store::RecordStore;
-        match request {
-            kad::InboundRequest::PutRecord {
-                source,
-                record: Some(mut record),
-                ..
-            } => {
-                let verdict = validate_record(
-                    record.key.as_ref(),
-                    &record.value,
-                    record.publisher.as_ref(),
-                    self.clock.now(),
-                );
-                let store = self.swarm.behaviour_mut().kad.store_mut();
-                let verdict = verdict.map(|signed| {
-                    let stale = store
-                        .get(&record.key)
-                        .and_then(|held| SignedDescriptor::verify_ignoring_time(&held.value).ok());
-                    (signed, stale)
-                });
-                match verdict {
-                    Ok((signed, Some(held))) if !is_newer(&signed, &held) && signed != held => {
-                        self.stats.count_refusal(RecordRefusal::Stale);
-                        debug!(%source, "refused a stale descriptor record");
-                    }
-                    Ok((signed, _)) => {
-                        // Never keep a record past the descriptor's own expiry.
-                        let remaining = signed
-                            .descriptor()
-                            .expires_at
-                            .saturating_sub(self.clock.now());
-                        let cap = std::time::Instant::now() + Duration::from_secs(remaining);
-                        record.expires = Some(record.expires.map_or(cap, |e| e.min(cap)));
-                        match store.put(record) {
-                            Ok(()) => {
-                                self.stats.records_stored.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(err) => warn!(%source, %err, "DHT store refused a record"),
-                        }
-                    }
-                    Err(err) => {
-                        let refusal = RecordRefusal::of(&err);
-                        self.stats.count_refusal(refusal);
-                        debug!(%source, %err, reason = refusal.as_str(), "refused an inbound DHT record");
-                    }
-                }
-            }
-            kad::InboundRequest::AddProvider {
-                record: Some(provider),
-            } => {
-                if is_shard_key(provider.key.as_ref()) {
-                    let store = self.swarm.behaviour_mut().kad.store_mut();
-                    if let Err(err) = store.add_provider(provider) {
-                        debug!(%err, "provider store full");
-                    }
-                } else {
-                    self.stats.providers_refused.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            _ => {}
+        let kad::InboundRequest::PutRecord {
+            source,
+            record: Some(mut record),
+            ..
+        } = request
+        else {
+            return;
+        };
+        let now = self.clock.now();
+        let verdict = validate_record(
+            record.key.as_ref(),
+            &record.value,
+            record.publisher.as_ref(),
+            now,
+        );
+        if verdict.is_ok() && !self.among_closest(&record.key) {
+            debug!(%source, "refused a record for a key this server is not close to");
+            return;
         }
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        let verdict = verdict.map(|signed| {
+            let held = store
+                .get(&record.key)
+                .and_then(|held| SignedDescriptor::verify_ignoring_time(&held.value).ok());
+            (signed, held)
+        });
+        match verdict {
+            Ok((signed, Some(held))) if !is_newer(&signed, &held) && signed != held => {
+                self.stats.count_refusal(RecordRefusal::Stale);
+                debug!(%source, "refused a stale descriptor record");
+            }
+            Ok((signed, _)) => {
+                // Never keep a record past the descriptor's own expiry.
+                let remaining = signed.descriptor().expires_at.saturating_sub(now);
+                let cap = std::time::Instant::now() + Duration::from_secs(remaining);
+                record.expires = Some(record.expires.map_or(cap, |e| e.min(cap)));
+                let mut stored = store.put(record.clone());
+                if stored.is_err() {
+                    // Full: expired records make room first.
+                    let instant = std::time::Instant::now();
+                    let expired: Vec<RecordKey> = store
+                        .records()
+                        .filter(|r| r.expires.is_some_and(|e| e <= instant))
+                        .map(|r| r.key.clone())
+                        .collect();
+                    for key in expired {
+                        store.remove(&key);
+                    }
+                    stored = store.put(record);
+                }
+                match stored {
+                    Ok(()) => {
+                        self.stats.records_stored.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(err) => debug!(%source, %err, "DHT store refused a record"),
+                }
+            }
+            Err(err) => {
+                let refusal = RecordRefusal::of(&err);
+                self.stats.count_refusal(refusal);
+                debug!(%source, %err, reason = refusal.as_str(), "refused an inbound DHT record");
+            }
+        }
+    }
+}
+
+fn clone_outcome(o: &FetchOutcome) -> FetchOutcome {
+    FetchOutcome {
+        listings: o.listings.clone(),
+        descriptors: o.descriptors.clone(),
+        bytes: o.bytes,
+        full_listings: o.full_listings,
+        walks: o.walks,
+        same_block: o.same_block,
+        failed: o.failed,
+    }
+}
+
+/// The encoded length of a listing.
+fn listing_len(l: &Listing) -> usize {
+    LISTING_HEADER_LEN
+        + l.entries
+            .iter()
+            .map(|e| ENTRY_OVERHEAD + e.descriptor.len())
+            .sum::<usize>()
+}
+
+/// Shuffles `v` (Fisher–Yates with the OS's randomness): which candidates are asked first must
+/// not be predictable.
+fn shuffle<T>(v: &mut [T]) {
+    for i in (1..v.len()).rev() {
+        let j = (rand_u64() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_addresses_are_dialed_only_when_allowed() {
+        let strict = DirConfig::default();
+        let test_net = DirConfig {
+            allow_private_addrs: true,
+            ..DirConfig::default()
+        };
+        for addr in [
+            "/ip4/127.0.0.1/tcp/1",
+            "/ip4/10.1.2.3/tcp/1",
+            "/ip4/192.168.1.1/tcp/1",
+            "/ip4/169.254.0.1/tcp/1",
+            "/ip4/100.64.0.1/tcp/1",
+            "/ip6/::1/tcp/1",
+            "/ip6/fd00::1/tcp/1",
+            "/ip6/fe80::1/tcp/1",
+            "/ip6/::ffff:10.0.0.1/tcp/1",
+        ] {
+            let a: Multiaddr = addr.parse().expect("addr");
+            assert!(!dialable(&a, &strict), "{addr}");
+            assert!(dialable(&a, &test_net), "{addr}");
+        }
+        for addr in ["/ip4/93.184.216.34/tcp/1", "/ip6/2606:4700::1/tcp/1"] {
+            let a: Multiaddr = addr.parse().expect("addr");
+            assert!(dialable(&a, &strict), "{addr}");
+        }
+    }
+
+    #[test]
+    fn a_shuffle_keeps_every_element() {
+        let mut v: Vec<u32> = (0..100).collect();
+        shuffle(&mut v);
+        let mut sorted = v.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<u32>>());
     }
 }

@@ -95,6 +95,11 @@ pub struct RelayConfig {
     /// [`DEFAULT_EXIT_POLICY_REJECT_PRIVATE`].
     #[serde(default = "default_exit_policy_reject_private")]
     pub exit_policy_reject_private: bool,
+    /// Dial other relays at private, loopback and link-local addresses (to prove their
+    /// descriptors' addresses, and as next hops). Only for test networks, where every relay has
+    /// such an address. Default: false.
+    #[serde(default)]
+    pub allow_private_addresses: bool,
     /// DNS servers the exit resolves names with. Empty: only `localhost` resolves (to
     /// 127.0.0.1 and ::1); every other name fails with END RESOLVEFAILED. Never the system
     /// resolver, never `/etc/hosts`. Default: empty.
@@ -213,6 +218,7 @@ impl Default for RelayConfig {
             family: Vec::new(),
             exit_policy_file: None,
             exit_policy_reject_private: DEFAULT_EXIT_POLICY_REJECT_PRIVATE,
+            allow_private_addresses: false,
             dns_upstreams: Vec::new(),
             safe_logging: DEFAULT_SAFE_LOGGING,
             max_circuits: DEFAULT_MAX_CIRCUITS,

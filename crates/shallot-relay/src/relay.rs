@@ -161,10 +161,12 @@ impl Relay {
                 .encode()
                 .into_bytes()
         });
-        let node = Node::start(
-            keys.identity.clone(),
-            NodeConfig::new(Role::Relay, config.listen.clone(), config.bootstrap.clone()),
-        )
+        let node = Node::start(keys.identity.clone(), {
+            let mut node =
+                NodeConfig::new(Role::Relay, config.listen.clone(), config.bootstrap.clone());
+            node.directory.allow_private_addrs = config.allow_private_addresses;
+            node
+        })
         .await?;
         let announce: Vec<Multiaddr> = if config.announce.is_empty() {
             node.listen_addrs()

@@ -150,6 +150,7 @@ async fn run_network(
             bootstrap: bootstrap.iter().take(BOOTSTRAP_RELAYS).cloned().collect(),
             exit_policy_file: is_exit.then(|| policy.clone()),
             exit_policy_reject_private: false,
+            allow_private_addresses: true,
             dns_upstreams: args.dns_upstream.into_iter().collect(),
             ..RelayConfig::default()
         };

@@ -38,6 +38,7 @@ pub fn test_config(dir: &Path, subnet: u8, bootstrap: Vec<Multiaddr>) -> RelayCo
         listen: vec![format!("/ip4/127.0.{subnet}.1/tcp/0").parse().unwrap()],
         bootstrap,
         safe_logging: false,
+        allow_private_addresses: true,
         handshake_timeout_secs: 5,
         connect_timeout_secs: 5,
         resolve_timeout_secs: 5,

@@ -1,0 +1,260 @@
+//! Helpers for the directory's network tests: where a network runs (loopback TCP, or the
+//! in-memory network with a wall clock the test moves), relays with their own keys, clients,
+//! and a client's view built exactly as `shallot client` builds it (a refresh, then assembly).
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use libp2p::identity::{Keypair, ed25519};
+use libp2p::{Multiaddr, PeerId};
+use shallot_crypto::OnionPublicKey;
+use shallot_directory::{
+    AssemblyReport, Descriptor, NetworkView, PROTOCOL_CIRCUIT_V1, RelayFlags, SignedDescriptor,
+    ViewConfig, WallClock, assemble,
+};
+use shallot_p2p::{FetchOutcome, MemoryNet, Node, NodeConfig, Role, TransportConfig};
+
+/// Upper bound for any network in these tests to converge; a test that needs longer fails.
+pub const CONVERGE_LIMIT: Duration = Duration::from_secs(120);
+/// A test relay's time between probes (the default is 250 ms).
+pub const TEST_PROBE_INTERVAL: Duration = Duration::from_millis(20);
+/// A test relay's time between synchronisations (the default is a minute).
+pub const TEST_SYNC_INTERVAL: Duration = Duration::from_secs(2);
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Where a test network runs: on loopback TCP with the system clock, or on an in-memory
+/// network with a wall clock the test can move forward.
+#[derive(Clone)]
+pub enum Wire {
+    Tcp,
+    Memory {
+        net: MemoryNet,
+        /// Seconds added to the system clock.
+        ahead: Arc<AtomicU64>,
+    },
+}
+
+impl Wire {
+    pub fn memory() -> Self {
+        Self::Memory {
+            net: MemoryNet::new(),
+            ahead: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub fn clock(&self) -> WallClock {
+        match self {
+            Self::Tcp => WallClock::system(),
+            Self::Memory { ahead, .. } => {
+                let ahead = Arc::clone(ahead);
+                let system = WallClock::system();
+                WallClock::from_fn(move || system.now() + ahead.load(Ordering::Relaxed))
+            }
+        }
+    }
+
+    /// Moves the wall clock of every node on this wire forward (memory only).
+    pub fn skip(&self, secs: u64) {
+        match self {
+            Self::Tcp => panic!("the system clock cannot be moved"),
+            Self::Memory { ahead, .. } => {
+                ahead.fetch_add(secs, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Relay `i`'s address: each in its own /24 (and /16 on memory), so the view's Sybil caps
+    /// hold them all, as they would hold relays of different operators.
+    pub fn relay_ip(&self, i: usize) -> Ipv4Addr {
+        let i = u8::try_from(i + 1).expect("at most 255 relays");
+        match self {
+            // 127.0.0.0/8 is loopback: relay i in its own /16, as the local network does.
+            Self::Tcp => Ipv4Addr::new(127, i, 0, 1),
+            Self::Memory { .. } => Ipv4Addr::new(10, i, 0, 1),
+        }
+    }
+
+    pub fn config(
+        &self,
+        role: Role,
+        ip: Ipv4Addr,
+        listen: bool,
+        bootstrap: Vec<Multiaddr>,
+    ) -> NodeConfig {
+        let listen = if listen {
+            vec![format!("/ip4/{ip}/tcp/0").parse().expect("addr")]
+        } else {
+            Vec::new()
+        };
+        let mut config = NodeConfig::new(role, listen, bootstrap);
+        config.query_timeout = Duration::from_secs(10);
+        config.clock = self.clock();
+        // A test network: every address is private, and things happen in seconds.
+        config.directory.allow_private_addrs = true;
+        config.directory.probe_interval = TEST_PROBE_INTERVAL;
+        config.directory.sync_interval = TEST_SYNC_INTERVAL;
+        if let Self::Memory { net, .. } = self {
+            config.transport = TransportConfig::Memory {
+                net: net.clone(),
+                ip: IpAddr::V4(ip),
+            };
+        }
+        config
+    }
+}
+
+pub struct TestRelay {
+    pub node: Node,
+    pub keypair: ed25519::Keypair,
+}
+
+impl TestRelay {
+    pub fn descriptor(&self, lifetime: u64) -> SignedDescriptor {
+        let now = self.node.clock().now();
+        Descriptor {
+            identity: self.keypair.public(),
+            published_at: now,
+            expires_at: now + lifetime,
+            protocols: PROTOCOL_CIRCUIT_V1,
+            flags: RelayFlags::default(),
+            addrs: self.node.listen_addrs().to_vec(),
+            onion_key: OnionPublicKey([1; 32]),
+            previous_onion_key: None,
+            family: Vec::new(),
+            policy_summary: Vec::new(),
+        }
+        .sign(&self.keypair)
+        .expect("sign descriptor")
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.node.peer_id()
+    }
+}
+
+/// Starts one relay at `ip` on `wire`, bootstrapping from `bootstrap`.
+pub async fn start_relay(wire: &Wire, ip: Ipv4Addr, bootstrap: Vec<Multiaddr>) -> TestRelay {
+    let keypair = ed25519::Keypair::generate();
+    let node = Node::start(
+        Keypair::from(keypair.clone()),
+        wire.config(Role::Relay, ip, true, bootstrap),
+    )
+    .await
+    .expect("start relay");
+    TestRelay { node, keypair }
+}
+
+/// Starts `n` relays on `wire` (relay `i` at [`Wire::relay_ip`]), bootstrapping from the first.
+pub async fn start_relays(wire: &Wire, n: usize) -> Vec<TestRelay> {
+    init_tracing();
+    let mut relays: Vec<TestRelay> = Vec::with_capacity(n);
+    for i in 0..n {
+        let bootstrap = relays
+            .first()
+            .and_then(|r| r.node.bootstrap_addr())
+            .into_iter()
+            .collect();
+        relays.push(start_relay(wire, wire.relay_ip(i), bootstrap).await);
+    }
+    relays
+}
+
+/// Publishes every relay's descriptor at once, as relays started together would, each retrying
+/// until [`CONVERGE_LIMIT`].
+pub async fn publish_all(relays: &[TestRelay], lifetime: u64) {
+    futures::future::join_all(relays.iter().map(|relay| async move {
+        let deadline = Instant::now() + CONVERGE_LIMIT;
+        loop {
+            match relay.node.publish(relay.descriptor(lifetime)).await {
+                Ok(()) => break,
+                Err(err) if Instant::now() < deadline => {
+                    tracing::debug!(%err, "publish failed, retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(err) => panic!("relay could not publish within {CONVERGE_LIMIT:?}: {err}"),
+            }
+        }
+    }))
+    .await;
+}
+
+pub async fn start_client(wire: &Wire, bootstrap: Vec<Multiaddr>) -> Node {
+    let ip = match wire {
+        Wire::Tcp => Ipv4Addr::LOCALHOST,
+        Wire::Memory { .. } => Ipv4Addr::new(10, 255, 0, 1),
+    };
+    Node::start(
+        Keypair::generate_ed25519(),
+        wire.config(Role::Client, ip, false, bootstrap),
+    )
+    .await
+    .expect("start client")
+}
+
+/// A client's view after one refresh, assembled as `shallot client` does.
+pub async fn refresh_into(client: &Node, view: &mut NetworkView) -> (FetchOutcome, AssemblyReport) {
+    let mut outcome = client.fetch_descriptors().await.expect("fetch");
+    let listings = std::mem::take(&mut outcome.listings);
+    let report = assemble(view, listings, client.clock().now());
+    (outcome, report)
+}
+
+/// A view as a fresh client's, with the caps of the real client.
+pub fn fresh_view() -> NetworkView {
+    NetworkView::new(ViewConfig::default())
+}
+
+/// Refreshes until the client's view holds every relay of `expected`; returns the time it took,
+/// or after [`CONVERGE_LIMIT`] what the view lacks.
+pub async fn try_wait_for_view(
+    client: &Node,
+    expected: &HashSet<PeerId>,
+) -> Result<(Duration, NetworkView), String> {
+    let started = Instant::now();
+    let mut view = fresh_view();
+    loop {
+        let fetch_started = Instant::now();
+        let (outcome, report) = refresh_into(client, &mut view).await;
+        let seen: HashSet<PeerId> = view.entries().map(|e| e.descriptor.peer_id()).collect();
+        tracing::info!(
+            seen = seen.len(),
+            sources = report.sources_used,
+            bytes = outcome.bytes,
+            took = ?fetch_started.elapsed(),
+            "one refresh"
+        );
+        if expected.is_subset(&seen) {
+            return Ok((started.elapsed(), view));
+        }
+        if started.elapsed() >= CONVERGE_LIMIT {
+            let missing: Vec<PeerId> = expected.difference(&seen).copied().collect();
+            return Err(format!(
+                "view holds {} of {} relays after {CONVERGE_LIMIT:?} (sources {}, walks {}, \
+                 report {report:?}, missing {missing:?})",
+                seen.intersection(expected).count(),
+                expected.len(),
+                report.sources_used,
+                outcome.walks,
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Refreshes until the view holds every relay of `expected`; returns the time it took.
+pub async fn wait_for_view(client: &Node, expected: &HashSet<PeerId>) -> (Duration, NetworkView) {
+    try_wait_for_view(client, expected)
+        .await
+        .unwrap_or_else(|failure| panic!("{failure}"))
+}

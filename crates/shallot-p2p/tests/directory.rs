@@ -1,0 +1,290 @@
+//! The directory of specs/04 §6–§7 on real libp2p nodes: fresh clients' views, relays that
+//! join and leave, and what a DHT node can push into honest stores. Most tests run on the
+//! in-memory network with a wall clock the test moves; one runs on loopback TCP.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::StreamExt;
+use libp2p::identity::ed25519;
+use libp2p::kad::{self, Quorum, Record, RecordKey, store::MemoryStore};
+use libp2p::{Multiaddr, PeerId, noise, tcp, yamux};
+use shallot_crypto::OnionPublicKey;
+use shallot_directory::{
+    Descriptor, PROTOCOL_CIRCUIT_V1, RecordRefusal, RelayFlags, WallClock, descriptor_key,
+};
+use shallot_p2p::KAD_PROTOCOL;
+
+async fn discovery_of(wire: &Wire, n: usize) -> Duration {
+    let started = Instant::now();
+    let relays = start_relays(wire, n).await;
+    let all_started = started.elapsed();
+    publish_all(&relays, 3600).await;
+    let all_published = started.elapsed();
+    let bootstrap: Vec<Multiaddr> = relays
+        .iter()
+        .take(3)
+        .filter_map(|r| r.node.bootstrap_addr())
+        .collect();
+    let client = start_client(wire, bootstrap).await;
+    let expected: HashSet<PeerId> = relays.iter().map(TestRelay::peer_id).collect();
+    let (took, view) = wait_for_view(&client, &expected).await;
+    assert_eq!(view.len(), n, "nothing but the relays");
+    println!(
+        "a fresh client's view held all {n} relays after {took:?} (relays started in \
+         {all_started:?}, published by {all_published:?})"
+    );
+    took
+}
+
+/// Over real TCP on loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_client_discovers_twenty_relays_over_tcp() {
+    discovery_of(&Wire::Tcp, 20).await;
+}
+
+/// The figure for 100 relays in specs/04 §6.1.1, on the in-memory network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_client_discovers_one_hundred_relays() {
+    discovery_of(&Wire::memory(), 100).await;
+}
+
+/// A relay that starts after the others is in a fresh client's view soon: it announces its
+/// descriptor to the relays it meets, they prove its address and list it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_relay_reaches_fresh_views_quickly() {
+    let wire = Wire::memory();
+    let relays = start_relays(&wire, 20).await;
+    publish_all(&relays, 3600).await;
+    let bootstrap = vec![relays[0].node.bootstrap_addr().expect("addr")];
+    let newcomer = start_relay(&wire, wire.relay_ip(100), bootstrap.clone()).await;
+    let joined = Instant::now();
+    publish_all(std::slice::from_ref(&newcomer), 3600).await;
+    let client = start_client(&wire, vec![relays[5].node.bootstrap_addr().expect("addr")]).await;
+    let expected: HashSet<PeerId> = HashSet::from([newcomer.peer_id()]);
+    wait_for_view(&client, &expected).await;
+    let took = joined.elapsed();
+    println!("a new relay was in a fresh client's view {took:?} after it started");
+    assert!(
+        took < Duration::from_secs(120),
+        "specs/04 §6.1: within two minutes"
+    );
+    // The relays it announced to proved its address.
+    let proven = relays
+        .iter()
+        .filter_map(|r| r.node.directory()?.get(&newcomer.peer_id()))
+        .filter(|e| !e.proven.is_empty())
+        .count();
+    assert!(proven > 0, "no relay proved the newcomer's address");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_relay_stays_listed_until_expiry_then_leaves_views() {
+    const LIFETIME: u64 = 600;
+    let wire = Wire::memory();
+    let mut relays = start_relays(&wire, 6).await;
+    // The relay that will stop publishes only a short-lived descriptor.
+    let leaving = relays.pop().expect("relay");
+    publish_all(&relays, 3600).await;
+    let leaving_peer = leaving.peer_id();
+    publish_all(std::slice::from_ref(&leaving), LIFETIME).await;
+    // Others hold it (it announced itself) before it goes.
+    let deadline = Instant::now() + CONVERGE_LIMIT;
+    while !relays.iter().all(|r| {
+        r.node
+            .directory()
+            .is_some_and(|d| d.get(&leaving_peer).is_some())
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "not every relay learned the leaving one"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(leaving);
+
+    // Its publisher is offline, yet the other relays still list it.
+    let client = start_client(&wire, vec![relays[0].node.bootstrap_addr().expect("addr")]).await;
+    let mut expected: HashSet<PeerId> = relays.iter().map(TestRelay::peer_id).collect();
+    expected.insert(leaving_peer);
+    wait_for_view(&client, &expected).await;
+
+    // After its lifetime (the wall clock moved, no waiting), a fresh view does not hold it.
+    wire.skip(LIFETIME + 1);
+    let fresh = start_client(&wire, vec![relays[1].node.bootstrap_addr().expect("addr")]).await;
+    let mut view = fresh_view();
+    let (_, report) = refresh_into(&fresh, &mut view).await;
+    assert!(
+        view.get(&leaving_peer).is_none(),
+        "an expired relay is still in a fresh view"
+    );
+    assert_eq!(view.len(), relays.len());
+    assert!(report.sources_dropped.is_empty(), "{report:?}");
+}
+
+/// A DHT node that stores whatever it is given and pushes records at will.
+struct MaliciousNode {
+    swarm: libp2p::Swarm<kad::Behaviour<MemoryStore>>,
+}
+
+impl MaliciousNode {
+    async fn start() -> Self {
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .expect("tcp")
+            .with_behaviour(|key| {
+                let peer = key.public().to_peer_id();
+                let mut config = kad::Config::new(KAD_PROTOCOL);
+                config.set_record_filtering(kad::StoreInserts::Unfiltered);
+                let mut kad = kad::Behaviour::with_config(peer, MemoryStore::new(peer), config);
+                kad.set_mode(Some(kad::Mode::Server));
+                kad
+            })
+            .expect("behaviour")
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        swarm
+            .listen_on("/ip4/127.0.200.1/tcp/0".parse().expect("addr"))
+            .expect("listen");
+        loop {
+            if let libp2p::swarm::SwarmEvent::NewListenAddr { .. } = swarm.select_next_some().await
+            {
+                break;
+            }
+        }
+        Self { swarm }
+    }
+
+    /// Pushes `records` to every one of `servers` and drives the swarm until done (bounded).
+    async fn push(&mut self, records: Vec<Record>, servers: &[(PeerId, Multiaddr)]) {
+        for (peer, addr) in servers {
+            self.swarm.behaviour_mut().add_address(peer, addr.clone());
+        }
+        let mut pending = HashSet::new();
+        for record in records {
+            pending.insert(self.swarm.behaviour_mut().put_record_to(
+                record,
+                servers.iter().map(|(p, _)| *p),
+                Quorum::One,
+            ));
+        }
+        let drive_until = Instant::now() + Duration::from_secs(30);
+        while !pending.is_empty() && Instant::now() < drive_until {
+            if let Ok(libp2p::swarm::SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
+                id,
+                step,
+                ..
+            })) =
+                tokio::time::timeout(Duration::from_secs(1), self.swarm.select_next_some()).await
+                && step.last
+            {
+                pending.remove(&id);
+            }
+        }
+    }
+}
+
+fn descriptor_of(keypair: &ed25519::Keypair, published_at: u64, expires_at: u64) -> Descriptor {
+    Descriptor {
+        identity: keypair.public(),
+        published_at,
+        expires_at,
+        protocols: PROTOCOL_CIRCUIT_V1,
+        flags: RelayFlags::default(),
+        addrs: vec!["/ip4/127.0.202.1/tcp/9".parse().expect("addr")],
+        onion_key: OnionPublicKey([2; 32]),
+        previous_onion_key: None,
+        family: Vec::new(),
+        policy_summary: Vec::new(),
+    }
+}
+
+/// specs/04 §5.4: forged, expired, oversized and mismatched records pushed straight to every
+/// honest DHT server are refused and counted; none enters a store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_records_pushed_by_a_dht_node_enter_no_store() {
+    let relays = start_relays(&Wire::Tcp, 6).await;
+    publish_all(&relays, 3600).await;
+    let now = WallClock::system().now();
+    let genuine = relays[0].descriptor(3600);
+    let mut bad_signature = genuine.as_bytes().to_vec();
+    let last = bad_signature.len() - 1;
+    bad_signature[last] ^= 1;
+    let fake = ed25519::Keypair::generate();
+    let expired = descriptor_of(&fake, now - 7200, now - 3600)
+        .sign(&fake)
+        .expect("sign");
+    let other = ed25519::Keypair::generate();
+    let valid_other = descriptor_of(&other, now, now + 3600)
+        .sign(&other)
+        .expect("sign");
+    let oversized_peer = PeerId::random();
+    let mismatched_peer = PeerId::random();
+    let mut v1_key = b"/shallot/desc/1/".to_vec();
+    v1_key.extend_from_slice(&valid_other.peer_id().to_bytes());
+    let forged: Vec<(&str, Vec<u8>, Vec<u8>)> = vec![
+        (
+            "bad_signature",
+            descriptor_key(&genuine.peer_id()),
+            bad_signature,
+        ),
+        (
+            "expired",
+            descriptor_key(&expired.peer_id()),
+            expired.as_bytes().to_vec(),
+        ),
+        (
+            "oversized",
+            descriptor_key(&oversized_peer),
+            vec![0x53; 5000],
+        ),
+        (
+            "peer_mismatch",
+            descriptor_key(&mismatched_peer),
+            valid_other.as_bytes().to_vec(),
+        ),
+        ("first_version_key", v1_key, valid_other.as_bytes().to_vec()),
+    ];
+    let mut adversary = MaliciousNode::start().await;
+    let servers: Vec<(PeerId, Multiaddr)> = relays
+        .iter()
+        .map(|r| (r.peer_id(), r.node.listen_addrs()[0].clone()))
+        .collect();
+    let records = forged
+        .iter()
+        .map(|(_, key, value)| Record::new(RecordKey::new(key), value.clone()))
+        .collect();
+    adversary.push(records, &servers).await;
+    let mut refused = 0;
+    for relay in &relays {
+        for (label, key, value) in &forged {
+            let stored = relay.node.stored_record(key.clone()).await.expect("store");
+            assert_ne!(
+                stored.as_deref(),
+                Some(value.as_slice()),
+                "{label} record entered an honest store"
+            );
+        }
+        for reason in [
+            RecordRefusal::BadSignature,
+            RecordRefusal::Expired,
+            RecordRefusal::Oversized,
+            RecordRefusal::PeerMismatch,
+            RecordRefusal::Malformed,
+        ] {
+            refused += relay.node.stats().records_refused(reason);
+        }
+    }
+    assert!(
+        refused >= forged.len() as u64,
+        "honest servers counted only {refused} refusals"
+    );
+}
