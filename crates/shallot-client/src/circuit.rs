@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use futures::io::{AsyncRead, AsyncWrite};
 use shallot_cell::{DestroyReason, Host, ResolvedAnswer, StreamId};
 use shallot_error::{ErrorKind, HasKind};
-use shallot_p2p::{CIRCUIT_PROTOCOL, PeerId, StreamControl};
+use shallot_p2p::{CIRCUIT_PROTOCOL, Multiaddr, PeerId, StreamControl};
 use shallot_proto::{ClientCircuit, ClientEvent, HopSpec, ProtoError};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::PollSender;
@@ -295,10 +295,20 @@ pub(crate) async fn build(
     // The whole build, dial included, is bounded by the build timeout; each CREATE and EXTEND
     // is too (by the state machine), so a hop that never answers is noticed without this.
     let deadline = tokio::time::Instant::from_std(options.started + options.build_timeout);
-    let link = tokio::time::timeout_at(deadline, control.open_stream(guard, CIRCUIT_PROTOCOL))
-        .await
-        .map_err(|_| BuildFailure::Timeout { hops_built: 0 })?
-        .map_err(|_| BuildFailure::Dial)?;
+    // Only at the addresses its signed descriptor lists (specs/04 §6.3): never over a
+    // connection the swarm made elsewhere, nor at an address Kademlia or identify learned.
+    let guard_addrs: Vec<Multiaddr> = first
+        .addrs
+        .iter()
+        .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
+        .collect();
+    let link = tokio::time::timeout_at(
+        deadline,
+        control.open_stream_at(guard, &guard_addrs, CIRCUIT_PROTOCOL),
+    )
+    .await
+    .map_err(|_| BuildFailure::Timeout { hops_built: 0 })?
+    .map_err(|_| BuildFailure::Dial)?;
     let id = options.id;
     trace!(circuit = id, since_start = ?options.started.elapsed(), "stream to the first hop open");
     let (handle, built) = spawn(link, path, options)?;

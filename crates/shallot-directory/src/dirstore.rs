@@ -2,8 +2,23 @@
 //! addresses it proved, and the order in which it learned them, so that it can list them all or
 //! only what changed. Plain state: the node feeds it descriptors and probe results and asks it
 //! for listings and for the next address to probe.
+//!
+//! A descriptor is **listed** (served to clients and other relays) only once this relay proved
+//! one of its addresses: it dialed it and the Noise handshake authenticated the descriptor's
+//! PeerId there. Until then it is **pending**, in one of two bounded lanes:
+//!
+//! - *vouched*: announced by the relay itself over a connection from one of the IP addresses
+//!   it signs. Only an adversary's own few addresses can be vouched for, so the lane stays
+//!   free for honest relays however many keys an adversary mints; its probes go first.
+//! - *heard*: from another relay's listing, a Kademlia record, or an announcement from
+//!   elsewhere. Anyone can fill it with descriptors whose addresses lead nowhere; it is bounded,
+//!   its probes drain it, and a descriptor whose probes all failed is not taken again.
+//!
+//! The caps of listed entries count only proven addresses, so descriptors that sign addresses
+//! in an honest relay's /24 where nothing of theirs listens take no listed slot there.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 
 use libp2p_identity::PeerId;
 use multiaddr::Multiaddr;
@@ -14,28 +29,41 @@ use crate::dirproto::{
     MAX_RESPONSE_LEN,
 };
 use crate::records::{RecordRefusal, is_newer};
-use crate::subnet::{Block, Subnet};
+use crate::subnet::{Block, Subnet, canonical_ip};
 use crate::view::{AddrSet, MAX_VIEW_RELAYS};
 
-/// Most descriptors a store holds.
+/// Most listed descriptors a store holds.
 pub const MAX_STORE_ENTRIES: usize = MAX_VIEW_RELAYS;
-/// Most descriptors a store holds per IPv4 /24 or IPv6 /48 of their signed addresses (proven or
-/// not): minting keys on a few addresses cannot fill the store (specs/04 §7.4).
+/// Most listed descriptors per IPv4 /24 or IPv6 /48 of their proven addresses.
 pub const MAX_STORE_PER_SUBNET: usize = 4;
-/// Most descriptors a store holds per IPv4 /16 or IPv6 /32 of their signed addresses.
+/// Most listed descriptors per IPv4 /16 or IPv6 /32 of their proven addresses.
 pub const MAX_STORE_PER_BLOCK: usize = 32;
+/// Most pending descriptors in the heard lane.
+pub const MAX_HEARD: usize = 1024;
+/// Most pending descriptors in the vouched lane.
+pub const MAX_VOUCHED: usize = 256;
+/// Most pending descriptors per lane and per /24 (/48) of their signed addresses.
+pub const MAX_PENDING_PER_SUBNET: usize = 4;
+/// Most pending descriptors per lane and per /16 (/32) of their signed addresses.
+pub const MAX_PENDING_PER_BLOCK: usize = 16;
 /// Most addresses waiting to be probed.
-pub const MAX_PENDING_PROBES: usize = 1024;
+pub const MAX_PENDING_PROBES: usize = 4096;
+/// Most descriptors remembered as refuted (every probe failed), oldest forgotten first.
+pub const MAX_REFUTED: usize = 4096;
 
 /// Settings of a [`DirStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
-    /// Most descriptors held.
+    /// Most listed descriptors.
     pub max_entries: usize,
-    /// Most descriptors per /24 (/48).
+    /// Most listed descriptors per /24 (/48) of proven addresses.
     pub max_per_subnet: usize,
-    /// Most descriptors per /16 (/32).
+    /// Most listed descriptors per /16 (/32) of proven addresses.
     pub max_per_block: usize,
+    /// Most pending descriptors in the heard lane.
+    pub max_heard: usize,
+    /// Most pending descriptors in the vouched lane.
+    pub max_vouched: usize,
 }
 
 impl Default for StoreConfig {
@@ -44,8 +72,21 @@ impl Default for StoreConfig {
             max_entries: MAX_STORE_ENTRIES,
             max_per_subnet: MAX_STORE_PER_SUBNET,
             max_per_block: MAX_STORE_PER_BLOCK,
+            max_heard: MAX_HEARD,
+            max_vouched: MAX_VOUCHED,
         }
     }
+}
+
+/// Where an entry stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Standing {
+    /// At least one address proven: listed.
+    Listed,
+    /// Unproven, announced by the relay from one of its signed IP addresses.
+    Vouched,
+    /// Unproven, heard of from elsewhere.
+    Heard,
 }
 
 /// A descriptor in the store.
@@ -57,6 +98,8 @@ pub struct StoreEntry {
     pub first_seen: u64,
     /// The addresses this relay proved (dialed, and authenticated the PeerId there).
     pub proven: AddrSet,
+    /// Listed or pending, and in which lane.
+    pub standing: Standing,
     /// When the entry last changed, in the store's sequence.
     seq: u64,
 }
@@ -75,16 +118,111 @@ pub struct Probe {
 /// What [`DirStore::offer`] did with a descriptor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Offered {
-    /// A relay new to the store.
+    /// A relay new to the store (pending until a probe proves it).
     Added,
     /// A newer descriptor for a relay the store held.
     Updated,
     /// Not newer than what the store holds.
     Unchanged,
-    /// Refused: the store, or a subnet of its addresses, is full.
+    /// Refused: the store, a lane, or a subnet of its addresses is full.
     Full,
+    /// Refused: this very descriptor was probed at every address and never answered.
+    Refuted,
     /// Refused: not a valid descriptor now.
     Invalid(RecordRefusal),
+}
+
+/// Per-network counts of one class of entries.
+#[derive(Debug, Default)]
+struct Load {
+    entries: usize,
+    subnets: HashMap<Subnet, usize>,
+    blocks: HashMap<Block, usize>,
+}
+
+impl Load {
+    fn fits(
+        &self,
+        nets: &Networks,
+        max_entries: usize,
+        per_subnet: usize,
+        per_block: usize,
+    ) -> bool {
+        self.entries < max_entries
+            && !nets.subnets.is_empty()
+            && nets
+                .subnets
+                .iter()
+                .all(|s| self.subnets.get(s).copied().unwrap_or(0) < per_subnet)
+            && nets
+                .blocks
+                .iter()
+                .all(|b| self.blocks.get(b).copied().unwrap_or(0) < per_block)
+    }
+
+    fn add(&mut self, nets: &Networks) {
+        self.entries += 1;
+        for s in &nets.subnets {
+            *self.subnets.entry(*s).or_default() += 1;
+        }
+        for b in &nets.blocks {
+            *self.blocks.entry(*b).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, nets: &Networks) {
+        self.entries = self.entries.saturating_sub(1);
+        for s in &nets.subnets {
+            if let Some(n) = self.subnets.get_mut(s) {
+                *n -= 1;
+                if *n == 0 {
+                    self.subnets.remove(s);
+                }
+            }
+        }
+        for b in &nets.blocks {
+            if let Some(n) = self.blocks.get_mut(b) {
+                *n -= 1;
+                if *n == 0 {
+                    self.blocks.remove(b);
+                }
+            }
+        }
+    }
+}
+
+/// The networks an entry counts against: its proven addresses' when listed, all its signed
+/// addresses' when pending.
+struct Networks {
+    subnets: Vec<Subnet>,
+    blocks: Vec<Block>,
+}
+
+impl Networks {
+    fn of(d: &SignedDescriptor, only: Option<AddrSet>) -> Self {
+        let ips: Vec<IpAddr> = d
+            .descriptor()
+            .addrs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| only.is_none_or(|set| set.contains(*i)))
+            .filter_map(|(_, a)| ip_of(a))
+            .collect();
+        let mut subnets: Vec<Subnet> = ips.iter().copied().map(Subnet::of).collect();
+        let mut blocks: Vec<Block> = ips.iter().copied().map(Block::of).collect();
+        subnets.sort_unstable();
+        subnets.dedup();
+        blocks.sort_unstable();
+        blocks.dedup();
+        Self { subnets, blocks }
+    }
+
+    fn of_entry(e: &StoreEntry) -> Self {
+        match e.standing {
+            Standing::Listed => Self::of(&e.descriptor, Some(e.proven)),
+            Standing::Vouched | Standing::Heard => Self::of(&e.descriptor, None),
+        }
+    }
 }
 
 /// The store. See the module documentation.
@@ -95,20 +233,18 @@ pub struct DirStore {
     seq: u64,
     entries: BTreeMap<PeerId, StoreEntry>,
     by_seq: BTreeMap<u64, PeerId>,
-    subnet_load: HashMap<Subnet, usize>,
-    block_load: HashMap<Block, usize>,
+    listed: Load,
+    vouched: Load,
+    heard: Load,
+    /// Probes of vouched entries, which go first.
+    urgent_probes: VecDeque<Probe>,
     probes: VecDeque<Probe>,
     queued: HashSet<(PeerId, usize)>,
-}
-
-fn networks(d: &SignedDescriptor) -> (Vec<Subnet>, Vec<Block>) {
-    let mut subnets: Vec<Subnet> = d.descriptor().ip_addrs().map(Subnet::of).collect();
-    let mut blocks: Vec<Block> = d.descriptor().ip_addrs().map(Block::of).collect();
-    subnets.sort_unstable();
-    subnets.dedup();
-    blocks.sort_unstable();
-    blocks.dedup();
-    (subnets, blocks)
+    /// Probes handed out and not yet answered.
+    in_flight: HashSet<(PeerId, usize)>,
+    /// Descriptors (PeerId, publication time) whose every address failed its probe.
+    refuted: HashSet<(PeerId, u64)>,
+    refuted_order: VecDeque<(PeerId, u64)>,
 }
 
 impl DirStore {
@@ -121,16 +257,31 @@ impl DirStore {
             seq: 0,
             entries: BTreeMap::new(),
             by_seq: BTreeMap::new(),
-            subnet_load: HashMap::new(),
-            block_load: HashMap::new(),
+            listed: Load::default(),
+            vouched: Load::default(),
+            heard: Load::default(),
+            urgent_probes: VecDeque::new(),
             probes: VecDeque::new(),
             queued: HashSet::new(),
+            in_flight: HashSet::new(),
+            refuted: HashSet::new(),
+            refuted_order: VecDeque::new(),
         }
     }
 
-    /// Descriptors held.
+    /// Descriptors held, listed and pending.
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Listed descriptors (at least one address proven).
+    pub fn listed_len(&self) -> usize {
+        self.listed.entries
+    }
+
+    /// Pending descriptors in the vouched and the heard lane.
+    pub fn pending_len(&self) -> (usize, usize) {
+        (self.vouched.entries, self.heard.entries)
     }
 
     /// Whether the store holds nothing.
@@ -138,12 +289,12 @@ impl DirStore {
         self.entries.is_empty()
     }
 
-    /// The entry of `peer`.
+    /// The entry of `peer`, listed or pending.
     pub fn get(&self, peer: &PeerId) -> Option<&StoreEntry> {
         self.entries.get(peer)
     }
 
-    /// Every entry, in PeerId order.
+    /// Every entry, listed and pending, in PeerId order.
     pub fn entries(&self) -> impl Iterator<Item = &StoreEntry> {
         self.entries.values()
     }
@@ -155,7 +306,44 @@ impl DirStore {
 
     /// Addresses waiting to be probed.
     pub fn pending_probes(&self) -> usize {
-        self.probes.len()
+        self.probes.len() + self.urgent_probes.len()
+    }
+
+    /// Descriptors remembered as refuted.
+    pub fn refuted_len(&self) -> usize {
+        self.refuted.len()
+    }
+
+    fn load_mut(&mut self, standing: Standing) -> &mut Load {
+        match standing {
+            Standing::Listed => &mut self.listed,
+            Standing::Vouched => &mut self.vouched,
+            Standing::Heard => &mut self.heard,
+        }
+    }
+
+    fn fits(&self, d: &SignedDescriptor, standing: Standing, proven: AddrSet) -> bool {
+        let c = &self.config;
+        match standing {
+            Standing::Listed => self.listed.fits(
+                &Networks::of(d, Some(proven)),
+                c.max_entries,
+                c.max_per_subnet,
+                c.max_per_block,
+            ),
+            Standing::Vouched => self.vouched.fits(
+                &Networks::of(d, None),
+                c.max_vouched,
+                MAX_PENDING_PER_SUBNET,
+                MAX_PENDING_PER_BLOCK,
+            ),
+            Standing::Heard => self.heard.fits(
+                &Networks::of(d, None),
+                c.max_heard,
+                MAX_PENDING_PER_SUBNET,
+                MAX_PENDING_PER_BLOCK,
+            ),
+        }
     }
 
     fn bump(&mut self, peer: PeerId) {
@@ -168,7 +356,23 @@ impl DirStore {
         self.by_seq.insert(self.seq, peer);
     }
 
-    /// Offers descriptor bytes from a peer: verified at `now`, then as [`DirStore::offer_verified`].
+    fn insert(&mut self, peer: PeerId, entry: StoreEntry) {
+        let nets = Networks::of_entry(&entry);
+        self.load_mut(entry.standing).add(&nets);
+        self.entries.insert(peer, entry);
+        self.bump(peer);
+    }
+
+    fn take(&mut self, peer: &PeerId) -> Option<StoreEntry> {
+        let entry = self.entries.remove(peer)?;
+        self.by_seq.remove(&entry.seq);
+        let nets = Networks::of_entry(&entry);
+        self.load_mut(entry.standing).remove(&nets);
+        Some(entry)
+    }
+
+    /// Offers descriptor bytes heard of from a peer (a listing, a record): verified at `now`,
+    /// then as [`DirStore::offer_verified`].
     pub fn offer(&mut self, bytes: &[u8], now: u64) -> Offered {
         // The bytes the store holds already were verified when they came in: a sync that
         // lists them again costs a comparison, not a signature check.
@@ -184,16 +388,70 @@ impl DirStore {
         }
     }
 
-    /// Offers a verified descriptor (valid at `now`). A newer one replaces the held one and
-    /// keeps the proofs of the addresses it still lists; every unproven address is queued for
-    /// a probe.
+    /// Offers a verified descriptor heard of from elsewhere (the heard lane if it is new).
     pub fn offer_verified(&mut self, descriptor: SignedDescriptor, now: u64) -> Offered {
+        self.offer_in(descriptor, now, Standing::Heard)
+    }
+
+    /// Offers a descriptor its relay announced itself over a connection from `from`: the
+    /// vouched lane when `from` is one of the IP addresses it signs, the heard lane otherwise.
+    pub fn offer_announced(
+        &mut self,
+        descriptor: SignedDescriptor,
+        from: Option<IpAddr>,
+        now: u64,
+    ) -> Offered {
+        let vouched = from.map(canonical_ip).is_some_and(|from| {
+            descriptor
+                .descriptor()
+                .ip_addrs()
+                .any(|ip| canonical_ip(ip) == from)
+        });
+        let lane = if vouched {
+            Standing::Vouched
+        } else {
+            Standing::Heard
+        };
+        self.offer_in(descriptor, now, lane)
+    }
+
+    /// A newer descriptor replaces the held one and keeps the proofs of the addresses it
+    /// still lists (it stays listed if any is left); every unproven address is queued for a
+    /// probe.
+    fn offer_in(&mut self, descriptor: SignedDescriptor, now: u64, lane: Standing) -> Offered {
         if descriptor.descriptor().check_time(now).is_err() {
             return Offered::Invalid(RecordRefusal::Expired);
         }
         let peer = descriptor.peer_id();
-        let (kept, first_seen, outcome) = match self.entries.get(&peer) {
-            Some(old) if !is_newer(&descriptor, &old.descriptor) => return Offered::Unchanged,
+        if self
+            .refuted
+            .contains(&(peer, descriptor.descriptor().published_at))
+        {
+            return Offered::Refuted;
+        }
+        let (kept, first_seen, outcome, was) = match self.entries.get(&peer) {
+            Some(old) if !is_newer(&descriptor, &old.descriptor) => {
+                // The same descriptor announced by its relay from its own address moves up.
+                if old.standing == Standing::Heard
+                    && lane == Standing::Vouched
+                    && old.descriptor == descriptor
+                {
+                    let old = self.take(&peer).expect("held");
+                    if self.fits(&old.descriptor, Standing::Vouched, AddrSet::NONE) {
+                        self.insert(
+                            peer,
+                            StoreEntry {
+                                standing: Standing::Vouched,
+                                ..old
+                            },
+                        );
+                        self.requeue_urgent(peer);
+                    } else {
+                        self.insert(peer, old);
+                    }
+                }
+                return Offered::Unchanged;
+            }
             Some(old) => {
                 let old_addrs = &old.descriptor.descriptor().addrs;
                 let mut kept = AddrSet::NONE;
@@ -204,12 +462,19 @@ impl DirStore {
                         kept = kept.with(i);
                     }
                 }
-                (kept, old.first_seen, Offered::Updated)
+                (kept, old.first_seen, Offered::Updated, Some(old.standing))
             }
-            None => (AddrSet::NONE, now, Offered::Added),
+            None => (AddrSet::NONE, now, Offered::Added, None),
+        };
+        let standing = if !kept.is_empty() {
+            Standing::Listed
+        } else if was == Some(Standing::Vouched) {
+            Standing::Vouched
+        } else {
+            lane
         };
         let old = self.take(&peer);
-        if !self.fits(&descriptor) {
+        if !self.fits(&descriptor, standing, kept) {
             // Put back what was there, if anything.
             if let Some(old) = old {
                 self.insert(peer, old);
@@ -222,6 +487,7 @@ impl DirStore {
                 descriptor,
                 first_seen,
                 proven: kept,
+                standing,
                 seq: 0,
             },
         );
@@ -229,82 +495,61 @@ impl DirStore {
         outcome
     }
 
-    fn fits(&self, d: &SignedDescriptor) -> bool {
-        if self.entries.len() >= self.config.max_entries {
-            return false;
-        }
-        let (subnets, blocks) = networks(d);
-        !subnets.is_empty()
-            && subnets
-                .iter()
-                .all(|s| self.subnet_load.get(s).copied().unwrap_or(0) < self.config.max_per_subnet)
-            && blocks
-                .iter()
-                .all(|b| self.block_load.get(b).copied().unwrap_or(0) < self.config.max_per_block)
-    }
-
-    fn insert(&mut self, peer: PeerId, entry: StoreEntry) {
-        let (subnets, blocks) = networks(&entry.descriptor);
-        for s in subnets {
-            *self.subnet_load.entry(s).or_default() += 1;
-        }
-        for b in blocks {
-            *self.block_load.entry(b).or_default() += 1;
-        }
-        self.entries.insert(peer, entry);
-        self.bump(peer);
-    }
-
-    fn take(&mut self, peer: &PeerId) -> Option<StoreEntry> {
-        let entry = self.entries.remove(peer)?;
-        self.by_seq.remove(&entry.seq);
-        let (subnets, blocks) = networks(&entry.descriptor);
-        for s in subnets {
-            if let Some(n) = self.subnet_load.get_mut(&s) {
-                *n -= 1;
-                if *n == 0 {
-                    self.subnet_load.remove(&s);
-                }
-            }
-        }
-        for b in blocks {
-            if let Some(n) = self.block_load.get_mut(&b) {
-                *n -= 1;
-                if *n == 0 {
-                    self.block_load.remove(&b);
-                }
-            }
-        }
-        Some(entry)
-    }
-
-    fn queue_probes(&mut self, peer: PeerId) {
+    fn unproven(&self, peer: PeerId) -> Vec<Probe> {
         let Some(e) = self.entries.get(&peer) else {
-            return;
+            return Vec::new();
         };
-        let wanted: Vec<(usize, Multiaddr)> = e
-            .descriptor
+        e.descriptor
             .descriptor()
             .addrs
             .iter()
             .enumerate()
             .filter(|(i, a)| !e.proven.contains(*i) && ip_of(a).is_some())
-            .map(|(i, a)| (i, a.clone()))
-            .collect();
-        for (index, addr) in wanted {
-            if self.probes.len() >= MAX_PENDING_PROBES {
+            .map(|(index, addr)| Probe {
+                peer,
+                index,
+                addr: addr.clone(),
+            })
+            .collect()
+    }
+
+    fn queue_probes(&mut self, peer: PeerId) {
+        let urgent = self
+            .entries
+            .get(&peer)
+            .is_some_and(|e| e.standing == Standing::Vouched);
+        for probe in self.unproven(peer) {
+            if self.pending_probes() >= MAX_PENDING_PROBES {
                 return;
             }
-            if self.queued.insert((peer, index)) {
-                self.probes.push_back(Probe { peer, index, addr });
+            if self.queued.insert((peer, probe.index)) {
+                if urgent {
+                    self.urgent_probes.push_back(probe);
+                } else {
+                    self.probes.push_back(probe);
+                }
             }
         }
     }
 
-    /// The next address to dial, oldest request first.
+    /// Moves the queued probes of a newly vouched entry to the front lane.
+    fn requeue_urgent(&mut self, peer: PeerId) {
+        let (mine, rest): (Vec<Probe>, Vec<Probe>) =
+            self.probes.drain(..).partition(|p| p.peer == peer);
+        self.probes = rest.into();
+        for p in mine {
+            self.queued.remove(&(p.peer, p.index));
+        }
+        self.queue_probes(peer);
+    }
+
+    /// The next address to dial: vouched entries first, then oldest request first.
     pub fn next_probe(&mut self) -> Option<Probe> {
         loop {
-            let probe = self.probes.pop_front()?;
+            let probe = self
+                .urgent_probes
+                .pop_front()
+                .or_else(|| self.probes.pop_front())?;
             self.queued.remove(&(probe.peer, probe.index));
             // Still wanted: the entry holds this very address, unproven.
             let wanted = self.entries.get(&probe.peer).is_some_and(|e| {
@@ -312,18 +557,19 @@ impl DirStore {
                     && e.descriptor.descriptor().addrs.get(probe.index) == Some(&probe.addr)
             });
             if wanted {
+                self.in_flight.insert((probe.peer, probe.index));
                 return Some(probe);
             }
         }
     }
 
     /// The outcome of a probe: `reached` when the dial to `probe.addr` succeeded and the
-    /// handshake authenticated `probe.peer` there.
+    /// handshake authenticated `probe.peer` there. A pending entry whose last address failed
+    /// leaves the store and is remembered as refuted; one that is proven is listed, if the
+    /// caps of its proven addresses leave room.
     pub fn probed(&mut self, probe: &Probe, reached: bool) {
-        if !reached {
-            return;
-        }
-        let Some(e) = self.entries.get_mut(&probe.peer) else {
+        self.in_flight.remove(&(probe.peer, probe.index));
+        let Some(e) = self.entries.get(&probe.peer) else {
             return;
         };
         if e.descriptor.descriptor().addrs.get(probe.index) != Some(&probe.addr)
@@ -331,21 +577,77 @@ impl DirStore {
         {
             return;
         }
-        e.proven = e.proven.with(probe.index);
-        self.bump(probe.peer);
-    }
-
-    /// Marks every address of `peer`'s descriptor proven (a relay's own entry: it listens at
-    /// its own addresses).
-    pub fn prove_all(&mut self, peer: &PeerId) {
-        let Some(e) = self.entries.get_mut(peer) else {
-            return;
-        };
-        if e.proven == AddrSet::ALL {
+        let peer = probe.peer;
+        if !reached {
+            let waiting = self
+                .queued
+                .iter()
+                .chain(self.in_flight.iter())
+                .any(|(p, _)| *p == peer);
+            if e.standing != Standing::Listed && !waiting {
+                let published = e.descriptor.descriptor().published_at;
+                self.take(&peer);
+                self.refute(peer, published);
+            }
             return;
         }
-        e.proven = AddrSet::ALL;
-        self.bump(*peer);
+        let Some(old) = self.take(&peer) else {
+            return;
+        };
+        let proven = old.proven.with(probe.index);
+        if self.fits(&old.descriptor, Standing::Listed, proven) {
+            self.insert(
+                peer,
+                StoreEntry {
+                    proven,
+                    standing: Standing::Listed,
+                    ..old
+                },
+            );
+        } else if old.standing == Standing::Listed {
+            // Listed through another address; this one's network is full: stays unproven.
+            self.insert(peer, old);
+        }
+        // A pending entry proven in a full network is dropped: it could not be listed.
+    }
+
+    fn refute(&mut self, peer: PeerId, published_at: u64) {
+        if self.refuted.insert((peer, published_at)) {
+            self.refuted_order.push_back((peer, published_at));
+        }
+        while self.refuted_order.len() > MAX_REFUTED {
+            if let Some(old) = self.refuted_order.pop_front() {
+                self.refuted.remove(&old);
+            }
+        }
+    }
+
+    /// Lists `peer`'s own descriptor with every address proven (a relay's own entry: it
+    /// listens at its own addresses).
+    pub fn insert_own(&mut self, descriptor: SignedDescriptor, now: u64) -> Offered {
+        if descriptor.descriptor().check_time(now).is_err() {
+            return Offered::Invalid(RecordRefusal::Expired);
+        }
+        let peer = descriptor.peer_id();
+        let first_seen = self.entries.get(&peer).map_or(now, |e| e.first_seen);
+        let old = self.take(&peer);
+        let outcome = if old.is_some() {
+            Offered::Updated
+        } else {
+            Offered::Added
+        };
+        // The caps bind others, not the relay itself: its own entry always fits.
+        self.insert(
+            peer,
+            StoreEntry {
+                descriptor,
+                first_seen,
+                proven: AddrSet::ALL,
+                standing: Standing::Listed,
+                seq: 0,
+            },
+        );
+        outcome
     }
 
     /// Takes out every descriptor no longer valid at `now`; returns how many went.
@@ -362,10 +664,10 @@ impl DirStore {
         expired.len()
     }
 
-    /// A listing for a client that last saw `since` in epoch `epoch`: the entries that changed
-    /// after it, or all of them when the epoch is not the store's (specs/04 §7.3), leaving out
-    /// descriptors no longer valid at `now`. At most [`MAX_LISTING_ENTRIES`] entries and
-    /// [`MAX_RESPONSE_LEN`] bytes; `more` says to ask again.
+    /// A listing for a client that last saw `since` in epoch `epoch`: the listed entries that
+    /// changed after it, or all of them when the epoch is not the store's (specs/04 §7.3),
+    /// leaving out descriptors no longer valid at `now` and pending ones. At most
+    /// [`MAX_LISTING_ENTRIES`] entries and [`MAX_RESPONSE_LEN`] bytes; `more` says to ask again.
     pub fn listing(&self, epoch: u64, since: u64, now: u64) -> Listing {
         let full = epoch != self.epoch;
         let from = if full { 0 } else { since };
@@ -381,7 +683,8 @@ impl DirStore {
             let Some(e) = self.entries.get(peer) else {
                 continue;
             };
-            if e.descriptor.descriptor().check_time(now).is_err() {
+            if e.standing != Standing::Listed || e.descriptor.descriptor().check_time(now).is_err()
+            {
                 continue;
             }
             let len = ENTRY_OVERHEAD + e.descriptor.as_bytes().len();
@@ -434,20 +737,50 @@ mod tests {
         DirStore::new(StoreConfig::default(), 77)
     }
 
+    /// Proves every queued probe of `peer`'s entry (or, with `reached` false, fails them).
+    fn probe_all(s: &mut DirStore, reached: impl Fn(&Probe) -> bool) -> usize {
+        let mut n = 0;
+        while let Some(p) = s.next_probe() {
+            s.probed(&p, reached(&p));
+            n += 1;
+        }
+        n
+    }
+
     #[test]
-    fn a_new_descriptor_is_held_unproven_and_its_addresses_are_probed() {
+    fn a_new_descriptor_is_pending_until_a_probe_proves_it() {
         let mut s = store();
         let (_, d) = relay("/ip4/192.0.2.1/tcp/9");
         let peer = d.peer_id();
         assert_eq!(s.offer(d.as_bytes(), NOW), Offered::Added);
         assert_eq!(s.offer(d.as_bytes(), NOW), Offered::Unchanged);
-        assert_eq!(s.get(&peer).expect("held").proven, AddrSet::NONE);
+        let e = s.get(&peer).expect("held");
+        assert_eq!((e.proven, e.standing), (AddrSet::NONE, Standing::Heard));
+        assert!(
+            s.listing(0, 0, NOW).entries.is_empty(),
+            "a pending entry is not listed"
+        );
         let probe = s.next_probe().expect("a probe");
         assert_eq!(probe.peer, peer);
         assert_eq!(probe.addr.to_string(), "/ip4/192.0.2.1/tcp/9");
         assert!(s.next_probe().is_none());
         s.probed(&probe, true);
-        assert!(s.get(&peer).expect("held").proven.contains(0));
+        let e = s.get(&peer).expect("held");
+        assert!(e.proven.contains(0));
+        assert_eq!(e.standing, Standing::Listed);
+        assert_eq!(s.listing(0, 0, NOW).entries.len(), 1);
+    }
+
+    #[test]
+    fn a_descriptor_whose_every_probe_fails_leaves_and_is_not_taken_again() {
+        let mut s = store();
+        let (_, d) = relay("/ip4/192.0.2.1/tcp/9");
+        s.offer_verified(d.clone(), NOW);
+        assert_eq!(probe_all(&mut s, |_| false), 1);
+        assert!(s.is_empty());
+        assert_eq!(s.refuted_len(), 1);
+        assert_eq!(s.offer_verified(d, NOW), Offered::Refuted);
+        assert_eq!(s.pending_probes(), 0);
     }
 
     #[test]
@@ -475,19 +808,27 @@ mod tests {
             AddrSet::NONE.with(1),
             "the proven address moved to index 1"
         );
+        assert_eq!(e.standing, Standing::Listed);
         assert_eq!(e.first_seen, NOW);
         let p = s.next_probe().expect("the new address is probed");
         assert_eq!(p.addr.to_string(), "/ip4/203.0.113.1/tcp/9");
+        // A listed relay whose second address fails stays listed.
+        s.probed(&p, false);
+        assert_eq!(
+            s.get(&d2.peer_id()).expect("held").standing,
+            Standing::Listed
+        );
     }
 
     #[test]
-    fn a_failed_or_outdated_probe_proves_nothing() {
+    fn an_outdated_probe_proves_nothing() {
         let mut s = store();
         let k = ed25519::Keypair::generate();
-        s.offer_verified(signed(&k, &["/ip4/192.0.2.1/tcp/9"], NOW), NOW);
+        s.offer_verified(
+            signed(&k, &["/ip4/192.0.2.1/tcp/9", "/ip4/192.0.2.9/tcp/9"], NOW),
+            NOW,
+        );
         let stale = s.next_probe().expect("probe");
-        s.probed(&stale, false);
-        assert_eq!(s.entries().next().expect("entry").proven, AddrSet::NONE);
         // The relay moved: the old probe's result says nothing about the new address.
         s.offer_verified(signed(&k, &["/ip4/192.0.2.2/tcp/9"], NOW + 1), NOW + 1);
         s.probed(&stale, true);
@@ -499,21 +840,95 @@ mod tests {
         let mut s = store();
         let mut refused = 0;
         for i in 0..20_000u32 {
-            let addr = format!("/ip4/198.18.{}.{}/tcp/9", (i % 4), 1 + (i % 200));
+            let addr = format!(
+                "/ip4/198.18.{}.{}/tcp/{}",
+                (i % 4),
+                1 + (i % 200),
+                i % 60_000
+            );
             let (_, d) = relay(&addr);
             if s.offer_verified(d, NOW) == Offered::Full {
                 refused += 1;
             }
-            if i == 200 {
-                // Beyond the caps nothing more of these /24s gets in.
-                assert_eq!(s.len(), 4 * MAX_STORE_PER_SUBNET);
-            }
         }
-        assert_eq!(s.len(), 4 * MAX_STORE_PER_SUBNET);
-        assert_eq!(refused, 20_000 - 4 * MAX_STORE_PER_SUBNET);
+        // Four /24s in one /16: the heard lane's /24 caps bind.
+        assert_eq!(s.pending_len(), (0, 4 * MAX_PENDING_PER_SUBNET));
+        assert_eq!(refused, 20_000 - 4 * MAX_PENDING_PER_SUBNET);
+        // Every one of them answers its probe (the adversary listens there): the listed caps.
+        probe_all(&mut s, |_| true);
+        assert_eq!(s.listed_len(), 4 * MAX_STORE_PER_SUBNET);
         // An honest relay elsewhere is stored.
         let (_, honest) = relay("/ip4/192.0.2.7/tcp/9");
         assert_eq!(s.offer_verified(honest, NOW), Offered::Added);
+    }
+
+    #[test]
+    fn squatters_in_an_honest_relays_subnet_take_no_listed_slot() {
+        let mut s = store();
+        // Twenty descriptors sign addresses in 192.0.2.0/24, where nothing of theirs listens.
+        for i in 0..20 {
+            let (_, d) = relay(&format!("/ip4/192.0.2.{}/tcp/9", 100 + i));
+            s.offer_verified(d, NOW);
+        }
+        let (_, honest) = relay("/ip4/192.0.2.7/tcp/9");
+        let honest_peer = honest.peer_id();
+        // The heard lane's /24 is full of squatters: the honest relay announces itself from
+        // its address and takes the vouched lane.
+        assert_eq!(s.offer_verified(honest.clone(), NOW), Offered::Full);
+        let from: IpAddr = "192.0.2.7".parse().expect("ip");
+        assert_eq!(s.offer_announced(honest, Some(from), NOW), Offered::Added);
+        assert_eq!(
+            s.get(&honest_peer).expect("held").standing,
+            Standing::Vouched
+        );
+        // Its probe goes first; only it answers.
+        let first = s.next_probe().expect("probe");
+        assert_eq!(first.peer, honest_peer);
+        s.probed(&first, true);
+        probe_all(&mut s, |_| false);
+        let listing = s.listing(0, 0, NOW);
+        assert_eq!(listing.entries.len(), 1);
+        assert_eq!(
+            SignedDescriptor::peer_of_bytes(&listing.entries[0].descriptor),
+            Some(honest_peer)
+        );
+        assert_eq!(s.len(), 1, "the squatters were refuted");
+    }
+
+    #[test]
+    fn twenty_thousand_fresh_descriptors_leave_the_vouched_lane_to_the_relays_themselves() {
+        let mut s = store();
+        // Addresses all over the address space, one /16 each: past the heard lane's per-network
+        // caps, only its size bounds them.
+        for i in 0..20_000usize {
+            let (_, d) = relay(&format!(
+                "/ip4/{}.{}.{}.1/tcp/9",
+                11 + i % 200,
+                (i / 200) % 250,
+                i % 7
+            ));
+            let _ = s.offer_verified(d, NOW);
+        }
+        assert_eq!(s.pending_len(), (0, MAX_HEARD));
+        let (_, honest) = relay("/ip4/192.0.2.7/tcp/9");
+        let peer = honest.peer_id();
+        assert_eq!(s.offer_verified(honest.clone(), NOW), Offered::Full);
+        // Announced from elsewhere: still only the heard lane, still full.
+        let elsewhere: IpAddr = "198.51.100.1".parse().expect("ip");
+        assert_eq!(
+            s.offer_announced(honest.clone(), Some(elsewhere), NOW),
+            Offered::Full
+        );
+        let own: IpAddr = "::ffff:192.0.2.7".parse().expect("ip");
+        assert_eq!(
+            s.offer_announced(honest, Some(own), NOW),
+            Offered::Added,
+            "an IPv4-mapped source is its IPv4 address"
+        );
+        let p = s.next_probe().expect("probe");
+        assert_eq!(p.peer, peer, "the vouched probe comes first");
+        s.probed(&p, true);
+        assert_eq!(s.get(&peer).expect("held").standing, Standing::Listed);
     }
 
     #[test]
@@ -521,6 +936,8 @@ mod tests {
         let mut s = DirStore::new(
             StoreConfig {
                 max_entries: 3,
+                max_vouched: 2,
+                max_heard: 5,
                 ..StoreConfig::default()
             },
             1,
@@ -529,15 +946,72 @@ mod tests {
             let (_, d) = relay(&format!("/ip4/10.{i}.0.1/tcp/1"));
             assert_eq!(s.offer_verified(d, NOW), Offered::Added);
         }
-        let (_, d) = relay("/ip4/10.9.0.1/tcp/1");
-        assert_eq!(s.offer_verified(d, NOW), Offered::Full);
+        probe_all(&mut s, |_| true);
+        assert_eq!(s.listed_len(), 3);
+        // Listed is full: a proven fourth is dropped; the heard lane holds five.
+        for i in 10..20 {
+            let (_, d) = relay(&format!("/ip4/10.{i}.0.1/tcp/1"));
+            let _ = s.offer_verified(d, NOW);
+        }
+        assert_eq!(s.pending_len(), (0, 5));
+        probe_all(&mut s, |_| true);
+        assert_eq!((s.listed_len(), s.pending_len()), (3, (0, 0)));
+        for i in 30..35 {
+            let (_, d) = relay(&format!("/ip4/10.{i}.0.1/tcp/1"));
+            let ip: IpAddr = format!("10.{i}.0.1").parse().expect("ip");
+            let _ = s.offer_announced(d, Some(ip), NOW);
+        }
+        assert_eq!(s.pending_len(), (2, 0));
         // The probe queue is bounded too.
-        let mut big = DirStore::new(StoreConfig::default(), 1);
+        let mut big = DirStore::new(
+            StoreConfig {
+                max_heard: 2 * MAX_PENDING_PROBES,
+                ..StoreConfig::default()
+            },
+            1,
+        );
         for i in 0..(MAX_PENDING_PROBES + 50) {
             let (_, d) = relay(&distinct(i));
             big.offer_verified(d, NOW);
         }
         assert_eq!(big.pending_probes(), MAX_PENDING_PROBES);
+        // And the memory of refuted descriptors.
+        let mut r = store();
+        for i in 0..(MAX_REFUTED + 10) {
+            let (_, d) = relay(&distinct(i % 60_000));
+            r.offer_verified(d, NOW);
+            probe_all(&mut r, |_| false);
+        }
+        assert_eq!(r.refuted_len(), MAX_REFUTED);
+    }
+
+    #[test]
+    fn a_relays_own_entry_is_listed_whatever_the_caps() {
+        let mut s = DirStore::new(
+            StoreConfig {
+                max_per_subnet: 1,
+                ..StoreConfig::default()
+            },
+            1,
+        );
+        let (_, other) = relay("/ip4/192.0.2.1/tcp/9");
+        s.offer_verified(other, NOW);
+        probe_all(&mut s, |_| true);
+        let (_, own) = relay("/ip4/192.0.2.2/tcp/9");
+        assert_eq!(s.insert_own(own.clone(), NOW), Offered::Added);
+        assert_eq!(
+            s.get(&own.peer_id()).expect("held").standing,
+            Standing::Listed
+        );
+        assert_eq!(s.listing(0, 0, NOW).entries.len(), 2);
+    }
+
+    fn listed_relay(s: &mut DirStore, addr: &str) -> PeerId {
+        let (_, d) = relay(addr);
+        let peer = d.peer_id();
+        s.offer_verified(d, NOW);
+        probe_all(s, |p| p.peer == peer);
+        peer
     }
 
     #[test]
@@ -545,9 +1019,7 @@ mod tests {
         let mut s = store();
         let mut peers = Vec::new();
         for i in 0..5 {
-            let (_, d) = relay(&format!("/ip4/10.{i}.0.1/tcp/1"));
-            peers.push(d.peer_id());
-            s.offer_verified(d, NOW);
+            peers.push(listed_relay(&mut s, &format!("/ip4/10.{i}.0.1/tcp/1")));
         }
         let first = s.listing(0, 0, NOW);
         assert!(first.full && !first.more);
@@ -557,9 +1029,12 @@ mod tests {
         let none = s.listing(first.epoch, first.seq, NOW);
         assert!(!none.full && none.entries.is_empty());
         assert_eq!(none.seq, first.seq);
-        // One relay proven: only it comes in the next change listing.
-        let p = s.next_probe().expect("probe");
-        s.probed(&p, true);
+        // A pending relay changes nothing listed; once proven it comes in the next change
+        // listing, alone.
+        let (_, d) = relay("/ip4/10.9.0.1/tcp/1");
+        s.offer_verified(d, NOW);
+        assert!(s.listing(first.epoch, first.seq, NOW).entries.is_empty());
+        probe_all(&mut s, |_| true);
         let changes = s.listing(first.epoch, first.seq, NOW);
         assert!(!changes.full);
         assert_eq!(changes.entries.len(), 1);
@@ -570,10 +1045,17 @@ mod tests {
 
     #[test]
     fn a_long_listing_is_paged() {
-        let mut s = store();
+        let mut s = DirStore::new(
+            StoreConfig {
+                max_heard: 2 * MAX_LISTING_ENTRIES,
+                ..StoreConfig::default()
+            },
+            1,
+        );
         for i in 0..(MAX_LISTING_ENTRIES + 10) {
             let (_, d) = relay(&distinct(i));
             s.offer_verified(d, NOW);
+            probe_all(&mut s, |_| true);
         }
         let page1 = s.listing(0, 0, NOW);
         assert!(page1.more);
@@ -586,8 +1068,7 @@ mod tests {
     #[test]
     fn expired_descriptors_leave() {
         let mut s = store();
-        let (_, d) = relay("/ip4/10.0.0.1/tcp/1");
-        s.offer_verified(d, NOW);
+        listed_relay(&mut s, "/ip4/10.0.0.1/tcp/1");
         assert!(
             s.listing(0, 0, NOW + 3600).entries.is_empty(),
             "not listed once expired, even before the next prune"

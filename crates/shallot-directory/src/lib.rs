@@ -27,8 +27,9 @@ pub use dirproto::{
     Listing, ListingEntry, MAX_LISTING_ENTRIES, MAX_REQUEST_LEN, MAX_RESPONSE_LEN,
 };
 pub use dirstore::{
-    DirStore, MAX_PENDING_PROBES, MAX_STORE_ENTRIES, MAX_STORE_PER_BLOCK, MAX_STORE_PER_SUBNET,
-    Offered, Probe, StoreConfig, StoreEntry,
+    DirStore, MAX_HEARD, MAX_PENDING_PER_BLOCK, MAX_PENDING_PER_SUBNET, MAX_PENDING_PROBES,
+    MAX_REFUTED, MAX_STORE_ENTRIES, MAX_STORE_PER_BLOCK, MAX_STORE_PER_SUBNET, MAX_VOUCHED,
+    Offered, Probe, Standing, StoreConfig, StoreEntry,
 };
 pub use err::DirectoryError;
 pub use records::{

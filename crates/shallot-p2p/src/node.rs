@@ -143,9 +143,23 @@ impl Directory {
         self.read().is_empty()
     }
 
-    /// Every entry (a copy).
+    /// Every entry (a copy), listed and pending.
     pub fn entries(&self) -> Vec<StoreEntry> {
         self.read().entries().cloned().collect()
+    }
+
+    /// Descriptors listed (proven by this relay).
+    pub fn listed_len(&self) -> usize {
+        self.read().listed_len()
+    }
+
+    /// Offers descriptor bytes as if heard from another relay: pending until this relay's
+    /// probe proves them (specs/04 §7.4).
+    pub fn offer(&self, bytes: &[u8], now: u64) -> Offered {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .offer(bytes, now)
     }
 }
 
@@ -179,6 +193,7 @@ pub struct Node {
     control: libp2p_stream::Control,
     stats: Arc<NodeStats>,
     clock: WallClock,
+    dir_config: DirConfig,
     directory: Option<Directory>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -270,6 +285,7 @@ impl Node {
             control,
             stats,
             clock: config.clock,
+            dir_config: config.directory,
             directory,
             task,
         })
@@ -305,6 +321,12 @@ impl Node {
     /// The wall clock the node validates descriptors against (its configuration's).
     pub fn clock(&self) -> &WallClock {
         &self.clock
+    }
+
+    /// Whether this node dials `addr` at all: private, loopback and link-local addresses only
+    /// when configured for a test network (`DirConfig::allow_private_addrs`).
+    pub fn may_dial(&self, addr: &Multiaddr) -> bool {
+        dialable(addr, &self.dir_config)
     }
 
     /// A relay's directory store (`None` for a client).
@@ -605,9 +627,8 @@ impl SwarmTask {
         let peer = descriptor.peer_id();
         if let Some(dir) = &self.directory {
             let mut store = dir.0.write().unwrap_or_else(PoisonError::into_inner);
-            store.offer_verified(descriptor.clone(), now);
-            // A relay's own addresses are its own: proven.
-            store.prove_all(&peer);
+            // A relay's own addresses are its own: listed, proven.
+            store.insert_own(descriptor.clone(), now);
         }
         self.own = Some(descriptor.clone());
         let relays: Vec<PeerId> = self.relay_peers.iter().copied().collect();
@@ -656,8 +677,12 @@ impl SwarmTask {
                 info,
                 ..
             })) if info.protocols.contains(&KAD_PROTOCOL) => {
+                // Self-declared: routing only (a dial there authenticates the PeerId), and
+                // never an address this node would not dial.
                 for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    if dialable(&addr, &self.dir_config) {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
                 }
                 // A relay met for the first time hears of our descriptor.
                 if self.relay_peers.insert(peer_id) {
@@ -780,10 +805,20 @@ impl SwarmTask {
 
     fn handle_dir(&mut self, event: request_response::Event<DirRequest, DirResponse>) {
         match event {
-            request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Event::Message {
+                peer,
+                connection_id,
+                message,
+            } => match message {
                 request_response::Message::Request {
                     request, channel, ..
-                } => self.answer(peer, request, channel),
+                } => {
+                    let from = self
+                        .conns
+                        .get(&connection_id)
+                        .and_then(|(_, endpoint)| ip_of(endpoint.get_remote_address()));
+                    self.answer(peer, from, request, channel)
+                }
                 request_response::Message::Response {
                     request_id,
                     response,
@@ -802,7 +837,14 @@ impl SwarmTask {
         }
     }
 
-    fn answer(&mut self, peer: PeerId, request: DirRequest, channel: ResponseChannel<DirResponse>) {
+    /// Answers a directory request from `peer`, over a connection from IP address `from`.
+    fn answer(
+        &mut self,
+        peer: PeerId,
+        from: Option<std::net::IpAddr>,
+        request: DirRequest,
+        channel: ResponseChannel<DirResponse>,
+    ) {
         let Some(dir) = self.directory.clone() else {
             return;
         };
@@ -828,7 +870,7 @@ impl SwarmTask {
                     Ok(d) if d.peer_id() != peer => AnnounceStatus::NotOwn,
                     Ok(d) => {
                         let mut store = dir.0.write().unwrap_or_else(PoisonError::into_inner);
-                        match store.offer_verified(d, now) {
+                        match store.offer_announced(d, from, now) {
                             Offered::Added | Offered::Updated => {
                                 self.stats
                                     .announces_accepted
@@ -837,7 +879,7 @@ impl SwarmTask {
                             }
                             Offered::Unchanged => AnnounceStatus::Unchanged,
                             Offered::Full => AnnounceStatus::Busy,
-                            Offered::Invalid(_) => AnnounceStatus::Invalid,
+                            Offered::Refuted | Offered::Invalid(_) => AnnounceStatus::Invalid,
                         }
                     }
                 };

@@ -528,6 +528,21 @@ impl CircuitTask {
                 return;
             }
         };
+        let addrs = match next_hop_addrs(&self.ctx, peer, &addrs) {
+            Ok(addrs) => addrs,
+            Err(why) => {
+                debug!(
+                    peer = %Sensitive::new(peer, self.ctx.safe_logging),
+                    why,
+                    "extend refused"
+                );
+                self.ctx.stats.extends_refused.inc();
+                let _ = self
+                    .circ
+                    .handle_next_hop_failed(DestroyReason::ConnectFailed, now);
+                return;
+            }
+        };
         self.ctx.stats.extends.inc();
         let ctx = Arc::clone(&self.ctx);
         // No deadline here: the state machine's (poll_timeout) ends the extension, and
@@ -891,29 +906,49 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Opens the circuit stream to the next hop (specs/03 §4.6 steps 3–4): tells the swarm the
-/// addresses from the EXTEND, opens the stream, writes the preamble.
+/// Where an EXTEND may go (specs/03 §4.6 step 3): the addresses of `peer` that both the EXTEND
+/// and the relay's signed descriptor in this relay's store list, that this relay dials at all.
+/// `Err` says why there are none.
+fn next_hop_addrs(
+    ctx: &Context,
+    peer: PeerId,
+    extend_addrs: &[Vec<u8>],
+) -> Result<Vec<Multiaddr>, &'static str> {
+    let entry = ctx
+        .node
+        .directory()
+        .and_then(|d| d.get(&peer))
+        .ok_or("not a relay in this relay's directory")?;
+    let signed = &entry.descriptor.descriptor().addrs;
+    let addrs: Vec<Multiaddr> = extend_addrs
+        .iter()
+        .filter_map(|bytes| Multiaddr::try_from(bytes.clone()).ok())
+        .map(|mut addr| {
+            if matches!(
+                addr.iter().last(),
+                Some(libp2p::multiaddr::Protocol::P2p(_))
+            ) {
+                addr.pop();
+            }
+            addr
+        })
+        .filter(|addr| signed.contains(addr))
+        .filter(|addr| ctx.node.may_dial(addr))
+        .collect();
+    if addrs.is_empty() {
+        return Err("no address of the EXTEND is in the relay's descriptor and dialable");
+    }
+    Ok(addrs)
+}
+
+/// Opens the circuit stream to the next hop (specs/03 §4.6 steps 3–4) at `addrs` only, and
+/// writes the preamble.
 async fn open_next(
     ctx: Arc<Context>,
     peer: PeerId,
-    addrs: Vec<Vec<u8>>,
+    addrs: Vec<Multiaddr>,
     preamble: [u8; 4],
 ) -> Result<Stream, DestroyReason> {
-    for bytes in addrs {
-        let Ok(mut addr) = Multiaddr::try_from(bytes) else {
-            continue;
-        };
-        match addr.iter().last() {
-            Some(libp2p::multiaddr::Protocol::P2p(p)) if p != peer => continue,
-            Some(libp2p::multiaddr::Protocol::P2p(_)) => {
-                addr.pop();
-            }
-            _ => {}
-        }
-        if ctx.node.add_address(peer, addr).await.is_err() {
-            return Err(DestroyReason::Internal);
-        }
-    }
     let unreachable = |step: &'static str, error: &dyn std::fmt::Display| {
         debug!(
             peer = %Sensitive::new(peer, ctx.safe_logging),
@@ -925,7 +960,7 @@ async fn open_next(
     };
     let mut control = ctx.node.stream_control();
     let mut stream = control
-        .open_stream(peer, CIRCUIT_PROTOCOL)
+        .open_stream_at(peer, &addrs, CIRCUIT_PROTOCOL)
         .await
         .map_err(|e| unreachable("opening its stream", &e))?;
     stream

@@ -91,6 +91,9 @@ pub struct RelayStats {
     pub extends: Counter,
     /// EXTENDs that could not reach the next hop.
     pub extends_failed: Counter,
+    /// EXTENDs refused before any dial: to a PeerId not in this relay's directory (a client,
+    /// or no relay at all), or with no address its descriptor signs (specs/03 §4.6).
+    pub extends_refused: Counter,
     /// Exit connections opened.
     pub exit_connects: Counter,
     /// Exit connections refused or failed (policy, DNS, connect).
@@ -284,6 +287,14 @@ impl RelayHandle {
     /// The libp2p node's counters (DHT records stored and refused).
     pub fn node_stats(&self) -> &shallot_p2p::NodeStats {
         self.ctx.node.stats()
+    }
+
+    /// The relay's directory store: the relays it knows and may extend to (specs/04 §7.4).
+    pub fn directory(&self) -> &shallot_p2p::Directory {
+        self.ctx
+            .node
+            .directory()
+            .expect("a relay's node always has a directory")
     }
 
     /// Publishes the descriptor again now (e.g. after the operator changed something).

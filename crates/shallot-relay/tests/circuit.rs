@@ -201,51 +201,70 @@ async fn exit_answers_each_failure_with_its_end_reason() {
     assert!(circuit.destroyed().is_none());
 }
 
-/// EXTEND failures answer TRUNCATED and keep the circuit: a relay nobody can reach, and the
-/// previous hop itself (specs/03 §4.6 (2)); then a real EXTEND still succeeds.
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn refused() -> Result<(), BuildFailure> {
+    Err(BuildFailure::ExtendRefused {
+        hop: 2,
+        reason: DestroyReason::ConnectFailed,
+    })
+}
+
+/// EXTEND failures answer TRUNCATED and keep the circuit (specs/03 §4.6): a PeerId no relay
+/// published, the previous hop, a client connected to the relay, a relay at an address its
+/// descriptor does not sign, are refused without a dial; a known relay that went down fails
+/// its dial. Then a real EXTEND still succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_extends_answer_truncated_and_keep_the_circuit() {
-    let relays = start_relays(2, |_, _| {}).await;
+    let mut relays = start_relays(3, |_, _| {}).await;
+    let gone = relays.handles.pop().unwrap();
     let (guard, middle) = (&relays.handles[0], &relays.handles[1]);
     let (client, circuit) = one_hop_circuit(guard).await;
 
-    // A relay that does not exist, at a port where nothing listens.
+    // A PeerId no relay published, at a port where nothing listens.
     let nobody = libp2p::identity::Keypair::generate_ed25519();
     let port = closed_port().await;
+    let closed: shallot_p2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
     let ghost = shallot_proto::HopSpec {
         peer_id: nobody.public().to_peer_id().to_bytes(),
-        addrs: vec![
-            format!("/ip4/127.0.0.1/tcp/{port}")
-                .parse::<shallot_p2p::Multiaddr>()
-                .unwrap()
-                .to_vec(),
-        ],
+        addrs: vec![closed.to_vec()],
         onion_key: middle.onion_key(),
     };
     let r = step("EXTEND to nobody", circuit.extend(ghost)).await;
-    assert!(
-        matches!(
-            r,
-            Err(BuildFailure::ExtendRefused {
-                hop: 2,
-                reason: DestroyReason::ConnectFailed | DestroyReason::Timeout
-            })
-        ),
-        "{r:?}"
-    );
-    // Back to the client itself is refused too.
+    assert_eq!(r, refused());
+    // Back to the client itself.
     let mut back = common::hop_of_relay(guard);
     back.peer_id = client.peer_id().to_bytes();
     let r = step("EXTEND back to the client", circuit.extend(back)).await;
-    assert_eq!(
-        r,
-        Err(BuildFailure::ExtendRefused {
-            hop: 2,
-            reason: DestroyReason::ConnectFailed
-        })
-    );
-    assert_eq!(circuit.hops(), 1);
+    assert_eq!(r, refused());
+    // Another client, connected to the guard: the probe that would tell an adversary which
+    // relay is that client's guard.
+    let (victim, _victim_circuit) = one_hop_circuit(guard).await;
+    let mut to_victim = common::hop_of_relay(guard);
+    to_victim.peer_id = victim.peer_id().to_bytes();
+    to_victim.addrs = Vec::new();
+    let r = step("EXTEND to a connected client", circuit.extend(to_victim)).await;
+    assert_eq!(r, refused());
+    // The middle, but at an address its descriptor does not sign.
+    let mut elsewhere = common::hop_of_relay(middle);
+    elsewhere.addrs = vec![closed.to_vec()];
+    let r = step("EXTEND to an unsigned address", circuit.extend(elsewhere)).await;
+    assert_eq!(r, refused());
+    assert_eq!(guard.stats().extends_refused.get(), 3);
+    assert_eq!(guard.stats().extends.get(), 0, "no dial was attempted");
+
+    // A relay the guard knows, that went down: the dial fails.
+    let gone_hop = common::hop_of_relay(&gone);
+    gone.shutdown().await;
+    let r = step("EXTEND to a relay that went down", circuit.extend(gone_hop)).await;
+    assert_eq!(r, refused());
     assert_eq!(guard.stats().extends_failed.get(), 1);
+    assert_eq!(circuit.hops(), 1);
 
     step(
         "EXTEND to the middle",
@@ -272,8 +291,9 @@ async fn a_next_hop_that_never_answers_create_gives_truncated_timeout() {
     let guard = &relays.handles[0];
     let (_client, circuit) = one_hop_circuit(guard).await;
 
+    let silent_key = libp2p::identity::Keypair::generate_ed25519();
     let silent = shallot_p2p::Node::start(
-        libp2p::identity::Keypair::generate_ed25519(),
+        silent_key.clone(),
         shallot_p2p::NodeConfig::new(
             shallot_p2p::Role::Client,
             vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
@@ -294,11 +314,13 @@ async fn a_next_hop_that_never_answers_create_gives_truncated_timeout() {
             streams.push(stream);
         }
     });
-    let spec = shallot_proto::HopSpec {
-        peer_id: silent.peer_id().to_bytes(),
-        addrs: silent.listen_addrs().iter().map(|a| a.to_vec()).collect(),
-        onion_key: guard.onion_key(),
-    };
+    // The guard extends only to relays it knows: it hears of the silent node's descriptor.
+    let silent_descriptor =
+        common::descriptor_for(&silent_key, silent.listen_addrs(), guard.onion_key());
+    guard
+        .directory()
+        .offer(silent_descriptor.as_bytes(), now_secs());
+    let spec = common::hop_of(&silent_descriptor);
     let r = step("EXTEND to a silent node", circuit.extend(spec)).await;
     assert_eq!(
         r,
@@ -322,16 +344,13 @@ async fn an_extend_whose_link_never_comes_up_times_out() {
     let (_client, circuit) = one_hop_circuit(guard).await;
     let tarpit = common::tarpit_server().await;
     let nobody = libp2p::identity::Keypair::generate_ed25519();
-    let spec = shallot_proto::HopSpec {
-        peer_id: nobody.public().to_peer_id().to_bytes(),
-        addrs: vec![
-            format!("/ip4/127.0.0.1/tcp/{}", tarpit.port)
-                .parse::<shallot_p2p::Multiaddr>()
-                .unwrap()
-                .to_vec(),
-        ],
-        onion_key: guard.onion_key(),
-    };
+    let tarpit_addr: shallot_p2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", tarpit.port)
+        .parse()
+        .unwrap();
+    // Known to the guard (its probe of the tarpit never completes either).
+    let descriptor = common::descriptor_for(&nobody, &[tarpit_addr], guard.onion_key());
+    guard.directory().offer(descriptor.as_bytes(), now_secs());
+    let spec = common::hop_of(&descriptor);
     let started = std::time::Instant::now();
     let r = step("EXTEND to a silent address", circuit.extend(spec)).await;
     assert_eq!(

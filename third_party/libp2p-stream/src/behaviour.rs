@@ -16,12 +16,16 @@ use swarm::{
     dial_opts::PeerCondition,
 };
 
-use crate::{Control, handler::Handler, shared::Shared};
+use crate::{
+    Control,
+    handler::Handler,
+    shared::{Dial, PENDING_DIALS_AT, Shared},
+};
 
 /// A generic behaviour for stream-oriented protocols.
 pub struct Behaviour {
     shared: Arc<Mutex<Shared>>,
-    dial_receiver: mpsc::Receiver<PeerId>,
+    dial_receiver: mpsc::Receiver<Dial>,
 }
 
 impl Default for Behaviour {
@@ -32,7 +36,8 @@ impl Default for Behaviour {
 
 impl Behaviour {
     pub fn new() -> Self {
-        let (dial_sender, dial_receiver) = mpsc::channel(0);
+        // Shallot: room for `open_stream_at`'s dials (upstream: 0, one per sender).
+        let (dial_sender, dial_receiver) = mpsc::channel(PENDING_DIALS_AT);
 
         Self {
             shared: Arc::new(Mutex::new(Shared::new(dial_sender))),
@@ -96,10 +101,22 @@ impl NetworkBehaviour for Behaviour {
             FromSwarm::ConnectionEstablished(ConnectionEstablished {
                 peer_id,
                 connection_id,
+                endpoint,
                 ..
-            }) => Shared::lock(&self.shared).on_connection_established(connection_id, peer_id),
+            }) => Shared::lock(&self.shared).on_connection_established(
+                connection_id,
+                peer_id,
+                endpoint,
+            ),
             FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) => {
                 Shared::lock(&self.shared).on_connection_closed(connection_id)
+            }
+            FromSwarm::DialFailure(DialFailure {
+                connection_id,
+                error,
+                ..
+            }) if Shared::lock(&self.shared).is_dial_at(connection_id) => {
+                Shared::lock(&self.shared).on_dial_at_failure(connection_id, error.to_string())
             }
             FromSwarm::DialFailure(DialFailure {
                 peer_id: Some(peer_id),
@@ -131,12 +148,16 @@ impl NetworkBehaviour for Behaviour {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
-        if let Poll::Ready(Some(peer)) = self.dial_receiver.poll_next_unpin(cx) {
-            return Poll::Ready(ToSwarm::Dial {
-                opts: DialOpts::peer_id(peer)
-                    .condition(PeerCondition::DisconnectedAndNotDialing)
-                    .build(),
-            });
+        match self.dial_receiver.poll_next_unpin(cx) {
+            Poll::Ready(Some(Dial::Peer(peer))) => {
+                return Poll::Ready(ToSwarm::Dial {
+                    opts: DialOpts::peer_id(peer)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build(),
+                });
+            }
+            Poll::Ready(Some(Dial::At(opts))) => return Poll::Ready(ToSwarm::Dial { opts }),
+            _ => {}
         }
 
         Poll::Pending

@@ -10,6 +10,7 @@ use futures::{
     SinkExt as _, StreamExt as _,
     channel::{mpsc, oneshot},
 };
+use libp2p_core::Multiaddr;
 use libp2p_identity::PeerId;
 use libp2p_swarm::{Stream, StreamProtocol};
 
@@ -49,6 +50,34 @@ impl Control {
         tracing::debug!(%peer, "Requesting new stream");
 
         let mut new_stream_sender = Shared::lock(&self.shared).sender(peer);
+
+        let (sender, receiver) = oneshot::channel();
+
+        new_stream_sender
+            .send(NewStream { protocol, sender })
+            .await
+            .map_err(|e| io::Error::new(io::ErrorKind::ConnectionReset, e))?;
+
+        let stream = receiver
+            .await
+            .map_err(|e| io::Error::new(io::ErrorKind::ConnectionReset, e))??;
+
+        Ok(stream)
+    }
+
+    /// Like [`Control::open_stream`], but only over a connection this node dialed at one of
+    /// `addrs` (compared without a trailing `/p2p`), dialing a new one at those addresses only
+    /// when there is none; connections the peer dialed, or dialed at another address, are
+    /// never used, and the swarm's other behaviours add no address (Shallot's addition).
+    pub async fn open_stream_at(
+        &mut self,
+        peer: PeerId,
+        addrs: &[Multiaddr],
+        protocol: StreamProtocol,
+    ) -> Result<Stream, OpenStreamError> {
+        tracing::debug!(%peer, "Requesting new stream at given addresses");
+
+        let mut new_stream_sender = Shared::lock(&self.shared).sender_at(peer, addrs)?;
 
         let (sender, receiver) = oneshot::channel();
 

@@ -71,10 +71,68 @@ pub async fn start_relays(n: usize, mut tweak: impl FnMut(usize, &mut RelayConfi
         handles.push(Relay::start(config).await.expect("start relay"));
         dirs.push(dir);
     }
+    wait_for_stores(&handles).await;
     Relays {
         handles,
         _dirs: dirs,
     }
+}
+
+/// Waits until every relay lists every other one in its directory store: a relay extends only
+/// to relays it knows (specs/03 §4.6).
+pub async fn wait_for_stores(relays: &[RelayHandle]) {
+    let started = Instant::now();
+    loop {
+        let missing: usize = relays
+            .iter()
+            .map(|r| {
+                relays
+                    .iter()
+                    .filter(|o| {
+                        r.directory()
+                            .get(&o.peer_id())
+                            .is_none_or(|e| e.proven.is_empty())
+                    })
+                    .count()
+            })
+            .sum();
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < CONVERGE_LIMIT,
+            "{missing} relay pairs still unknown to each other after {CONVERGE_LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A signed descriptor for `keypair` at `addrs` with `onion_key`, valid for an hour from now:
+/// a relay that other relays can be told about.
+pub fn descriptor_for(
+    keypair: &Keypair,
+    addrs: &[Multiaddr],
+    onion_key: shallot_crypto::OnionPublicKey,
+) -> SignedDescriptor {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ed = keypair.clone().try_into_ed25519().unwrap();
+    shallot_directory::Descriptor {
+        identity: ed.public(),
+        published_at: now,
+        expires_at: now + 3600,
+        protocols: shallot_directory::PROTOCOL_CIRCUIT_V1,
+        flags: shallot_directory::RelayFlags::default(),
+        addrs: addrs.to_vec(),
+        onion_key,
+        previous_onion_key: None,
+        family: Vec::new(),
+        policy_summary: Vec::new(),
+    }
+    .sign(&ed)
+    .unwrap()
 }
 
 /// A client node (fresh identity, Kademlia client mode) bootstrapping from `relays`.
