@@ -16,19 +16,25 @@
 //!   relay's /24 with addresses where nothing listens) lose to the honest relay every honest
 //!   source lists.
 //!
+//! - where that still leaves more relays claiming a subnet than its cap (the adversary's sources
+//!   may be as many as the honest ones, and lie about first-seen times), the client **verifies**
+//!   the contenders itself, in that order, dialing the address each claims
+//!   ([`Gathered::contests`]); in a contested subnet only relays the client reached are
+//!   admitted, and one it could not reach is not admitted anywhere.
+//!
 //! Disagreements (a relay some sources list and others do not) are counted, not resolved by
 //! vote.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use libp2p_identity::PeerId;
 use multiaddr::Multiaddr;
 
-use crate::descriptor::SignedDescriptor;
+use crate::descriptor::{SignedDescriptor, ip_of};
 use crate::dirproto::ListingEntry;
 use crate::err::DirectoryError;
 use crate::records::is_newer;
-use crate::subnet::Block;
+use crate::subnet::{Block, Subnet};
 use crate::view::{AddrSet, Admission, MAX_VIEW_RELAYS, NetworkView};
 
 /// Invalid entries after which a source is dropped and nothing it listed is used.
@@ -38,6 +44,10 @@ pub const MAX_SOURCE_INVALID: usize = 16;
 pub const MAX_SOURCE_STALE: usize = 64;
 /// Most distinct relays considered in one assembly, over all sources.
 pub const MAX_CANDIDATES: usize = 2 * MAX_VIEW_RELAYS;
+/// Most verdicts a client remembers (oldest forgotten first).
+pub const MAX_VERDICTS: usize = 4096;
+/// How long a verdict holds: a relay that was unreachable may come back.
+pub const VERDICT_LIFETIME_SECS: u64 = 3600;
 
 /// What one source listed.
 #[derive(Debug, Clone)]
@@ -73,6 +83,58 @@ pub struct AssemblyReport {
     pub disagreements: usize,
     /// Entries left out because [`MAX_CANDIDATES`] or a source's bound was reached.
     pub over_bounds: usize,
+    /// Relays in a contested subnet the client has not verified yet (not admitted this time).
+    pub unverified: usize,
+    /// Relays the client dialed at the address they claim and did not reach there.
+    pub unreachable: usize,
+    /// Relays no source but themselves proved an address of, not yet verified by the client.
+    pub unproven: usize,
+}
+
+/// What the client found when it dialed relays at the addresses they claim, keyed by PeerId
+/// and address, each valid for [`VERDICT_LIFETIME_SECS`]; at most [`MAX_VERDICTS`].
+#[derive(Debug, Clone, Default)]
+pub struct Verdicts {
+    found: HashMap<(PeerId, Multiaddr), (bool, u64)>,
+    order: VecDeque<(PeerId, Multiaddr)>,
+}
+
+impl Verdicts {
+    /// No verdict.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records that `peer` was (`reached`) or was not found at `addr` at time `now`.
+    pub fn record(&mut self, peer: PeerId, addr: Multiaddr, reached: bool, now: u64) {
+        let key = (peer, addr);
+        if self.found.insert(key.clone(), (reached, now)).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > MAX_VERDICTS {
+            if let Some(old) = self.order.pop_front() {
+                self.found.remove(&old);
+            }
+        }
+    }
+
+    /// The verdict on `peer` at `addr`, if one holds at `now`.
+    pub fn get(&self, peer: &PeerId, addr: &Multiaddr, now: u64) -> Option<bool> {
+        self.found
+            .get(&(*peer, addr.clone()))
+            .filter(|(_, at)| now.saturating_sub(*at) < VERDICT_LIFETIME_SECS)
+            .map(|(reached, _)| *reached)
+    }
+
+    /// Verdicts held.
+    pub fn len(&self) -> usize {
+        self.found.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.found.is_empty()
+    }
 }
 
 struct Candidate {
@@ -85,8 +147,53 @@ struct Candidate {
     first_seen: Vec<u64>,
 }
 
-/// Offers the union of `listings` to `view` (see the module documentation) at time `now`.
-pub fn assemble(view: &mut NetworkView, listings: Vec<SourceListing>, now: u64) -> AssemblyReport {
+/// A relay as the sources describe it, ready to be offered.
+struct Ranked {
+    peer: PeerId,
+    best: SignedDescriptor,
+    support: usize,
+    /// The addresses it takes cap slots with: those the sources proved, or all if none.
+    claimed: AddrSet,
+    /// How many of them the sources proved.
+    proofs: u32,
+    /// The sources' median first-seen time.
+    first_seen: u64,
+    subnets: Vec<Subnet>,
+    blocks: Vec<Block>,
+}
+
+impl Ranked {
+    /// Whether the client must dial it before admitting it: no other source proved an
+    /// address of it, or it contends for a full subnet or block.
+    fn needs_verdict(&self, subnets: &HashSet<Subnet>, blocks: &HashSet<Block>) -> bool {
+        self.proofs == 0
+            || self.subnets.iter().any(|s| subnets.contains(s))
+            || self.blocks.iter().any(|b| blocks.contains(b))
+    }
+
+    /// The address the client dials to verify it: its first claimed one.
+    fn verify_addr(&self) -> Option<&Multiaddr> {
+        self.best
+            .descriptor()
+            .addrs
+            .iter()
+            .enumerate()
+            .find(|(i, a)| self.claimed.contains(*i) && ip_of(a).is_some())
+            .map(|(_, a)| a)
+    }
+}
+
+/// The union of several sources' listings, verified and ranked, before it is offered to a view
+/// (see the module documentation).
+pub struct Gathered {
+    ranked: Vec<Ranked>,
+    report: AssemblyReport,
+    sources_used: usize,
+    now: u64,
+}
+
+/// Verifies and ranks `listings` at time `now`.
+pub fn gather(listings: Vec<SourceListing>, now: u64) -> Gathered {
     let mut report = AssemblyReport::default();
     let mut blocks = HashSet::new();
     let mut candidates: BTreeMap<PeerId, Candidate> = BTreeMap::new();
@@ -153,8 +260,10 @@ pub fn assemble(view: &mut NetworkView, listings: Vec<SourceListing>, now: u64) 
             }
             c.supporters.insert(index);
             c.first_seen.push(entry.first_seen);
+            // A relay's word on its own addresses proves nothing.
+            let own = listing.source == peer;
             for (i, addr) in d.descriptor().addrs.iter().enumerate() {
-                if entry.proven.contains(i) {
+                if entry.proven.contains(i) && !own {
                     c.proofs.entry(addr.clone()).or_default().insert(index);
                 }
             }
@@ -162,7 +271,7 @@ pub fn assemble(view: &mut NetworkView, listings: Vec<SourceListing>, now: u64) 
     }
     report.sources_used = used;
     report.candidates = candidates.len();
-    let mut ordered: Vec<(PeerId, Candidate, AddrSet, u64)> = candidates
+    let mut ranked: Vec<Ranked> = candidates
         .into_iter()
         .map(|(peer, mut c)| {
             let support = c.supporters.len();
@@ -176,42 +285,200 @@ pub fn assemble(view: &mut NetworkView, listings: Vec<SourceListing>, now: u64) 
                 }
             }
             c.first_seen.sort_unstable();
-            let median = c
+            let first_seen = c
                 .first_seen
                 .get(c.first_seen.len() / 2)
                 .copied()
                 .unwrap_or(now);
-            (peer, c, proven, median)
+            // An unproven address still counts for the caps (the client does not know
+            // better), but a relay with proofs claims only those.
+            let claimed = if proven.is_empty() {
+                AddrSet::ALL
+            } else {
+                proven
+            };
+            let ips: Vec<std::net::IpAddr> = c
+                .best
+                .descriptor()
+                .addrs
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| claimed.contains(*i))
+                .filter_map(|(_, a)| ip_of(a))
+                .collect();
+            let mut subnets: Vec<Subnet> = ips.iter().copied().map(Subnet::of).collect();
+            let mut blocks: Vec<Block> = ips.iter().copied().map(Block::of).collect();
+            subnets.sort_unstable();
+            subnets.dedup();
+            blocks.sort_unstable();
+            blocks.dedup();
+            Ranked {
+                peer,
+                best: c.best,
+                support,
+                claimed,
+                proofs: proven.0.count_ones(),
+                first_seen,
+                subnets,
+                blocks,
+            }
         })
         .collect();
-    ordered.sort_by(|a, b| {
-        let (sa, sb) = (a.1.supporters.len(), b.1.supporters.len());
-        sb.cmp(&sa)
-            .then_with(|| (b.2.0.count_ones()).cmp(&a.2.0.count_ones()))
-            .then_with(|| a.3.cmp(&b.3))
-            .then_with(|| a.0.cmp(&b.0))
+    ranked.sort_by(|a, b| {
+        b.support
+            .cmp(&a.support)
+            .then_with(|| b.proofs.cmp(&a.proofs))
+            .then_with(|| a.first_seen.cmp(&b.first_seen))
+            .then_with(|| a.peer.cmp(&b.peer))
     });
-    for (_, c, proven, _) in ordered {
-        if c.supporters.len() < used {
-            report.disagreements += 1;
-        }
-        // An unproven address still counts for the caps (the view does not know better), but
-        // a relay with proofs claims only those.
-        let claimed = if proven.is_empty() {
-            AddrSet::ALL
-        } else {
-            proven
-        };
-        match view.offer_proven(c.best, now, claimed) {
-            Admission::Added => report.added += 1,
-            Admission::Updated => report.updated += 1,
-            Admission::Unchanged => {}
-            Admission::SubnetFull | Admission::NoIpAddress | Admission::ViewFull => {
-                report.refused += 1
+    Gathered {
+        ranked,
+        report,
+        sources_used: used,
+        now,
+    }
+}
+
+impl Gathered {
+    /// The subnets and blocks where more relays claim a slot than `view`'s caps allow
+    /// (counting the view's relays that are not candidates).
+    fn contested(&self, view: &NetworkView) -> (HashSet<Subnet>, HashSet<Block>) {
+        let mut subnet_claims: HashMap<Subnet, usize> = HashMap::new();
+        let mut block_claims: HashMap<Block, usize> = HashMap::new();
+        let candidates: HashSet<PeerId> = self.ranked.iter().map(|r| r.peer).collect();
+        for r in &self.ranked {
+            for s in &r.subnets {
+                *subnet_claims.entry(*s).or_default() += 1;
+            }
+            for b in &r.blocks {
+                *block_claims.entry(*b).or_default() += 1;
             }
         }
+        for e in view.entries() {
+            if candidates.contains(&e.descriptor.peer_id()) {
+                continue;
+            }
+            for ip in e.proven_ips() {
+                *subnet_claims.entry(Subnet::of(ip)).or_default() += 1;
+                *block_claims.entry(Block::of(ip)).or_default() += 1;
+            }
+        }
+        let config = view.config();
+        (
+            subnet_claims
+                .into_iter()
+                .filter(|(_, n)| *n > config.max_relays_per_subnet)
+                .map(|(s, _)| s)
+                .collect(),
+            block_claims
+                .into_iter()
+                .filter(|(_, n)| *n > config.max_relays_per_block)
+                .map(|(b, _)| b)
+                .collect(),
+        )
     }
-    report
+
+    /// The relays to verify next, at most `budget`, in rank order: those no other source
+    /// proved an address of, and in each contested subnet and block as many without a verdict
+    /// as its cap still has room for after those already verified. Dial each at its address, record the outcomes in `verdicts`, and ask
+    /// again until this is empty (or the client's rounds run out).
+    pub fn contests(
+        &self,
+        view: &NetworkView,
+        verdicts: &Verdicts,
+        budget: usize,
+    ) -> Vec<(PeerId, Multiaddr)> {
+        let (subnets, blocks) = self.contested(view);
+        let config = view.config();
+        let mut taken_subnet: HashMap<Subnet, usize> = HashMap::new();
+        let mut taken_block: HashMap<Block, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for r in &self.ranked {
+            let Some(addr) = r.verify_addr() else {
+                continue;
+            };
+            if !r.needs_verdict(&subnets, &blocks) || view.get(&r.peer).is_some() {
+                continue;
+            }
+            let verdict = verdicts.get(&r.peer, addr, self.now);
+            if verdict == Some(false) {
+                continue;
+            }
+            let room =
+                r.subnets.iter().all(|s| {
+                    taken_subnet.get(s).copied().unwrap_or(0) < config.max_relays_per_subnet
+                }) && r.blocks.iter().all(|b| {
+                    taken_block.get(b).copied().unwrap_or(0) < config.max_relays_per_block
+                });
+            if !room {
+                continue;
+            }
+            // Verified or about to be: it takes its slots in this plan.
+            for s in &r.subnets {
+                *taken_subnet.entry(*s).or_default() += 1;
+            }
+            for b in &r.blocks {
+                *taken_block.entry(*b).or_default() += 1;
+            }
+            if verdict.is_none() {
+                if out.len() >= budget {
+                    break;
+                }
+                out.push((r.peer, addr.clone()));
+            }
+        }
+        out
+    }
+
+    /// Offers the gathered relays to `view` in rank order. With `verified`, relays in a
+    /// contested subnet or block are admitted only if `verdicts` says the client reached them;
+    /// any relay the client could not reach is left out. Without (a plain [`assemble`]), the
+    /// rank alone decides.
+    pub fn offer_to(self, view: &mut NetworkView, verdicts: Option<&Verdicts>) -> AssemblyReport {
+        let (subnets, blocks) = self.contested(view);
+        let mut report = self.report;
+        let now = self.now;
+        for r in self.ranked {
+            if r.support < self.sources_used {
+                report.disagreements += 1;
+            }
+            if let Some(verdicts) = verdicts {
+                let verdict = r
+                    .verify_addr()
+                    .and_then(|addr| verdicts.get(&r.peer, addr, now));
+                if verdict == Some(false) {
+                    report.unreachable += 1;
+                    continue;
+                }
+                if r.needs_verdict(&subnets, &blocks)
+                    && verdict != Some(true)
+                    && view.get(&r.peer).is_none()
+                {
+                    if r.proofs == 0 {
+                        report.unproven += 1;
+                    } else {
+                        report.unverified += 1;
+                    }
+                    continue;
+                }
+            }
+            match view.offer_proven(r.best, r.first_seen, r.claimed) {
+                Admission::Added => report.added += 1,
+                Admission::Updated => report.updated += 1,
+                Admission::Unchanged => {}
+                Admission::SubnetFull | Admission::NoIpAddress | Admission::ViewFull => {
+                    report.refused += 1
+                }
+            }
+        }
+        report
+    }
+}
+
+/// Offers the union of `listings` to `view` at time `now`, the rank alone deciding contested
+/// subnets (see [`Gathered`] for the client's verified assembly).
+pub fn assemble(view: &mut NetworkView, listings: Vec<SourceListing>, now: u64) -> AssemblyReport {
+    gather(listings, now).offer_to(view, None)
 }
 
 #[cfg(test)]
@@ -405,5 +672,144 @@ mod tests {
             view.get(&d.peer_id()).expect("held").proven,
             AddrSet::NONE.with(0)
         );
+    }
+
+    /// Squatters whose sources are as many as the honest ones, and who claim to be older.
+    fn squatting_at_a_tie() -> (
+        Vec<SignedDescriptor>,
+        Vec<SignedDescriptor>,
+        Vec<SourceListing>,
+    ) {
+        let relays = honest(10);
+        let mut squatters = Vec::new();
+        for i in 0..10 {
+            for host in [50, 51] {
+                squatters.push(relay(&format!("/ip4/10.{i}.0.{host}/tcp/1")));
+            }
+        }
+        let ancient: Vec<ListingEntry> = squatters
+            .iter()
+            .map(|d| entry(d, AddrSet::ALL, 1))
+            .collect();
+        let listings = vec![
+            source(200, ancient.clone()),
+            source(201, ancient),
+            source(1, listing_of(&relays)),
+            source(2, listing_of(&relays)),
+        ];
+        (relays, squatters, listings)
+    }
+
+    #[test]
+    fn at_a_tie_of_sources_the_rank_alone_lets_squatters_take_honest_slots() {
+        // The attack, as a plain assembly sees it: this is why the client verifies contests.
+        let (relays, _, listings) = squatting_at_a_tie();
+        let mut view = NetworkView::new(ViewConfig::default());
+        assemble(&mut view, listings, NOW);
+        let kept = relays
+            .iter()
+            .filter(|d| view.get(&d.peer_id()).is_some())
+            .count();
+        assert_eq!(kept, 0, "the older-claiming squatters won every /24");
+    }
+
+    #[test]
+    fn verified_contests_give_every_honest_relay_its_slot() {
+        let (relays, squatters, listings) = squatting_at_a_tie();
+        let gathered = gather(listings, NOW);
+        let mut view = NetworkView::new(ViewConfig::default());
+        let mut verdicts = Verdicts::new();
+        let honest: HashSet<PeerId> = relays.iter().map(SignedDescriptor::peer_id).collect();
+        let mut dials = 0;
+        for _round in 0..4 {
+            let todo = gathered.contests(&view, &verdicts, 1000);
+            if todo.is_empty() {
+                break;
+            }
+            for (peer, addr) in todo {
+                dials += 1;
+                // Only the honest relays listen where they claim.
+                verdicts.record(peer, addr, honest.contains(&peer), NOW);
+            }
+        }
+        // Round one dials the two top-ranked (the squatters) of each /24, round two the
+        // honest relay.
+        assert_eq!(dials, squatters.len() + relays.len());
+        let report = gathered.offer_to(&mut view, Some(&verdicts));
+        for d in &relays {
+            assert!(
+                view.get(&d.peer_id()).is_some(),
+                "an honest relay lost its slot"
+            );
+        }
+        for d in &squatters {
+            assert!(
+                view.get(&d.peer_id()).is_none(),
+                "a squatter is in the view"
+            );
+        }
+        assert_eq!(report.unreachable, squatters.len());
+        assert_eq!(report.unverified, 0);
+    }
+
+    #[test]
+    fn an_unverified_contender_waits_and_uncontested_relays_need_no_dial() {
+        let (relays, _, listings) = squatting_at_a_tie();
+        let mut extra = listings;
+        let loner = relay("/ip4/10.99.0.1/tcp/1");
+        extra.push(source(3, listing_of(std::slice::from_ref(&loner))));
+        let gathered = gather(extra, NOW);
+        let view = NetworkView::new(ViewConfig::default());
+        let todo = gathered.contests(&view, &Verdicts::new(), 1000);
+        assert!(todo.iter().all(|(p, _)| *p != loner.peer_id()));
+        assert_eq!(todo.len(), 20, "two per contested /24");
+        let mut view = NetworkView::new(ViewConfig::default());
+        let report = gathered.offer_to(&mut view, Some(&Verdicts::new()));
+        assert!(view.get(&loner.peer_id()).is_some());
+        assert_eq!(view.len(), 1);
+        assert_eq!(report.unverified, 30);
+        let _ = relays;
+    }
+
+    #[test]
+    fn the_verdicts_are_bounded_and_expire() {
+        let mut v = Verdicts::new();
+        let addr: Multiaddr = "/ip4/10.0.0.1/tcp/1".parse().expect("addr");
+        let first = PeerId::random();
+        v.record(first, addr.clone(), true, NOW);
+        for _ in 0..MAX_VERDICTS {
+            v.record(PeerId::random(), addr.clone(), false, NOW);
+        }
+        assert_eq!(v.len(), MAX_VERDICTS);
+        assert_eq!(v.get(&first, &addr, NOW), None, "the oldest went first");
+        let p = PeerId::random();
+        v.record(p, addr.clone(), true, NOW);
+        assert_eq!(
+            v.get(&p, &addr, NOW + VERDICT_LIFETIME_SECS - 1),
+            Some(true)
+        );
+        assert_eq!(v.get(&p, &addr, NOW + VERDICT_LIFETIME_SECS), None);
+    }
+
+    #[test]
+    fn a_relay_only_it_lists_as_proven_is_admitted_once_the_client_reached_it() {
+        let relays = honest(3);
+        let loner = relay("/ip4/10.50.0.1/tcp/1");
+        let mut own_listing = source(9, listing_of(std::slice::from_ref(&loner)));
+        own_listing.source = loner.peer_id();
+        let listings = vec![source(1, listing_of(&relays)), own_listing];
+        let gathered = gather(listings.clone(), NOW);
+        let mut view = NetworkView::new(ViewConfig::default());
+        let todo = gathered.contests(&view, &Verdicts::new(), 10);
+        assert_eq!(todo.len(), 1);
+        assert_eq!(todo[0].0, loner.peer_id());
+        let report = gathered.offer_to(&mut view, Some(&Verdicts::new()));
+        assert_eq!(report.unproven, 1);
+        assert!(view.get(&loner.peer_id()).is_none());
+        let mut verdicts = Verdicts::new();
+        verdicts.record(todo[0].0, todo[0].1.clone(), true, NOW);
+        gather(listings, NOW).offer_to(&mut view, Some(&verdicts));
+        assert!(view.get(&loner.peer_id()).is_some());
+        assert_eq!(view.len(), 4);
     }
 }

@@ -280,6 +280,16 @@ impl SignedDescriptor {
         self.descriptor.peer_id()
     }
 
+    /// The descriptor `bytes` claim to hold, decoded without checking the canonical form or
+    /// the signature: only to refuse cheaply what would be refused anyway whatever the
+    /// signature (a store's full subnet, a refuted descriptor), never to accept anything.
+    pub fn unverified_claim(bytes: &[u8]) -> Option<Descriptor> {
+        if bytes.len() > MAX_DESCRIPTOR_LEN {
+            return None;
+        }
+        decode_unsigned(bytes).ok().map(|(d, _)| d)
+    }
+
     /// The PeerId that `bytes` would belong to if they verified, read from the identity key's
     /// place without checking anything else (to match bytes against a descriptor already
     /// verified; never a substitute for [`SignedDescriptor::verify`]).

@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use libp2p_identity::PeerId;
 use multiaddr::Multiaddr;
 
-use crate::descriptor::{SignedDescriptor, ip_of};
+use crate::descriptor::{Descriptor, SignedDescriptor, ip_of};
 use crate::dirproto::{
     ENTRY_OVERHEAD, LISTING_HEADER_LEN, Listing, ListingEntry, MAX_LISTING_ENTRIES,
     MAX_RESPONSE_LEN,
@@ -200,8 +200,11 @@ struct Networks {
 
 impl Networks {
     fn of(d: &SignedDescriptor, only: Option<AddrSet>) -> Self {
+        Self::of_claim(d.descriptor(), only)
+    }
+
+    fn of_claim(d: &Descriptor, only: Option<AddrSet>) -> Self {
         let ips: Vec<IpAddr> = d
-            .descriptor()
             .addrs
             .iter()
             .enumerate()
@@ -382,6 +385,30 @@ impl DirStore {
         if held {
             return Offered::Unchanged;
         }
+        // What would be refused whatever the signature is refused before checking it: a
+        // listing of thousands of descriptors in full subnets costs comparisons, not
+        // signature checks.
+        if let Some(claim) = SignedDescriptor::unverified_claim(bytes) {
+            let peer = claim.peer_id();
+            if self.refuted.contains(&(peer, claim.published_at)) {
+                return Offered::Refuted;
+            }
+            match self.entries.get(&peer) {
+                Some(old) if claim.published_at <= old.descriptor.descriptor().published_at => {
+                    return Offered::Unchanged;
+                }
+                None if !self.heard.fits(
+                    &Networks::of_claim(&claim, None),
+                    self.config.max_heard,
+                    MAX_PENDING_PER_SUBNET,
+                    MAX_PENDING_PER_BLOCK,
+                ) =>
+                {
+                    return Offered::Full;
+                }
+                _ => {}
+            }
+        }
         match SignedDescriptor::verify(bytes, now) {
             Ok(d) => self.offer_verified(d, now),
             Err(err) => Offered::Invalid(RecordRefusal::of(&err)),
@@ -423,11 +450,15 @@ impl DirStore {
             return Offered::Invalid(RecordRefusal::Expired);
         }
         let peer = descriptor.peer_id();
-        if self
-            .refuted
-            .contains(&(peer, descriptor.descriptor().published_at))
-        {
-            return Offered::Refuted;
+        let key = (peer, descriptor.descriptor().published_at);
+        if self.refuted.contains(&key) {
+            // The relay itself, announcing from an address it signs, gets another probe: it
+            // may have been down, or unreachable for a moment, when the last one failed.
+            if lane != Standing::Vouched {
+                return Offered::Refuted;
+            }
+            self.refuted.remove(&key);
+            self.refuted_order.retain(|k| *k != key);
         }
         let (kept, first_seen, outcome, was) = match self.entries.get(&peer) {
             Some(old) if !is_newer(&descriptor, &old.descriptor) => {
@@ -609,6 +640,25 @@ impl DirStore {
             self.insert(peer, old);
         }
         // A pending entry proven in a full network is dropped: it could not be listed.
+    }
+
+    /// A probe that could not be tried (the dial was refused locally, e.g. by a connection
+    /// limit): it goes back to the end of its queue, and proves or refutes nothing.
+    pub fn retry_later(&mut self, probe: Probe) {
+        self.in_flight.remove(&(probe.peer, probe.index));
+        let urgent = self
+            .entries
+            .get(&probe.peer)
+            .is_some_and(|e| e.standing == Standing::Vouched);
+        if self.pending_probes() < MAX_PENDING_PROBES
+            && self.queued.insert((probe.peer, probe.index))
+        {
+            if urgent {
+                self.urgent_probes.push_back(probe);
+            } else {
+                self.probes.push_back(probe);
+            }
+        }
     }
 
     fn refute(&mut self, peer: PeerId, published_at: u64) {

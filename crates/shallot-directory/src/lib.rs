@@ -12,7 +12,8 @@ mod subnet;
 mod view;
 
 pub use assemble::{
-    AssemblyReport, MAX_CANDIDATES, MAX_SOURCE_INVALID, MAX_SOURCE_STALE, SourceListing, assemble,
+    AssemblyReport, Gathered, MAX_CANDIDATES, MAX_SOURCE_INVALID, MAX_SOURCE_STALE, MAX_VERDICTS,
+    SourceListing, VERDICT_LIFETIME_SECS, Verdicts, assemble, gather,
 };
 pub use cache::{CACHE_MAGIC, CacheContents, decode_cache, encode_cache, load_cache, write_cache};
 pub use clock::WallClock;

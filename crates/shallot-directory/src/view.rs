@@ -171,6 +171,11 @@ impl NetworkView {
         }
     }
 
+    /// The view's settings.
+    pub fn config(&self) -> &ViewConfig {
+        &self.config
+    }
+
     /// Number of relays in the view.
     pub fn len(&self) -> usize {
         self.relays.len()
