@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shallot_directory::{NetworkView, ViewConfig, assemble, load_cache, write_cache};
+use shallot_directory::{NetworkView, Verdicts, ViewConfig, gather, load_cache, write_cache};
 use shallot_p2p::{Node, NodeConfig, Role, identity::Keypair};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
@@ -313,14 +313,23 @@ async fn refresh_view(
 ) {
     let mut retry = Duration::from_millis(500);
     let mut young = YOUNG_VIEW_REFRESHES.iter();
+    let mut verdicts = Verdicts::new();
     loop {
         report(Bootstrap::CONNECTING);
         match node.fetch_descriptors().await {
             Ok(outcome) => {
-                let now = node.clock().now();
                 let bytes = outcome.bytes;
+                let gathered = gather(outcome.listings, node.clock().now());
+                // Where more relays claim a subnet than its cap admits, dial them first
+                // (specs/04 §6.3); the view takes only those found there.
+                let snapshot = manager.with_view(NetworkView::clone);
+                let dials = node
+                    .verify_contests(&gathered, &snapshot, &mut verdicts)
+                    .await;
+                drop(snapshot);
+                let now = node.clock().now();
                 let (known, usable, assembled) = manager.update_view(|view| {
-                    let assembled = assemble(view, outcome.listings, now);
+                    let assembled = gathered.offer_to(view, Some(&verdicts));
                     view.prune_expired(now);
                     (view.len(), view.clone(), assembled)
                 });
@@ -331,6 +340,15 @@ async fn refresh_view(
                     bytes,
                     "view refreshed"
                 );
+                if assembled.unreachable > 0 || assembled.unverified > 0 {
+                    info!(
+                        dials,
+                        unreachable = assembled.unreachable,
+                        unverified = assembled.unverified,
+                        "relays left out: more claimed a subnet than its cap admits, and \
+                         these were not found at the addresses they claim (or not dialed yet)"
+                    );
+                }
                 if !assembled.sources_dropped.is_empty() || assembled.invalid > 0 {
                     warn!(
                         dropped = assembled.sources_dropped.len(),

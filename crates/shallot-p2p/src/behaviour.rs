@@ -31,6 +31,8 @@ pub const MAX_STORED_RECORDS: usize = 16_384;
 pub const MAX_KAD_PACKET: usize = 64 * 1024;
 /// How long a directory request may wait for its answer.
 pub const DIR_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a connection's dial and handshake may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Directory streams open at once per connection (inbound and outbound).
 pub const MAX_DIR_STREAMS: usize = 16;
 
@@ -50,15 +52,24 @@ pub(crate) fn build_swarm(
     let transport_err = |e: &dyn std::fmt::Display| P2pError::Transport(e.to_string());
     let idle = config.idle_connection_timeout;
     let swarm = match &config.transport {
+        // TCP as the builder's `with_tcp` makes it, plus a bound on each connection's dial
+        // and handshake: without it a dial to an address that drops SYNs holds its probe for
+        // the kernel's two minutes.
         TransportConfig::System => libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .map_err(|e| transport_err(&e))?
             .with_quic()
+            .with_other_transport(|key| {
+                let noise = noise::Config::new(key)
+                    .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
+                Ok(
+                    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                        .upgrade(upgrade::Version::V1Lazy)
+                        .authenticate(noise)
+                        .multiplex(yamux::Config::default())
+                        .timeout(CONNECT_TIMEOUT),
+                )
+            })
+            .map_err(|e| transport_err(&e))?
             .with_behaviour(|key| behaviour(key, config))
             .map_err(|e| transport_err(&e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
@@ -72,7 +83,8 @@ pub(crate) fn build_swarm(
                     Ok(MemoryTransport::new(net.clone(), *ip)
                         .upgrade(upgrade::Version::V1)
                         .authenticate(noise)
-                        .multiplex(yamux::Config::default()))
+                        .multiplex(yamux::Config::default())
+                        .timeout(CONNECT_TIMEOUT))
                 })
                 .map_err(|e| transport_err(&e))?
                 .with_behaviour(|key| behaviour(key, config))

@@ -33,7 +33,9 @@ impl Default for ConnectionLimits {
         Self {
             max_pending_incoming: 128,
             max_established_incoming: 1024,
-            max_established_per_peer: 2,
+            // Each side may have dialed the other, and a probe or a stream at a signed address
+            // needs a connection of its own.
+            max_established_per_peer: 4,
         }
     }
 }

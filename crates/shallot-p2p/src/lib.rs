@@ -8,8 +8,8 @@ mod memnet;
 mod node;
 
 pub use behaviour::{
-    AGENT_VERSION, CIRCUIT_PROTOCOL, DIR_REQUEST_TIMEOUT, IDENTIFY_PROTOCOL, KAD_PROTOCOL,
-    MAX_DIR_STREAMS, MAX_KAD_PACKET, MAX_STORED_RECORDS,
+    AGENT_VERSION, CIRCUIT_PROTOCOL, CONNECT_TIMEOUT, DIR_REQUEST_TIMEOUT, IDENTIFY_PROTOCOL,
+    KAD_PROTOCOL, MAX_DIR_STREAMS, MAX_KAD_PACKET, MAX_STORED_RECORDS,
 };
 pub use config::{
     ConnectionLimits, DEFAULT_MAX_WALKS, DEFAULT_PROBE_INTERVAL, DEFAULT_SOURCES_PER_REFRESH,
@@ -20,9 +20,12 @@ pub use err::P2pError;
 pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId, identity};
 pub use libp2p_stream::{Control as StreamControl, IncomingStreams, OpenStreamError};
-pub use memnet::{MEMORY_BACKLOG, MEMORY_PIPE_BYTES, MemoryNet, MemoryNetError};
+pub use memnet::{
+    MEMORY_BACKLOG, MEMORY_PIPE_BYTES, MemoryNet, MemoryNetError, MemoryStream, MemoryTransport,
+};
 pub use node::{
     COMMAND_QUEUE, Directory, FetchOutcome, MAX_ANNOUNCE_PEERS, MAX_CANDIDATES_PER_REFRESH,
-    MAX_LISTINGS_IN_FLIGHT, MAX_PAGES_PER_SOURCE, MAX_PENDING_PUBLISHES, MAX_PROBES_IN_FLIGHT,
-    MAX_REFRESH_WAITERS, Node, NodeStats, peer_of,
+    MAX_CONTEST_ROUNDS, MAX_LISTINGS_IN_FLIGHT, MAX_PAGES_PER_SOURCE, MAX_PENDING_PUBLISHES,
+    MAX_PROBES_IN_FLIGHT, MAX_REFRESH_TIME, MAX_REFRESH_WAITERS, MAX_VERIFICATIONS,
+    MAX_VERIFY_TARGETS, Node, NodeStats, peer_of,
 };

@@ -30,7 +30,7 @@ pub const MEMORY_PIPE_BYTES: usize = 256 * 1024;
 const FIRST_EPHEMERAL_PORT: u16 = 32_768;
 
 /// One end of an in-memory connection.
-pub(crate) type MemoryStream = Compat<DuplexStream>;
+pub type MemoryStream = Compat<DuplexStream>;
 
 /// A connection on its way to a listener, with the dialer's address.
 struct Incoming {
@@ -124,8 +124,9 @@ struct Listener {
     incoming: mpsc::Receiver<Incoming>,
 }
 
-/// A node's transport on a [`MemoryNet`]: it dials out from `ip`.
-pub(crate) struct MemoryTransport {
+/// A node's transport on a [`MemoryNet`]: it dials out from `ip`. `Node` builds its own; a
+/// test or simulation may build a swarm of its own on it.
+pub struct MemoryTransport {
     net: MemoryNet,
     ip: IpAddr,
     listeners: Vec<Listener>,
@@ -133,7 +134,9 @@ pub(crate) struct MemoryTransport {
 }
 
 impl MemoryTransport {
-    pub(crate) fn new(net: MemoryNet, ip: IpAddr) -> Self {
+    /// A transport on `net` that dials out from `ip` (for a swarm of one's own on the memory
+    /// network, such as a test's hostile node).
+    pub fn new(net: MemoryNet, ip: IpAddr) -> Self {
         Self {
             net,
             ip,

@@ -19,15 +19,16 @@ use libp2p::kad::{self, QueryId, QueryResult, Quorum, Record, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify};
 use shallot_directory::{
-    AnnounceStatus, Block, DirRequest, DirResponse, DirStore, ENTRY_OVERHEAD, LISTING_HEADER_LEN,
-    Listing, Offered, Probe, RecordRefusal, SignedDescriptor, SourceListing, StoreConfig,
-    StoreEntry, WallClock, canonical_ip, descriptor_key, ip_of, is_newer, validate_record,
+    AnnounceStatus, Block, DirRequest, DirResponse, DirStore, ENTRY_OVERHEAD, Gathered,
+    LISTING_HEADER_LEN, Listing, NetworkView, Offered, Probe, RecordRefusal, SignedDescriptor,
+    SourceListing, Standing, StoreConfig, StoreEntry, Verdicts, WallClock, canonical_ip,
+    descriptor_key, ip_of, is_newer, validate_record,
 };
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, build_swarm};
 use crate::config::{DirConfig, NodeConfig, Role};
@@ -41,6 +42,19 @@ pub const MAX_REFRESH_WAITERS: usize = 16;
 pub const MAX_PENDING_PUBLISHES: usize = 16;
 /// A relay's probes running at once.
 pub const MAX_PROBES_IN_FLIGHT: usize = 8;
+/// Most addresses one [`Node::verify`] call dials.
+pub const MAX_VERIFY_TARGETS: usize = 256;
+/// A relay's synchronisation considers this many times `sources_per_refresh` relays from its
+/// own store as sources before it walks the DHT for more.
+const STORE_SOURCES_FACTOR: usize = 3;
+/// Relays of one source's listing taken as further source candidates.
+const LISTED_CANDIDATES_PER_SOURCE: usize = 16;
+/// Rounds of verification in one [`Node::verify_contests`].
+pub const MAX_CONTEST_ROUNDS: usize = 4;
+/// Longest one refresh may take: past it, it ends with the listings it has (specs/04 §6.1).
+pub const MAX_REFRESH_TIME: Duration = Duration::from_secs(20);
+/// Most [`Node::verify`] calls waiting or running at once.
+pub const MAX_VERIFICATIONS: usize = 4;
 /// Listing requests of one refresh in flight at once.
 pub const MAX_LISTINGS_IN_FLIGHT: usize = 8;
 /// Pages one source may send in one refresh (each at most `MAX_LISTING_ENTRIES` entries).
@@ -164,6 +178,10 @@ impl Directory {
 }
 
 enum Command {
+    Verify {
+        targets: Vec<(PeerId, Multiaddr)>,
+        reply: oneshot::Sender<Result<Vec<bool>, P2pError>>,
+    },
     Publish {
         descriptor: Box<SignedDescriptor>,
         reply: oneshot::Sender<Result<(), P2pError>>,
@@ -273,7 +291,11 @@ impl Node {
                 probes: HashMap::new(),
                 sources: Vec::new(),
                 refresh: None,
+                refreshes: 0,
                 requests: HashMap::new(),
+                verifications: VecDeque::new(),
+                verify_dials: HashMap::new(),
+                next_verification: 0,
             }
             .run(queue),
         );
@@ -365,6 +387,50 @@ impl Node {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Fetch { reply }).await?;
         answer.await.map_err(|_| P2pError::Stopped)?
+    }
+
+    /// Dials each `(peer, addr)` at exactly that address and answers, in order, whether the
+    /// Noise handshake authenticated `peer` there (a client verifying contested relays,
+    /// specs/04 §6.3). At most [`MAX_VERIFY_TARGETS`] per call and [`MAX_PROBES_IN_FLIGHT`]
+    /// dials at once, each bounded by [`crate::CONNECT_TIMEOUT`]; an address this node does
+    /// not dial counts as not reached.
+    pub async fn verify(&self, targets: Vec<(PeerId, Multiaddr)>) -> Result<Vec<bool>, P2pError> {
+        if targets.len() > MAX_VERIFY_TARGETS {
+            return Err(P2pError::Busy);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Verify { targets, reply }).await?;
+        answer.await.map_err(|_| P2pError::Stopped)?
+    }
+
+    /// Verifies the contested relays of `gathered` against `view` (specs/04 §6.3): up to
+    /// [`MAX_CONTEST_ROUNDS`] rounds of [`Gathered::contests`] dialed with [`Node::verify`],
+    /// each outcome recorded in `verdicts`. Returns the number of dials.
+    pub async fn verify_contests(
+        &self,
+        gathered: &Gathered,
+        view: &NetworkView,
+        verdicts: &mut Verdicts,
+    ) -> usize {
+        let mut dials = 0;
+        for _ in 0..MAX_CONTEST_ROUNDS {
+            let todo = gathered.contests(view, verdicts, MAX_VERIFY_TARGETS);
+            if todo.is_empty() {
+                break;
+            }
+            let Ok(results) = self.verify(todo.clone()).await else {
+                break;
+            };
+            let now = self.clock.now();
+            dials += todo.len();
+            for ((peer, addr), reached) in todo.into_iter().zip(results) {
+                if !reached {
+                    debug!(%peer, %addr, "a contested relay is not at the address it claims");
+                }
+                verdicts.record(peer, addr, reached, now);
+            }
+        }
+        dials
     }
 
     /// Tells the swarm an address of `peer` (so a stream to it can be opened).
@@ -498,6 +564,10 @@ struct SourceState {
 /// One bulk refresh in progress.
 #[derive(Default)]
 struct Refresh {
+    /// Which refresh this is: a late answer to an earlier one is not this one's.
+    id: u64,
+    /// When it ends with what it has (a slow source cannot hold it longer).
+    deadline: Option<tokio::time::Instant>,
     waiters: Vec<oneshot::Sender<Result<FetchOutcome, P2pError>>>,
     /// Whether the result goes into this relay's store (a synchronisation) and nowhere else.
     sync_only: bool,
@@ -507,6 +577,8 @@ struct Refresh {
     candidates: VecDeque<(PeerId, Option<SourceState>)>,
     tried: HashSet<PeerId>,
     blocks: HashSet<Block>,
+    /// Blocks of the candidates asked (where the connection was known when asking).
+    asked_blocks: HashSet<Block>,
     asked: usize,
     /// Listings being gathered, by source.
     listings: HashMap<PeerId, (SourceListing, SourceState, usize)>,
@@ -516,7 +588,7 @@ struct Refresh {
 
 /// What an outbound directory request was for.
 enum Pending {
-    Listing { peer: PeerId },
+    Listing { peer: PeerId, refresh: u64 },
     Announce,
 }
 
@@ -544,7 +616,22 @@ struct SwarmTask {
     /// The sources of the last refresh.
     sources: Vec<SourceState>,
     refresh: Option<Refresh>,
+    refreshes: u64,
     requests: HashMap<OutboundRequestId, Pending>,
+    /// Verifications asked for by the client, oldest first (at most [`MAX_VERIFICATIONS`]).
+    verifications: VecDeque<Verification>,
+    /// Verification dials in flight: the verification's number and the target's index.
+    verify_dials: HashMap<ConnectionId, (u64, usize)>,
+    next_verification: u64,
+}
+
+/// One [`Node::verify`] call.
+struct Verification {
+    id: u64,
+    targets: Vec<(PeerId, Multiaddr)>,
+    results: Vec<Option<bool>>,
+    next: usize,
+    reply: Option<oneshot::Sender<Result<Vec<bool>, P2pError>>>,
 }
 
 impl SwarmTask {
@@ -565,6 +652,7 @@ impl SwarmTask {
                 },
                 event = self.swarm.select_next_some() => self.handle_event(event),
                 _ = probe_tick.tick(), if relay => self.probe_next(),
+                () = refresh_deadline(self.refresh.as_ref()) => self.refresh_overdue(),
                 _ = prune_tick.tick(), if relay => self.prune(),
                 () = &mut sync, if relay => {
                     self.start_refresh(None);
@@ -585,6 +673,22 @@ impl SwarmTask {
 
     fn handle_command(&mut self, command: Command) {
         match command {
+            Command::Verify { targets, reply } => {
+                if self.verifications.len() >= MAX_VERIFICATIONS {
+                    let _ = reply.send(Err(P2pError::Busy));
+                    return;
+                }
+                self.next_verification += 1;
+                let n = targets.len();
+                self.verifications.push_back(Verification {
+                    id: self.next_verification,
+                    targets,
+                    results: vec![None; n],
+                    next: 0,
+                    reply: Some(reply),
+                });
+                self.pump_verifications();
+            }
             Command::Publish { descriptor, reply } => self.publish(*descriptor, reply),
             Command::Fetch { reply } => self.start_refresh(Some(reply)),
             Command::AddAddress { peer, addr, done } => {
@@ -701,6 +805,13 @@ impl SwarmTask {
                             if without_peer(address) == probe.addr);
                     self.probe_done(&probe, reached);
                 }
+                if let Some(target) = self.verify_dials.remove(&connection_id) {
+                    let reached = matches!(&endpoint, ConnectedPoint::Dialer { address, .. }
+                    if self.verify_target(target).is_some_and(|(peer, addr)| {
+                        *peer == peer_id && without_peer(address) == *addr
+                    }));
+                    self.verified(target, reached);
+                }
                 self.conns.insert(connection_id, (peer_id, endpoint));
             }
             SwarmEvent::ConnectionClosed {
@@ -720,11 +831,97 @@ impl SwarmTask {
                 error,
             } => {
                 if let Some(probe) = self.probes.remove(&connection_id) {
-                    self.probe_done(&probe, false);
+                    if matches!(error, DialError::Denied { .. } | DialError::Aborted) {
+                        // Refused here (a connection limit), not by the address: try again.
+                        if let Some(dir) = &self.directory {
+                            dir.0
+                                .write()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .retry_later(probe);
+                        }
+                    } else {
+                        self.probe_done(&probe, false);
+                    }
+                }
+                if let Some(target) = self.verify_dials.remove(&connection_id) {
+                    self.verified(target, false);
                 }
                 debug!(?peer_id, %error, "outgoing connection failed");
             }
             _ => {}
+        }
+    }
+
+    // ---- verifications (clients) ---------------------------------------------------------
+
+    fn verify_target(&self, (id, index): (u64, usize)) -> Option<&(PeerId, Multiaddr)> {
+        self.verifications
+            .iter()
+            .find(|v| v.id == id)
+            .and_then(|v| v.targets.get(index))
+    }
+
+    fn verified(&mut self, (id, index): (u64, usize), reached: bool) {
+        if let Some(v) = self.verifications.iter_mut().find(|v| v.id == id)
+            && let Some(slot) = v.results.get_mut(index)
+        {
+            *slot = Some(reached);
+        }
+        self.pump_verifications();
+    }
+
+    /// Starts verification dials while there is room, and answers finished verifications.
+    fn pump_verifications(&mut self) {
+        while self.verify_dials.len() < MAX_PROBES_IN_FLIGHT {
+            let Some(v) = self
+                .verifications
+                .iter_mut()
+                .find(|v| v.next < v.targets.len())
+            else {
+                break;
+            };
+            let index = v.next;
+            v.next += 1;
+            let id = v.id;
+            let (peer, addr) = v.targets[index].clone();
+            let already = self.conns.values().any(|(p, endpoint)| {
+                *p == peer
+                    && matches!(endpoint, ConnectedPoint::Dialer { address, .. }
+                        if without_peer(address) == addr)
+            });
+            let outcome = if already {
+                Some(true)
+            } else if !dialable(&addr, &self.dir_config) {
+                Some(false)
+            } else {
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(vec![addr])
+                    .condition(PeerCondition::Always)
+                    .build();
+                let connection = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.verify_dials.insert(connection, (id, index));
+                        None
+                    }
+                    Err(_) => Some(false),
+                }
+            };
+            if let Some(reached) = outcome
+                && let Some(v) = self.verifications.iter_mut().find(|v| v.id == id)
+            {
+                v.results[index] = Some(reached);
+            }
+        }
+        while let Some(v) = self.verifications.front_mut() {
+            if v.results.iter().any(Option::is_none) {
+                break;
+            }
+            if let Some(reply) = v.reply.take() {
+                let results = v.results.iter().map(|r| r.unwrap_or(false)).collect();
+                let _ = reply.send(Ok(results));
+            }
+            self.verifications.pop_front();
         }
     }
 
@@ -909,16 +1106,47 @@ impl SwarmTask {
             }
             return;
         }
+        self.refreshes += 1;
         let mut refresh = Refresh {
+            id: self.refreshes,
+            deadline: Some(tokio::time::Instant::now() + MAX_REFRESH_TIME),
             sync_only: reply.is_none(),
             walks_left: self.dir_config.max_walks,
             ..Refresh::default()
         };
         refresh.waiters.extend(reply);
-        // Sticky sources first (only changes), then the bootstrap peers and the relays we are
+        // Sticky sources first (only changes); a relay then asks relays it proved itself,
+        // chosen at random from its store; then the bootstrap peers and the relays we are
         // connected to; Kademlia walks to random keys find more.
         for s in &self.sources {
             refresh.candidates.push_back((s.peer, Some(s.clone())));
+        }
+        if let Some(dir) = &self.directory {
+            let mut known: Vec<(PeerId, Vec<Multiaddr>)> = dir
+                .read()
+                .entries()
+                .filter(|e| e.standing == Standing::Listed && e.descriptor.peer_id() != self.local)
+                .map(|e| {
+                    let addrs = e
+                        .descriptor
+                        .descriptor()
+                        .addrs
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| e.proven.contains(*i))
+                        .map(|(_, a)| a.clone())
+                        .collect();
+                    (e.descriptor.peer_id(), addrs)
+                })
+                .collect();
+            shuffle(&mut known);
+            known.truncate(STORE_SOURCES_FACTOR * self.dir_config.sources_per_refresh);
+            for (peer, addrs) in known {
+                for addr in addrs {
+                    self.swarm.add_peer_address(peer, addr);
+                }
+                refresh.candidates.push_back((peer, None));
+            }
         }
         let mut others: Vec<PeerId> = self
             .bootstrap
@@ -950,13 +1178,27 @@ impl SwarmTask {
             if peer == local || !refresh.tried.insert(peer) {
                 continue;
             }
+            // One source per block: a candidate we are connected to in a block already
+            // asked is not asked (an adversary's thousands of PeerIds share a few blocks).
+            if let Some(block) = block_of(&self.conns, &peer)
+                && !refresh.asked_blocks.insert(block)
+            {
+                refresh.outcome.same_block += 1;
+                continue;
+            }
             let (epoch, since) = state.as_ref().map_or((0, 0), |s| (s.epoch, s.seq));
             let id = self
                 .swarm
                 .behaviour_mut()
                 .dir
                 .send_request(&peer, DirRequest::Listing { epoch, since });
-            self.requests.insert(id, Pending::Listing { peer });
+            self.requests.insert(
+                id,
+                Pending::Listing {
+                    peer,
+                    refresh: refresh.id,
+                },
+            );
             refresh.asked += 1;
         }
         let short = gathered(refresh) + refresh.asked < want;
@@ -974,9 +1216,10 @@ impl SwarmTask {
                 .get_closest_peers(PeerId::random());
             refresh.walks.insert(query);
         }
+        // Enough sources: done, whatever walks still run (their answers are then ignored).
         let finished = refresh.asked == 0
-            && refresh.walks.is_empty()
-            && (gathered(refresh) >= want || refresh.candidates.is_empty());
+            && (gathered(refresh) >= want
+                || (refresh.walks.is_empty() && refresh.candidates.is_empty()));
         if finished {
             self.finish_refresh();
         }
@@ -1018,19 +1261,37 @@ impl SwarmTask {
         let Some(pending) = self.requests.remove(&id) else {
             return;
         };
-        let Pending::Listing { peer } = pending else {
+        let Pending::Listing { peer, refresh: id } = pending else {
             return;
         };
-        let block = self.block_of(&peer);
+        let block = block_of(&self.conns, &peer);
         let Some(refresh) = &mut self.refresh else {
             return;
         };
+        if refresh.id != id {
+            return;
+        }
+        if !refresh.sync_only {
+            trace!(
+                %peer,
+                answered = response.is_some(),
+                asked = refresh.asked,
+                since = ?refresh.deadline.map(|d| MAX_REFRESH_TIME.saturating_sub(d - tokio::time::Instant::now())),
+                "a source answered the refresh"
+            );
+        }
         refresh.asked = refresh.asked.saturating_sub(1);
         let listing = match response {
             Some(DirResponse::Listing(l)) => Some(l),
             _ => None,
         };
         let (Some(listing), Some(block)) = (listing, block) else {
+            // Another source in that block may answer instead.
+            if let Some(block) = block
+                && !refresh.blocks.contains(&block)
+            {
+                refresh.asked_blocks.remove(&block);
+            }
             refresh.outcome.failed += 1;
             refresh.listings.remove(&peer);
             self.pump_refresh();
@@ -1055,6 +1316,36 @@ impl SwarmTask {
                 } else {
                     if listing.full {
                         refresh.outcome.full_listings += 1;
+                    }
+                    // The relays a source proved are candidates too, in random order: each is
+                    // taken only in a block of its own, measured on the connection we make.
+                    let mut listed: Vec<(PeerId, Vec<Multiaddr>)> = listing
+                        .entries
+                        .iter()
+                        .filter_map(|e| {
+                            let claim = SignedDescriptor::unverified_claim(&e.descriptor)?;
+                            let addrs = claim
+                                .addrs
+                                .iter()
+                                .enumerate()
+                                .filter(|(i, _)| e.proven.contains(*i))
+                                .map(|(_, a)| a.clone())
+                                .collect::<Vec<_>>();
+                            (!addrs.is_empty()).then(|| (claim.peer_id(), addrs))
+                        })
+                        .collect();
+                    shuffle(&mut listed);
+                    listed.truncate(LISTED_CANDIDATES_PER_SOURCE);
+                    for (candidate, addrs) in listed {
+                        if refresh.candidates.len() >= MAX_CANDIDATES_PER_REFRESH
+                            || refresh.tried.contains(&candidate)
+                        {
+                            continue;
+                        }
+                        for addr in addrs {
+                            self.swarm.add_peer_address(candidate, addr);
+                        }
+                        refresh.candidates.push_back((candidate, None));
                     }
                     let gathered = SourceListing {
                         source: peer,
@@ -1086,7 +1377,13 @@ impl SwarmTask {
                 since: state.seq,
             };
             let id = self.swarm.behaviour_mut().dir.send_request(&peer, request);
-            self.requests.insert(id, Pending::Listing { peer });
+            self.requests.insert(
+                id,
+                Pending::Listing {
+                    peer,
+                    refresh: refresh.id,
+                },
+            );
             refresh.asked += 1;
             refresh.listings.insert(peer, (gathered, state, pages));
         } else {
@@ -1094,18 +1391,24 @@ impl SwarmTask {
         }
     }
 
-    /// The /16 (/32) of the address of our connection to `peer`.
-    fn block_of(&self, peer: &PeerId) -> Option<Block> {
-        self.conns.values().find_map(|(p, endpoint)| {
-            if p != peer {
-                return None;
-            }
-            let addr = match endpoint {
-                ConnectedPoint::Dialer { address, .. } => address,
-                ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr,
-            };
-            ip_of(addr).map(Block::of)
-        })
+    /// The refresh ran out of time: the sources still answering are dropped, pages already
+    /// received kept.
+    fn refresh_overdue(&mut self) {
+        let Some(refresh) = &mut self.refresh else {
+            return;
+        };
+        debug!(
+            asked = refresh.asked,
+            "refresh overdue: ending with what it has"
+        );
+        refresh.outcome.failed += refresh.asked;
+        refresh.asked = 0;
+        refresh.walks.clear();
+        refresh.candidates.clear();
+        for (_, (listing, state, _)) in refresh.listings.drain() {
+            refresh.done.push((listing, state));
+        }
+        self.finish_refresh();
     }
 
     fn finish_refresh(&mut self) {
@@ -1286,6 +1589,27 @@ impl SwarmTask {
                 debug!(%source, %err, reason = refusal.as_str(), "refused an inbound DHT record");
             }
         }
+    }
+}
+
+/// The /16 (/32) of the address of a connection to `peer`.
+fn block_of(
+    conns: &HashMap<ConnectionId, (PeerId, ConnectedPoint)>,
+    peer: &PeerId,
+) -> Option<Block> {
+    conns.values().find_map(|(p, endpoint)| {
+        if p != peer {
+            return None;
+        }
+        ip_of(endpoint.get_remote_address()).map(Block::of)
+    })
+}
+
+/// Resolves when the running refresh is overdue; never without one.
+async fn refresh_deadline(refresh: Option<&Refresh>) {
+    match refresh.and_then(|r| r.deadline) {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -91,12 +91,14 @@ async fn stopped_relay_stays_listed_until_expiry_then_leaves_views() {
     publish_all(&relays, 3600).await;
     let leaving_peer = leaving.peer_id();
     publish_all(std::slice::from_ref(&leaving), LIFETIME).await;
-    // Others hold it (it announced itself) before it goes.
+    // Others list it (they proved its address) before it goes: a relay only held pending
+    // when its publisher leaves can never be proven, so it would rightly never be listed.
     let deadline = Instant::now() + CONVERGE_LIMIT;
     while !relays.iter().all(|r| {
-        r.node
-            .directory()
-            .is_some_and(|d| d.get(&leaving_peer).is_some())
+        r.node.directory().is_some_and(|d| {
+            d.get(&leaving_peer)
+                .is_some_and(|entry| entry.standing == shallot_directory::Standing::Listed)
+        })
     }) {
         assert!(
             Instant::now() < deadline,
@@ -116,7 +118,8 @@ async fn stopped_relay_stays_listed_until_expiry_then_leaves_views() {
     wire.skip(LIFETIME + 1);
     let fresh = start_client(&wire, vec![relays[1].node.bootstrap_addr().expect("addr")]).await;
     let mut view = fresh_view();
-    let (_, report) = refresh_into(&fresh, &mut view).await;
+    let (_, report) =
+        refresh_into(&fresh, &mut view, &mut shallot_directory::Verdicts::new()).await;
     assert!(
         view.get(&leaving_peer).is_none(),
         "an expired relay is still in a fresh view"

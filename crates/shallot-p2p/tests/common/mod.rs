@@ -4,6 +4,8 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod hostile;
+
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use libp2p::{Multiaddr, PeerId};
 use shallot_crypto::OnionPublicKey;
 use shallot_directory::{
     AssemblyReport, Descriptor, NetworkView, PROTOCOL_CIRCUIT_V1, RelayFlags, SignedDescriptor,
-    ViewConfig, WallClock, assemble,
+    Verdicts, ViewConfig, WallClock, gather,
 };
 use shallot_p2p::{FetchOutcome, MemoryNet, Node, NodeConfig, Role, TransportConfig};
 
@@ -202,11 +204,26 @@ pub async fn start_client(wire: &Wire, bootstrap: Vec<Multiaddr>) -> Node {
     .expect("start client")
 }
 
-/// A client's view after one refresh, assembled as `shallot client` does.
-pub async fn refresh_into(client: &Node, view: &mut NetworkView) -> (FetchOutcome, AssemblyReport) {
+/// A client's view after one refresh, assembled as `shallot client` does: gathered, the
+/// contested and unproven relays verified by dialing them, then offered.
+pub async fn refresh_into(
+    client: &Node,
+    view: &mut NetworkView,
+    verdicts: &mut Verdicts,
+) -> (FetchOutcome, AssemblyReport) {
+    let started = Instant::now();
     let mut outcome = client.fetch_descriptors().await.expect("fetch");
+    let fetched = started.elapsed();
     let listings = std::mem::take(&mut outcome.listings);
-    let report = assemble(view, listings, client.clock().now());
+    let gathered = gather(listings, client.clock().now());
+    let dials = client.verify_contests(&gathered, view, verdicts).await;
+    if std::env::var_os("SHALLOT_TEST_VERBOSE").is_some() {
+        println!(
+            "fetched in {fetched:?}; {dials} verification dials in {:?}",
+            started.elapsed() - fetched
+        );
+    }
+    let report = gathered.offer_to(view, Some(verdicts));
     (outcome, report)
 }
 
@@ -223,17 +240,24 @@ pub async fn try_wait_for_view(
 ) -> Result<(Duration, NetworkView), String> {
     let started = Instant::now();
     let mut view = fresh_view();
+    let mut verdicts = Verdicts::new();
     loop {
         let fetch_started = Instant::now();
-        let (outcome, report) = refresh_into(client, &mut view).await;
+        let (outcome, report) = refresh_into(client, &mut view, &mut verdicts).await;
         let seen: HashSet<PeerId> = view.entries().map(|e| e.descriptor.peer_id()).collect();
-        tracing::info!(
-            seen = seen.len(),
-            sources = report.sources_used,
-            bytes = outcome.bytes,
-            took = ?fetch_started.elapsed(),
-            "one refresh"
-        );
+        if std::env::var_os("SHALLOT_TEST_VERBOSE").is_some() {
+            println!(
+                "refresh: {} of {} expected, took {:?}, bytes {}, walks {}, same block {}, \
+                 failed {}; {report:?}",
+                seen.intersection(expected).count(),
+                expected.len(),
+                fetch_started.elapsed(),
+                outcome.bytes,
+                outcome.walks,
+                outcome.same_block,
+                outcome.failed,
+            );
+        }
         if expected.is_subset(&seen) {
             return Ok((started.elapsed(), view));
         }
@@ -257,4 +281,52 @@ pub async fn wait_for_view(client: &Node, expected: &HashSet<PeerId>) -> (Durati
     try_wait_for_view(client, expected)
         .await
         .unwrap_or_else(|failure| panic!("{failure}"))
+}
+
+/// Waits until every relay's store lists (has proved) every relay of `relays`.
+pub async fn wait_for_stores(relays: &[TestRelay]) -> Duration {
+    let started = Instant::now();
+    loop {
+        let missing: usize = relays
+            .iter()
+            .map(|r| {
+                let dir = r.node.directory().expect("a relay's directory");
+                relays
+                    .iter()
+                    .filter(|o| dir.get(&o.peer_id()).is_none_or(|e| e.proven.is_empty()))
+                    .count()
+            })
+            .sum();
+        if missing == 0 {
+            return started.elapsed();
+        }
+        if started.elapsed() >= CONVERGE_LIMIT {
+            let mut absent = 0;
+            let mut pending = 0;
+            for r in relays {
+                let dir = r.node.directory().expect("a relay's directory");
+                for o in relays {
+                    match dir.get(&o.peer_id()) {
+                        None => absent += 1,
+                        Some(e) if e.proven.is_empty() => pending += 1,
+                        Some(_) => {}
+                    }
+                }
+            }
+            let refuted: u64 = relays
+                .iter()
+                .map(|r| {
+                    r.node
+                        .stats()
+                        .probes_failed
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                })
+                .sum();
+            panic!(
+                "{missing} (relay, relay) pairs unproven after {CONVERGE_LIMIT:?}: {absent} \
+                 absent, {pending} pending; {refuted} probes failed in all"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
