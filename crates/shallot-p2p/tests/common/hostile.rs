@@ -1,0 +1,296 @@
+//! An adversary's directory nodes for the attack tests: real libp2p peers on the memory
+//! network, speaking Shallot's Kademlia and directory protocol, that answer every listing with
+//! whatever bytes the test chose and every Kademlia lookup with each other only.
+//!
+//! Each hostile node is a swarm of its own (one PeerId each, as a real adversary's would be),
+//! built from the same transport, Noise and Yamux as `Node`, but with none of its checks.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::core::{Transport as _, upgrade};
+use libp2p::identity::{Keypair, ed25519};
+use libp2p::kad::store::MemoryStore;
+use libp2p::kad::{self, KBucketKey, RecordKey};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, identify, noise, request_response, yamux};
+use shallot_directory::{
+    AddrSet, AnnounceStatus, DirRequest, DirResponse, Listing, ListingEntry, MAX_REQUEST_LEN,
+    MAX_RESPONSE_LEN, SignedDescriptor,
+};
+use shallot_p2p::{DIR_PROTOCOL, IDENTIFY_PROTOCOL, KAD_PROTOCOL, MemoryNet, MemoryTransport};
+use tokio::task::JoinHandle;
+
+/// The directory protocol's framing (specs/04 §7.1), with raw response bodies: a hostile node
+/// sends whatever bytes it likes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawDirCodec;
+
+async fn read_framed<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "too long"));
+    }
+    let mut bytes = vec![0u8; len];
+    io.read_exact(&mut bytes).await?;
+    Ok(bytes)
+}
+
+async fn write_framed<T: AsyncWrite + Unpin>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
+    io.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+    io.write_all(bytes).await?;
+    io.close().await
+}
+
+impl request_response::Codec for RawDirCodec {
+    type Protocol = StreamProtocol;
+    type Request = DirRequest;
+    type Response = Arc<Vec<u8>>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<DirRequest>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let bytes = read_framed(io, MAX_REQUEST_LEN).await?;
+        DirRequest::decode(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Arc<Vec<u8>>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        Ok(Arc::new(read_framed(io, MAX_RESPONSE_LEN).await?))
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: DirRequest,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let bytes = request
+            .encode()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        write_framed(io, &bytes).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        response: Arc<Vec<u8>>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_framed(io, &response).await
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct HostileBehaviour {
+    kad: kad::Behaviour<MemoryStore>,
+    identify: identify::Behaviour,
+    dir: request_response::Behaviour<RawDirCodec>,
+}
+
+/// What a hostile node does.
+#[derive(Clone)]
+pub struct Lie {
+    /// The body of its answer to every listing request.
+    pub listing: Arc<Vec<u8>>,
+    /// Its own descriptor, announced to every peer it dials.
+    pub own: Option<SignedDescriptor>,
+}
+
+/// A running hostile node; stops when dropped.
+pub struct HostileNode {
+    pub peer: PeerId,
+    pub addr: Multiaddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for HostileNode {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a hostile node with `key` listening at `ip`:`port` on `net`. Its Kademlia routing
+/// table holds `allies` only (it never adds an honest peer, so every lookup it answers names
+/// adversary nodes); it dials `contacts` so that they add it to theirs.
+pub async fn start_hostile(
+    net: &MemoryNet,
+    ip: Ipv4Addr,
+    port: u16,
+    key: ed25519::Keypair,
+    lie: Lie,
+    allies: &[(PeerId, Multiaddr)],
+    contacts: Vec<Multiaddr>,
+) -> HostileNode {
+    let keypair = Keypair::from(key);
+    let peer = keypair.public().to_peer_id();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_other_transport(|key| {
+            let noise = noise::Config::new(key)
+                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
+            Ok(MemoryTransport::new(net.clone(), IpAddr::V4(ip))
+                .upgrade(upgrade::Version::V1)
+                .authenticate(noise)
+                .multiplex(yamux::Config::default()))
+        })
+        .unwrap()
+        .with_behaviour(|key| {
+            let local = key.public().to_peer_id();
+            let mut config = kad::Config::new(KAD_PROTOCOL);
+            config
+                .set_kbucket_inserts(kad::BucketInserts::Manual)
+                .set_periodic_bootstrap_interval(None)
+                .set_record_filtering(kad::StoreInserts::FilterBoth);
+            let mut kad = kad::Behaviour::with_config(local, MemoryStore::new(local), config);
+            kad.set_mode(Some(kad::Mode::Server));
+            HostileBehaviour {
+                kad,
+                identify: identify::Behaviour::new(identify::Config::new(
+                    IDENTIFY_PROTOCOL.to_owned(),
+                    key.public(),
+                )),
+                dir: request_response::Behaviour::with_codec(
+                    RawDirCodec,
+                    [(DIR_PROTOCOL, request_response::ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(10)),
+                ),
+            }
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    let addr: Multiaddr = format!("/ip4/{ip}/tcp/{port}").parse().unwrap();
+    swarm.listen_on(addr.clone()).unwrap();
+    // A sample of its allies is enough to answer any lookup with adversary nodes only.
+    for (ally, at) in allies.iter().step_by(allies.len().div_ceil(400).max(1)) {
+        if *ally != peer {
+            swarm.behaviour_mut().kad.add_address(ally, at.clone());
+        }
+    }
+    for contact in contacts {
+        let _ = swarm.dial(contact);
+    }
+    let accepted = Arc::new(
+        DirResponse::Announce(AnnounceStatus::Accepted)
+            .encode()
+            .unwrap(),
+    );
+    let nothing_new = Arc::new(
+        DirResponse::Listing(Listing {
+            epoch: 1,
+            seq: u64::MAX / 2,
+            ..Listing::default()
+        })
+        .encode()
+        .unwrap(),
+    );
+    let task = tokio::spawn(async move {
+        let mut announced: HashSet<PeerId> = HashSet::new();
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(HostileBehaviourEvent::Dir(
+                    request_response::Event::Message {
+                        message:
+                            request_response::Message::Request {
+                                request, channel, ..
+                            },
+                        ..
+                    },
+                )) => {
+                    let body = match request {
+                        // Its lie to every newcomer; to a follower, "nothing new" (an
+                        // adversary shaping views, not burning CPU: what a listing can cost
+                        // is bounded on its own, specs/04 §6.1).
+                        DirRequest::Listing { since: 0, .. } => Arc::clone(&lie.listing),
+                        DirRequest::Listing { .. } => Arc::clone(&nothing_new),
+                        DirRequest::Announce(_) => Arc::clone(&accepted),
+                    };
+                    let _ = swarm.behaviour_mut().dir.send_response(channel, body);
+                }
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                    if let Some(own) = &lie.own
+                        && announced.insert(peer_id)
+                    {
+                        let request = DirRequest::Announce(own.as_bytes().to_vec());
+                        swarm.behaviour_mut().dir.send_request(&peer_id, request);
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    HostileNode { peer, addr, task }
+}
+
+/// A key whose PeerId shares at least `bits` leading bits with `target` in Kademlia's metric:
+/// what an adversary grinds to sit among the nodes closest to a key.
+pub fn grind_near(target: &KBucketKey<RecordKey>, bits: u32) -> ed25519::Keypair {
+    loop {
+        let key = ed25519::Keypair::generate();
+        let peer = Keypair::from(key.clone()).public().to_peer_id();
+        let distance = KBucketKey::from(peer).distance(target);
+        // ilog2 of the XOR distance: 255 minus the bits shared.
+        let shared = distance.ilog2().map_or(256, |l| 255 - l);
+        if shared >= bits {
+            return key;
+        }
+    }
+}
+
+/// A listing body with `entries`, each claimed proven at every address and first seen at the
+/// dawn of time: an adversary's ideal answer.
+pub fn listing_body(entries: &[SignedDescriptor]) -> Arc<Vec<u8>> {
+    let listing = Listing {
+        epoch: 1,
+        seq: u64::MAX / 2,
+        full: true,
+        more: false,
+        entries: entries
+            .iter()
+            .map(|d| ListingEntry {
+                first_seen: 1,
+                proven: AddrSet::ALL,
+                descriptor: d.as_bytes().to_vec(),
+            })
+            .collect(),
+    };
+    Arc::new(DirResponse::Listing(listing).encode().unwrap())
+}
+
+/// A listing body that claims `n` entries of junk, past every bound of the protocol.
+pub fn junk_listing_body(n: u32) -> Arc<Vec<u8>> {
+    let mut body = vec![2u8, 1];
+    body.extend_from_slice(&1u64.to_be_bytes());
+    body.extend_from_slice(&1u64.to_be_bytes());
+    body.push(0);
+    body.extend_from_slice(&n.to_be_bytes());
+    for i in 0..n {
+        body.extend_from_slice(&0u64.to_be_bytes());
+        body.push(0xff);
+        body.extend_from_slice(&4u16.to_be_bytes());
+        body.extend_from_slice(&i.to_be_bytes());
+        if body.len() + 20 > MAX_RESPONSE_LEN {
+            break;
+        }
+    }
+    Arc::new(body)
+}
