@@ -340,13 +340,18 @@ async fn refresh_view(
                     bytes,
                     "view refreshed"
                 );
-                if assembled.unreachable > 0 || assembled.unverified > 0 {
+                let waiting = assembled.unverified + assembled.minority + assembled.unproven;
+                if assembled.unreachable > 0 || waiting > 0 {
                     info!(
                         dials,
                         unreachable = assembled.unreachable,
-                        unverified = assembled.unverified,
-                        "relays left out: more claimed a subnet than its cap admits, and \
-                         these were not found at the addresses they claim (or not dialed yet)"
+                        contested = assembled.unverified,
+                        minority = assembled.minority,
+                        unproven = assembled.unproven,
+                        "relays left out until this client reaches them at the addresses they \
+                         sign: unreachable ones were not found there; the others (in a subnet \
+                         more relays claim than its cap admits, listed by no more than half the \
+                         sources, or proven by no source but themselves) are not dialed yet"
                     );
                 }
                 if !assembled.sources_dropped.is_empty() || assembled.invalid > 0 {

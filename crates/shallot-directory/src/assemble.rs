@@ -16,6 +16,10 @@
 //!   relay's /24 with addresses where nothing listens) lose to the honest relay every honest
 //!   source lists.
 //!
+//! - a relay that no more than half of the sources list, or that no source but itself claims
+//!   to have proved, is admitted only once the client has reached it at its address: a lying
+//!   source can list thousands of made-up relays, validly signed, each in a subnet of its own;
+//!
 //! - where that still leaves more relays claiming a subnet than its cap (the adversary's sources
 //!   may be as many as the honest ones, and lie about first-seen times), the client **verifies**
 //!   the contenders itself, in that order, dialing the address each claims
@@ -89,6 +93,8 @@ pub struct AssemblyReport {
     pub unreachable: usize,
     /// Relays no source but themselves proved an address of, not yet verified by the client.
     pub unproven: usize,
+    /// Relays listed by no more than half of the sources used, not yet verified by the client.
+    pub minority: usize,
 }
 
 /// What the client found when it dialed relays at the addresses they claim, keyed by PeerId
@@ -164,11 +170,24 @@ struct Ranked {
 
 impl Ranked {
     /// Whether the client must dial it before admitting it: no other source proved an
-    /// address of it, or it contends for a full subnet or block.
-    fn needs_verdict(&self, subnets: &HashSet<Subnet>, blocks: &HashSet<Block>) -> bool {
+    /// address of it, no more than half of the `sources` used list it (one lying source, or
+    /// several in as many blocks, could list any number of made-up relays), or it contends
+    /// for a full subnet or block.
+    fn needs_verdict(
+        &self,
+        subnets: &HashSet<Subnet>,
+        blocks: &HashSet<Block>,
+        sources: usize,
+    ) -> bool {
         self.proofs == 0
+            || !self.has_majority(sources)
             || self.subnets.iter().any(|s| subnets.contains(s))
             || self.blocks.iter().any(|b| blocks.contains(b))
+    }
+
+    /// Whether more than half of the `sources` used list it.
+    fn has_majority(&self, sources: usize) -> bool {
+        2 * self.support > sources
     }
 
     /// The address the client dials to verify it: its first claimed one.
@@ -397,7 +416,8 @@ impl Gathered {
             let Some(addr) = r.verify_addr() else {
                 continue;
             };
-            if !r.needs_verdict(&subnets, &blocks) || view.get(&r.peer).is_some() {
+            if !r.needs_verdict(&subnets, &blocks, self.sources_used) || view.get(&r.peer).is_some()
+            {
                 continue;
             }
             let verdict = verdicts.get(&r.peer, addr, self.now);
@@ -450,12 +470,14 @@ impl Gathered {
                     report.unreachable += 1;
                     continue;
                 }
-                if r.needs_verdict(&subnets, &blocks)
+                if r.needs_verdict(&subnets, &blocks, self.sources_used)
                     && verdict != Some(true)
                     && view.get(&r.peer).is_none()
                 {
                     if r.proofs == 0 {
                         report.unproven += 1;
+                    } else if !r.has_majority(self.sources_used) {
+                        report.minority += 1;
                     } else {
                         report.unverified += 1;
                     }
@@ -753,7 +775,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unverified_contender_waits_and_uncontested_relays_need_no_dial() {
+    fn an_unverified_contender_waits_and_so_does_a_relay_one_source_lists() {
         let (relays, _, listings) = squatting_at_a_tie();
         let mut extra = listings;
         let loner = relay("/ip4/10.99.0.1/tcp/1");
@@ -761,14 +783,42 @@ mod tests {
         let gathered = gather(extra, NOW);
         let view = NetworkView::new(ViewConfig::default());
         let todo = gathered.contests(&view, &Verdicts::new(), 1000);
-        assert!(todo.iter().all(|(p, _)| *p != loner.peer_id()));
-        assert_eq!(todo.len(), 20, "two per contested /24");
+        assert!(todo.iter().any(|(p, _)| *p == loner.peer_id()));
+        assert_eq!(todo.len(), 20 + 1, "two per contested /24, and the loner");
         let mut view = NetworkView::new(ViewConfig::default());
         let report = gathered.offer_to(&mut view, Some(&Verdicts::new()));
-        assert!(view.get(&loner.peer_id()).is_some());
-        assert_eq!(view.len(), 1);
-        assert_eq!(report.unverified, 30);
+        assert!(view.is_empty());
+        // Each relay is listed by one of three sources: all wait for their dial.
+        assert_eq!(report.unverified + report.minority, 30 + 1);
         let _ = relays;
+    }
+
+    #[test]
+    fn relays_most_sources_list_need_no_dial_and_one_liars_inventions_wait() {
+        let relays = honest(5);
+        let made_up: Vec<SignedDescriptor> = (0..100)
+            .map(|i| relay(&format!("/ip4/20.{i}.0.1/tcp/1")))
+            .collect();
+        let mut lie = listing_of(&made_up);
+        lie.extend(listing_of(&relays[..2]));
+        let listings = vec![
+            source(1, listing_of(&relays)),
+            source(2, listing_of(&relays)),
+            source(3, lie),
+        ];
+        let gathered = gather(listings, NOW);
+        let mut view = NetworkView::new(ViewConfig::default());
+        let todo = gathered.contests(&view, &Verdicts::new(), 1000);
+        let invented: HashSet<PeerId> = made_up.iter().map(SignedDescriptor::peer_id).collect();
+        assert_eq!(todo.len(), made_up.len());
+        assert!(todo.iter().all(|(p, _)| invented.contains(p)));
+        let report = gathered.offer_to(&mut view, Some(&Verdicts::new()));
+        assert_eq!(
+            view.len(),
+            relays.len(),
+            "only the relays most sources list"
+        );
+        assert_eq!(report.minority, made_up.len());
     }
 
     #[test]
@@ -797,7 +847,12 @@ mod tests {
         let loner = relay("/ip4/10.50.0.1/tcp/1");
         let mut own_listing = source(9, listing_of(std::slice::from_ref(&loner)));
         own_listing.source = loner.peer_id();
-        let listings = vec![source(1, listing_of(&relays)), own_listing];
+        let listings = vec![
+            source(1, listing_of(&relays)),
+            source(2, listing_of(&relays)),
+            source(3, listing_of(&relays)),
+            own_listing,
+        ];
         let gathered = gather(listings.clone(), NOW);
         let mut view = NetworkView::new(ViewConfig::default());
         let todo = gathered.contests(&view, &Verdicts::new(), 10);

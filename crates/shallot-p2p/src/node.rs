@@ -53,6 +53,12 @@ const LISTED_CANDIDATES_PER_SOURCE: usize = 16;
 pub const MAX_CONTEST_ROUNDS: usize = 4;
 /// Longest one refresh may take: past it, it ends with the listings it has (specs/04 §6.1).
 pub const MAX_REFRESH_TIME: Duration = Duration::from_secs(20);
+/// Longest one [`Node::verify_contests`] may take: past it, the relays not yet dialed stay out
+/// of the view until a later refresh (a flood of made-up relays at addresses that never
+/// answer costs a refresh this much, not a dial timeout each).
+pub const MAX_VERIFY_TIME: Duration = Duration::from_secs(20);
+/// Verification dials in flight at once.
+pub const MAX_VERIFY_DIALS_IN_FLIGHT: usize = 32;
 /// Most [`Node::verify`] calls waiting or running at once.
 pub const MAX_VERIFICATIONS: usize = 4;
 /// Listing requests of one refresh in flight at once.
@@ -391,7 +397,7 @@ impl Node {
 
     /// Dials each `(peer, addr)` at exactly that address and answers, in order, whether the
     /// Noise handshake authenticated `peer` there (a client verifying contested relays,
-    /// specs/04 §6.3). At most [`MAX_VERIFY_TARGETS`] per call and [`MAX_PROBES_IN_FLIGHT`]
+    /// specs/04 §6.3). At most [`MAX_VERIFY_TARGETS`] per call and [`MAX_VERIFY_DIALS_IN_FLIGHT`]
     /// dials at once, each bounded by [`crate::CONNECT_TIMEOUT`]; an address this node does
     /// not dial counts as not reached.
     pub async fn verify(&self, targets: Vec<(PeerId, Multiaddr)>) -> Result<Vec<bool>, P2pError> {
@@ -413,12 +419,19 @@ impl Node {
         verdicts: &mut Verdicts,
     ) -> usize {
         let mut dials = 0;
+        let deadline = tokio::time::Instant::now() + MAX_VERIFY_TIME;
         for _ in 0..MAX_CONTEST_ROUNDS {
             let todo = gathered.contests(view, verdicts, MAX_VERIFY_TARGETS);
             if todo.is_empty() {
                 break;
             }
-            let Ok(results) = self.verify(todo.clone()).await else {
+            let Ok(Ok(results)) =
+                tokio::time::timeout_at(deadline, self.verify(todo.clone())).await
+            else {
+                debug!(
+                    left = todo.len(),
+                    "verification ran out of time; the rest waits for the next refresh"
+                );
                 break;
             };
             let now = self.clock.now();
@@ -674,6 +687,8 @@ impl SwarmTask {
     fn handle_command(&mut self, command: Command) {
         match command {
             Command::Verify { targets, reply } => {
+                self.verifications
+                    .retain(|v| v.reply.as_ref().is_some_and(|r| !r.is_closed()));
                 if self.verifications.len() >= MAX_VERIFICATIONS {
                     let _ = reply.send(Err(P2pError::Busy));
                     return;
@@ -872,7 +887,10 @@ impl SwarmTask {
 
     /// Starts verification dials while there is room, and answers finished verifications.
     fn pump_verifications(&mut self) {
-        while self.verify_dials.len() < MAX_PROBES_IN_FLIGHT {
+        // A caller that stopped waiting (its deadline passed) gets no more dials.
+        self.verifications
+            .retain(|v| v.reply.as_ref().is_some_and(|r| !r.is_closed()));
+        while self.verify_dials.len() < MAX_VERIFY_DIALS_IN_FLIGHT {
             let Some(v) = self
                 .verifications
                 .iter_mut()
