@@ -8,18 +8,23 @@ mod common;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use common::hostile::{Lie, grind_near, listing_body, start_hostile};
+use common::hostile::{
+    Lie, flood_stores, grind_near, junk_listing_body, listing_body, listing_body_of_bytes,
+    start_hostile,
+};
 use common::*;
 use libp2p::identity::{Keypair, ed25519};
 use libp2p::kad::{KBucketKey, RecordKey};
 use libp2p::{Multiaddr, PeerId};
 use shallot_crypto::OnionPublicKey;
+use shallot_directory::MAX_RESPONSE_LEN;
 use shallot_directory::{
     DEFAULT_MAX_RELAYS_PER_SUBNET, Descriptor, PROTOCOL_CIRCUIT_V1, RelayFlags, SignedDescriptor,
     descriptor_key,
 };
+use shallot_p2p::{MAX_PAGES_PER_SOURCE, MAX_REFRESH_TIME};
 
 /// A descriptor for `key` at `addrs`, published `published` (Unix seconds) for `lifetime`.
 fn signed_at(
@@ -203,4 +208,239 @@ async fn an_adversary_with_two_thousand_peer_ids_on_four_addresses_does_not_shap
         "{adversary_in_view} adversary relays in the view, more than the caps allow"
     );
     drop(hostile);
+}
+
+/// A hostile source on `ip` that answers every first listing request with `body`, known to
+/// the client only as one of its bootstrap peers.
+async fn liar(
+    net: &shallot_p2p::MemoryNet,
+    ip: Ipv4Addr,
+    body: Arc<Vec<u8>>,
+    contacts: Vec<Multiaddr>,
+) -> common::hostile::HostileNode {
+    let lie = Lie {
+        listing: body,
+        own: None,
+    };
+    start_hostile(net, ip, 1, ed25519::Keypair::generate(), lie, &[], contacts).await
+}
+
+/// specs/04 §1, lying sources: a fresh client bootstraps from four liars and one honest relay.
+/// One liar claims 100,000 entries (junk past every bound); one lists 4,096 made-up relays,
+/// validly signed, each in a /16 of its own where nothing listens, all claimed proven; one
+/// lists only half the honest relays; one serves every honest relay's descriptor stale or
+/// forged. The view holds every honest relay and none of the made-up ones, and no refresh
+/// costs more than the protocol's bounds: [`MAX_PAGES_PER_SOURCE`] pages of
+/// [`MAX_RESPONSE_LEN`] bytes per source and [`MAX_REFRESH_TIME`] in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lying_sources_cost_a_bounded_refresh_and_hide_no_honest_relay() {
+    const HONEST: usize = 20;
+    const MADE_UP: usize = 4096;
+    let wire = Wire::memory();
+    let Wire::Memory { net, .. } = &wire else {
+        unreachable!()
+    };
+    let relays = start_relays(&wire, HONEST).await;
+    publish_all(&relays, 3600).await;
+    wait_for_stores(&relays).await;
+    let now = wire.clock().now();
+    let store = relays[0].node.directory().expect("a relay's store");
+    let honest_entries: Vec<SignedDescriptor> = relays
+        .iter()
+        .map(|r| store.get(&r.peer_id()).expect("listed").descriptor)
+        .collect();
+
+    let started = Instant::now();
+    let made_up: Vec<SignedDescriptor> = (0..MADE_UP)
+        .map(|i| {
+            let addr = format!("/ip4/{}.{}.0.1/tcp/9", 100 + i / 256, i % 256)
+                .parse()
+                .expect("addr");
+            signed_at(&ed25519::Keypair::generate(), vec![addr], now, 3600)
+        })
+        .collect();
+    println!("{MADE_UP} made-up relays signed in {:?}", started.elapsed());
+    let stale_or_forged: Vec<Vec<u8>> = relays
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let stale = signed_at(&r.keypair, r.node.listen_addrs().to_vec(), now - 7200, 3600);
+            if i % 2 == 0 {
+                return stale.as_bytes().to_vec();
+            }
+            // A newer descriptor of the honest relay at the liar's address: the signature
+            // no longer covers the bytes.
+            let mut bytes = r.descriptor(3600).as_bytes().to_vec();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1;
+            bytes
+        })
+        .collect();
+    let contacts = vec![relays[1].node.bootstrap_addr().expect("addr")];
+    let liars = vec![
+        liar(
+            net,
+            Ipv4Addr::new(10, 211, 0, 1),
+            junk_listing_body(100_000),
+            contacts.clone(),
+        )
+        .await,
+        liar(
+            net,
+            Ipv4Addr::new(10, 212, 0, 1),
+            listing_body(&made_up),
+            contacts.clone(),
+        )
+        .await,
+        liar(
+            net,
+            Ipv4Addr::new(10, 213, 0, 1),
+            listing_body(&honest_entries[..HONEST / 2]),
+            contacts.clone(),
+        )
+        .await,
+        liar(
+            net,
+            Ipv4Addr::new(10, 214, 0, 1),
+            listing_body_of_bytes(&stale_or_forged),
+            contacts,
+        )
+        .await,
+    ];
+    let mut bootstrap: Vec<Multiaddr> = liars
+        .iter()
+        .map(|l| {
+            l.addr
+                .clone()
+                .with(libp2p::multiaddr::Protocol::P2p(l.peer))
+        })
+        .collect();
+    bootstrap.push(relays[2].node.bootstrap_addr().expect("addr"));
+    let client = start_client(&wire, bootstrap).await;
+
+    let honest: HashSet<PeerId> = relays.iter().map(TestRelay::peer_id).collect();
+    let fake: HashSet<PeerId> = made_up.iter().map(SignedDescriptor::peer_id).collect();
+    let mut view = fresh_view();
+    let mut verdicts = shallot_directory::Verdicts::new();
+    let per_source = (MAX_PAGES_PER_SOURCE * MAX_RESPONSE_LEN) as u64;
+    let started = Instant::now();
+    for refresh in 1..=8 {
+        let began = Instant::now();
+        let (outcome, report) = refresh_into(&client, &mut view, &mut verdicts).await;
+        let took = began.elapsed();
+        let seen: HashSet<PeerId> = view.entries().map(|e| e.descriptor.peer_id()).collect();
+        let fakes = seen.intersection(&fake).count();
+        println!(
+            "refresh {refresh}: {took:?}, {} bytes from {} sources ({} failed), {} of {HONEST} \
+             honest and {fakes} made-up relays in the view; {report:?}",
+            outcome.bytes,
+            report.sources_used + report.sources_dropped.len() + outcome.failed,
+            outcome.failed,
+            seen.intersection(&honest).count(),
+        );
+        assert_eq!(fakes, 0, "made-up relays entered the view");
+        // Error-path bounds, with slack for a loaded machine: a refresh ends by its deadline
+        // and no source sends more than its pages.
+        assert!(
+            took <= MAX_REFRESH_TIME + Duration::from_secs(15),
+            "a refresh took {took:?}"
+        );
+        let asked = (report.sources_used + report.sources_dropped.len() + outcome.failed) as u64;
+        assert!(
+            outcome.bytes <= asked * per_source,
+            "{} bytes",
+            outcome.bytes
+        );
+        if honest.is_subset(&seen) {
+            println!(
+                "every honest relay in the view after {:?}",
+                started.elapsed()
+            );
+            drop(liars);
+            return;
+        }
+    }
+    panic!("the view lacks honest relays after 8 refreshes from lying sources");
+}
+
+/// specs/04 §1, store filling: one host sends 20,000 validly signed fresh descriptors (each in
+/// a /24 of its own, where nothing listens) to every relay, as Kademlia records and as
+/// announcements. A relay that joins afterwards still has its descriptor stored, as a record
+/// and in the relays' stores, and a fresh client finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_fresh_descriptors_keep_no_honest_newcomer_out() {
+    const HONEST: usize = 8;
+    const FLOOD: usize = 20_000;
+    let wire = Wire::memory();
+    let Wire::Memory { net, .. } = &wire else {
+        unreachable!()
+    };
+    let relays = start_relays(&wire, HONEST).await;
+    publish_all(&relays, 3600).await;
+    wait_for_stores(&relays).await;
+    let now = wire.clock().now();
+    let started = Instant::now();
+    let records: Vec<SignedDescriptor> = (0..FLOOD)
+        .map(|i| {
+            let addr = format!(
+                "/ip4/{}.{}.{}.1/tcp/9",
+                30 + i / 65_536,
+                (i / 256) % 256,
+                i % 256
+            )
+            .parse()
+            .expect("addr");
+            signed_at(&ed25519::Keypair::generate(), vec![addr], now, 3600)
+        })
+        .collect();
+    println!("{FLOOD} descriptors signed in {:?}", started.elapsed());
+    let targets: Vec<(PeerId, Multiaddr)> = relays
+        .iter()
+        .map(|r| (r.peer_id(), r.node.listen_addrs()[0].clone()))
+        .collect();
+    let started = Instant::now();
+    let flooded = flood_stores(net, Ipv4Addr::new(10, 231, 0, 1), &records, &targets).await;
+    println!(
+        "the flood took {:?}: {flooded:?}; records the relays stored: {:?}",
+        started.elapsed(),
+        relays
+            .iter()
+            .map(|r| r.node.stats().records_stored())
+            .collect::<Vec<_>>()
+    );
+
+    let newcomer = start_relay(
+        &wire,
+        wire.relay_ip(HONEST),
+        vec![relays[0].node.bootstrap_addr().expect("addr")],
+    )
+    .await;
+    publish_all(std::slice::from_ref(&newcomer), 3600).await;
+    let key = descriptor_key(&newcomer.peer_id());
+    let deadline = Instant::now() + CONVERGE_LIMIT;
+    loop {
+        let mut holders = 0;
+        for r in &relays {
+            if r.node
+                .stored_record(key.clone())
+                .await
+                .expect("stored record")
+                .is_some()
+            {
+                holders += 1;
+            }
+        }
+        if holders > 0 {
+            println!("{holders} of {HONEST} relays hold the newcomer's record");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no relay stored the newcomer's record after the flood"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let client = start_client(&wire, vec![relays[3].node.bootstrap_addr().expect("addr")]).await;
+    let (took, _) = wait_for_view(&client, &HashSet::from([newcomer.peer_id()])).await;
+    println!("a fresh client found the newcomer in {took:?}");
 }

@@ -259,6 +259,12 @@ pub fn grind_near(target: &KBucketKey<RecordKey>, bits: u32) -> ed25519::Keypair
 /// A listing body with `entries`, each claimed proven at every address and first seen at the
 /// dawn of time: an adversary's ideal answer.
 pub fn listing_body(entries: &[SignedDescriptor]) -> Arc<Vec<u8>> {
+    let bytes: Vec<Vec<u8>> = entries.iter().map(|d| d.as_bytes().to_vec()).collect();
+    listing_body_of_bytes(&bytes)
+}
+
+/// As [`listing_body`], with descriptors given as bytes (forged ones, that no longer verify).
+pub fn listing_body_of_bytes(entries: &[Vec<u8>]) -> Arc<Vec<u8>> {
     let listing = Listing {
         epoch: 1,
         seq: u64::MAX / 2,
@@ -269,7 +275,7 @@ pub fn listing_body(entries: &[SignedDescriptor]) -> Arc<Vec<u8>> {
             .map(|d| ListingEntry {
                 first_seen: 1,
                 proven: AddrSet::ALL,
-                descriptor: d.as_bytes().to_vec(),
+                descriptor: d.clone(),
             })
             .collect(),
     };
@@ -293,4 +299,137 @@ pub fn junk_listing_body(n: u32) -> Arc<Vec<u8>> {
         }
     }
     Arc::new(body)
+}
+
+/// What [`flood_stores`] got through.
+#[derive(Debug, Default)]
+pub struct Flooded {
+    /// Kademlia PUT_VALUE requests answered.
+    pub puts_answered: usize,
+    /// Announcements the targets answered `Accepted`.
+    pub announces_accepted: usize,
+    /// Announcements answered otherwise, or not answered.
+    pub announces_refused: usize,
+}
+
+/// An adversary's single host at `ip` that sends every descriptor of `records` to every peer
+/// of `targets`, as a Kademlia record and as an announcement, and returns once each was
+/// answered or failed.
+pub async fn flood_stores(
+    net: &MemoryNet,
+    ip: Ipv4Addr,
+    records: &[SignedDescriptor],
+    targets: &[(PeerId, Multiaddr)],
+) -> Flooded {
+    let keypair = Keypair::generate_ed25519();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_other_transport(|key| {
+            let noise = noise::Config::new(key)
+                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
+            Ok(MemoryTransport::new(net.clone(), IpAddr::V4(ip))
+                .upgrade(upgrade::Version::V1)
+                .authenticate(noise)
+                .multiplex(yamux::Config::default()))
+        })
+        .unwrap()
+        .with_behaviour(|key| {
+            let local = key.public().to_peer_id();
+            let mut config = kad::Config::new(KAD_PROTOCOL);
+            config
+                .set_kbucket_inserts(kad::BucketInserts::Manual)
+                .set_periodic_bootstrap_interval(None)
+                .set_query_timeout(Duration::from_secs(60));
+            let mut kad = kad::Behaviour::with_config(local, MemoryStore::new(local), config);
+            kad.set_mode(Some(kad::Mode::Client));
+            HostileBehaviour {
+                kad,
+                identify: identify::Behaviour::new(identify::Config::new(
+                    IDENTIFY_PROTOCOL.to_owned(),
+                    key.public(),
+                )),
+                dir: request_response::Behaviour::with_codec(
+                    RawDirCodec,
+                    [(DIR_PROTOCOL, request_response::ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(60))
+                        .with_max_concurrent_streams(1024),
+                ),
+            }
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    for (peer, addr) in targets {
+        swarm.behaviour_mut().kad.add_address(peer, addr.clone());
+        let _ = swarm.dial(addr.clone());
+    }
+    let peers: Vec<PeerId> = targets.iter().map(|(p, _)| *p).collect();
+    // Sent in batches, so that no queue in between is the bound that saves the targets.
+    const BATCH: usize = 256;
+    let mut flooded = Flooded::default();
+    let accepted = DirResponse::Announce(AnnounceStatus::Accepted)
+        .encode()
+        .unwrap();
+    for batch in records.chunks(BATCH) {
+        let mut puts = 0usize;
+        let mut announces = 0usize;
+        for d in batch {
+            let record = kad::Record::new(
+                RecordKey::new(&shallot_directory::descriptor_key(&d.peer_id())),
+                d.as_bytes().to_vec(),
+            );
+            swarm.behaviour_mut().kad.put_record_to(
+                record,
+                peers.iter().copied(),
+                kad::Quorum::All,
+            );
+            puts += 1;
+            for peer in &peers {
+                let request = DirRequest::Announce(d.as_bytes().to_vec());
+                swarm.behaviour_mut().dir.send_request(peer, request);
+                announces += 1;
+            }
+        }
+        while puts > 0 || announces > 0 {
+            match tokio::time::timeout(Duration::from_secs(90), swarm.select_next_some()).await {
+                Err(_) => panic!("the flood stalled: {puts} puts and {announces} announces left"),
+                Ok(SwarmEvent::Behaviour(HostileBehaviourEvent::Kad(
+                    kad::Event::OutboundQueryProgressed {
+                        result: kad::QueryResult::PutRecord(result),
+                        step,
+                        ..
+                    },
+                ))) => {
+                    if step.last {
+                        puts -= 1;
+                        if result.is_ok() {
+                            flooded.puts_answered += peers.len();
+                        }
+                    }
+                }
+                Ok(SwarmEvent::Behaviour(HostileBehaviourEvent::Dir(
+                    request_response::Event::Message {
+                        message: request_response::Message::Response { response, .. },
+                        ..
+                    },
+                ))) => {
+                    announces -= 1;
+                    if *response == accepted {
+                        flooded.announces_accepted += 1;
+                    } else {
+                        flooded.announces_refused += 1;
+                    }
+                }
+                Ok(SwarmEvent::Behaviour(HostileBehaviourEvent::Dir(
+                    request_response::Event::OutboundFailure { .. },
+                ))) => {
+                    announces -= 1;
+                    flooded.announces_refused += 1;
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+    flooded
 }
