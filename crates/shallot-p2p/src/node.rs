@@ -25,7 +25,7 @@ use shallot_directory::{
     AnnounceStatus, Block, DirRequest, DirResponse, DirStore, ENTRY_OVERHEAD, Gathered,
     LISTING_HEADER_LEN, Listing, NetworkView, Offered, Probe, RecordRefusal, SignedDescriptor,
     SourceListing, Standing, StoreConfig, StoreEntry, Verdicts, WallClock, canonical_ip,
-    descriptor_key, ip_of, is_newer, validate_record,
+    descriptor_key, ip_of, is_newer, peer_of_descriptor_key, validate_record,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, trace, warn};
@@ -80,6 +80,8 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 pub struct NodeStats {
     refused: [AtomicU64; 6],
     records_stored: AtomicU64,
+    /// Valid inbound records refused because the directory store would not hold the relay.
+    pub records_not_in_store: AtomicU64,
     /// Listing requests this relay answered.
     pub listings_served: AtomicU64,
     /// Bytes of the listings this relay answered.
@@ -171,6 +173,14 @@ impl Directory {
     /// Descriptors listed (proven by this relay).
     pub fn listed_len(&self) -> usize {
         self.read().listed_len()
+    }
+
+    /// Offers `bytes` (verified as `signed`) as heard, and answers whether the store then
+    /// holds that relay, listed or pending.
+    fn holds_after_offer(&self, signed: &SignedDescriptor, bytes: &[u8], now: u64) -> bool {
+        let mut store = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        store.offer(bytes, now);
+        store.get(&signed.peer_id()).is_some()
     }
 
     /// Offers descriptor bytes as if heard from another relay: pending until this relay's
@@ -1563,6 +1573,20 @@ impl SwarmTask {
             debug!(%source, "refused a record for a key this server is not close to");
             return;
         }
+        // The records a relay keeps are those of the relays its directory store holds
+        // (specs/04 §5.4): the store's lanes bound by subnet and block what one host can put
+        // there, so minting keys cannot fill the record store (at most MAX_STORE_ENTRIES plus
+        // the pending lanes, below MAX_STORED_RECORDS) and keep honest records out.
+        if let (Ok(signed), Some(dir)) = (&verdict, &self.directory)
+            && !dir.holds_after_offer(signed, &record.value, now)
+        {
+            self.stats
+                .records_not_in_store
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(%source, "refused a record of a relay the directory store does not hold");
+            return;
+        }
+        let directory = self.directory.clone();
         let store = self.swarm.behaviour_mut().kad.store_mut();
         let verdict = verdict.map(|signed| {
             let held = store
@@ -1582,11 +1606,18 @@ impl SwarmTask {
                 record.expires = Some(record.expires.map_or(cap, |e| e.min(cap)));
                 let mut stored = store.put(record.clone());
                 if stored.is_err() {
-                    // Full: expired records make room first.
+                    // Full: expired records, and those of relays the directory store no
+                    // longer holds, make room first.
                     let instant = std::time::Instant::now();
                     let expired: Vec<RecordKey> = store
                         .records()
-                        .filter(|r| r.expires.is_some_and(|e| e <= instant))
+                        .filter(|r| {
+                            r.expires.is_some_and(|e| e <= instant)
+                                || directory.as_ref().is_some_and(|dir| {
+                                    peer_of_descriptor_key(r.key.as_ref())
+                                        .map_or(true, |peer| dir.get(&peer).is_none())
+                                })
+                        })
                         .map(|r| r.key.clone())
                         .collect();
                     for key in expired {

@@ -366,7 +366,7 @@ pub async fn flood_stores(
     }
     let peers: Vec<PeerId> = targets.iter().map(|(p, _)| *p).collect();
     // Sent in batches, so that no queue in between is the bound that saves the targets.
-    const BATCH: usize = 256;
+    const BATCH: usize = 1024;
     let mut flooded = Flooded::default();
     let accepted = DirResponse::Announce(AnnounceStatus::Accepted)
         .encode()
