@@ -824,11 +824,16 @@ impl SwarmTask {
                 endpoint,
                 ..
             } => {
+                // A probe's or a verification's connection has done its job once the
+                // handshake authenticated the peer: it is closed at once, so that proving
+                // thousands of relays does not hold thousands of connections open.
+                let mut dial_only = false;
                 if let Some(probe) = self.probes.remove(&connection_id) {
                     let reached = peer_id == probe.peer
                         && matches!(&endpoint, ConnectedPoint::Dialer { address, .. }
                             if without_peer(address) == probe.addr);
                     self.probe_done(&probe, reached);
+                    dial_only = true;
                 }
                 if let Some(target) = self.verify_dials.remove(&connection_id) {
                     let reached = matches!(&endpoint, ConnectedPoint::Dialer { address, .. }
@@ -836,6 +841,10 @@ impl SwarmTask {
                         *peer == peer_id && without_peer(address) == *addr
                     }));
                     self.verified(target, reached);
+                    dial_only = true;
+                }
+                if dial_only && self.swarm.close_connection(connection_id) {
+                    return;
                 }
                 self.conns.insert(connection_id, (peer_id, endpoint));
             }
