@@ -2,7 +2,7 @@
 //! each signing an address in a /16 of its own (127.20–22.0.1) where nothing listens, exits
 //! all, next to five honest relays. The client even bootstraps from one of them, at the address
 //! it really listens on. Before directory v2 such relays carried 10 of 72 hops of a fresh
-//! client's circuits (the measurement); now they carry none, the client's view holds
+//! client's circuits (measured on the version 1 directory); now they carry none, the client's view holds
 //! only the honest relays, and its log says why the others were left out.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
