@@ -36,6 +36,7 @@ use multiaddr::Multiaddr;
 
 use crate::descriptor::{SignedDescriptor, ip_of};
 use crate::dirproto::ListingEntry;
+use crate::dirstore::Networks;
 use crate::err::DirectoryError;
 use crate::records::is_newer;
 use crate::subnet::{Block, Subnet};
@@ -316,21 +317,8 @@ pub fn gather(listings: Vec<SourceListing>, now: u64) -> Gathered {
             } else {
                 proven
             };
-            let ips: Vec<std::net::IpAddr> = c
-                .best
-                .descriptor()
-                .addrs
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| claimed.contains(*i))
-                .filter_map(|(_, a)| ip_of(a))
-                .collect();
-            let mut subnets: Vec<Subnet> = ips.iter().copied().map(Subnet::of).collect();
-            let mut blocks: Vec<Block> = ips.iter().copied().map(Block::of).collect();
-            subnets.sort_unstable();
-            subnets.dedup();
-            blocks.sort_unstable();
-            blocks.dedup();
+            let Networks { subnets, blocks } =
+                Networks::of_claim(c.best.descriptor(), Some(claimed));
             Ranked {
                 peer,
                 best: c.best,

@@ -192,10 +192,10 @@ impl Load {
 }
 
 /// The networks an entry counts against: its proven addresses' when listed, all its signed
-/// addresses' when pending.
-struct Networks {
-    subnets: Vec<Subnet>,
-    blocks: Vec<Block>,
+/// addresses' when pending (and, for a client's assembly, a candidate's claimed addresses').
+pub(crate) struct Networks {
+    pub(crate) subnets: Vec<Subnet>,
+    pub(crate) blocks: Vec<Block>,
 }
 
 impl Networks {
@@ -203,7 +203,8 @@ impl Networks {
         Self::of_claim(d.descriptor(), only)
     }
 
-    fn of_claim(d: &Descriptor, only: Option<AddrSet>) -> Self {
+    /// The distinct subnets and blocks of `d`'s IP addresses, of those in `only` if given.
+    pub(crate) fn of_claim(d: &Descriptor, only: Option<AddrSet>) -> Self {
         let ips: Vec<IpAddr> = d
             .addrs
             .iter()
