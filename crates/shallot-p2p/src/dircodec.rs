@@ -16,7 +16,8 @@ pub const DIR_PROTOCOL: StreamProtocol = StreamProtocol::new("/shallot/dir/2.0.0
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct DirCodec;
 
-async fn read_message<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
+/// Reads one framed message of at most `max` bytes; a longer length is refused unread.
+pub async fn read_dir_message<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -31,7 +32,8 @@ async fn read_message<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Resul
     Ok(bytes)
 }
 
-async fn write_message<T: AsyncWrite + Unpin>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
+/// Writes `bytes` as one framed message and closes the stream's writing side.
+pub async fn write_dir_message<T: AsyncWrite + Unpin>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
     let len = u32::try_from(bytes.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "message too long"))?;
     io.write_all(&len.to_be_bytes()).await?;
@@ -52,7 +54,7 @@ impl libp2p::request_response::Codec for DirCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let bytes = read_message(io, MAX_REQUEST_LEN).await?;
+        let bytes = read_dir_message(io, MAX_REQUEST_LEN).await?;
         DirRequest::decode(&bytes).map_err(invalid)
     }
 
@@ -60,7 +62,7 @@ impl libp2p::request_response::Codec for DirCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let bytes = read_message(io, MAX_RESPONSE_LEN).await?;
+        let bytes = read_dir_message(io, MAX_RESPONSE_LEN).await?;
         DirResponse::decode(&bytes).map_err(invalid)
     }
 
@@ -73,7 +75,7 @@ impl libp2p::request_response::Codec for DirCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_message(io, &request.encode().map_err(invalid)?).await
+        write_dir_message(io, &request.encode().map_err(invalid)?).await
     }
 
     async fn write_response<T>(
@@ -85,7 +87,7 @@ impl libp2p::request_response::Codec for DirCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_message(io, &response.encode().map_err(invalid)?).await
+        write_dir_message(io, &response.encode().map_err(invalid)?).await
     }
 }
 

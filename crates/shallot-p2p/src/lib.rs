@@ -15,7 +15,7 @@ pub use config::{
     ConnectionLimits, DEFAULT_MAX_WALKS, DEFAULT_PROBE_INTERVAL, DEFAULT_SOURCES_PER_REFRESH,
     DEFAULT_SYNC_INTERVAL, DirConfig, NodeConfig, Role, TransportConfig,
 };
-pub use dircodec::DIR_PROTOCOL;
+pub use dircodec::{DIR_PROTOCOL, read_dir_message, write_dir_message};
 pub use err::P2pError;
 pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId, identity};

@@ -49,6 +49,17 @@ fn signed_at(
     .expect("sign")
 }
 
+/// `n` relays that exist only as descriptors, freshly signed, relay `i` at `addr_of(i)` (where
+/// nothing listens).
+fn made_up_relays(n: usize, now: u64, addr_of: impl Fn(usize) -> String) -> Vec<SignedDescriptor> {
+    (0..n)
+        .map(|i| {
+            let addr = addr_of(i).parse().expect("addr");
+            signed_at(&ed25519::Keypair::generate(), vec![addr], now, 3600)
+        })
+        .collect()
+}
+
 fn peer_of_key(key: &ed25519::Keypair) -> PeerId {
     Keypair::from(key.clone()).public().to_peer_id()
 }
@@ -91,12 +102,8 @@ async fn an_adversary_with_two_thousand_peer_ids_on_four_addresses_does_not_shap
     const GROUND_PER_KEY: usize = 20;
     const RANDOM: usize = 1000;
     let wire = Wire::memory();
-    let Wire::Memory { net, .. } = &wire else {
-        unreachable!()
-    };
-    let relays = start_relays(&wire, HONEST).await;
-    publish_all(&relays, 3600).await;
-    let converged = wait_for_stores(&relays).await;
+    let net = wire.net();
+    let (relays, converged) = converged_relays(&wire, HONEST).await;
     println!("{HONEST} honest relays proved each other in {converged:?}");
     let started = Instant::now();
     let mut keys = Vec::new();
@@ -173,14 +180,7 @@ async fn an_adversary_with_two_thousand_peer_ids_on_four_addresses_does_not_shap
     // Let the honest relays meet them, sync with them and probe what they list.
     tokio::time::sleep(3 * TEST_SYNC_INTERVAL).await;
 
-    let client = start_client(
-        &wire,
-        relays[..3]
-            .iter()
-            .map(|r| r.node.bootstrap_addr().expect("addr"))
-            .collect(),
-    )
-    .await;
+    let client = start_client(&wire, bootstrap_of(&relays[..3])).await;
     let honest: HashSet<PeerId> = relays.iter().map(TestRelay::peer_id).collect();
     let started = Instant::now();
     let (took, view) = match try_wait_for_view(&client, &honest).await {
@@ -237,12 +237,8 @@ async fn lying_sources_cost_a_bounded_refresh_and_hide_no_honest_relay() {
     const HONEST: usize = 20;
     const MADE_UP: usize = 4096;
     let wire = Wire::memory();
-    let Wire::Memory { net, .. } = &wire else {
-        unreachable!()
-    };
-    let relays = start_relays(&wire, HONEST).await;
-    publish_all(&relays, 3600).await;
-    wait_for_stores(&relays).await;
+    let net = wire.net();
+    let (relays, _) = converged_relays(&wire, HONEST).await;
     let now = wire.clock().now();
     let store = relays[0].node.directory().expect("a relay's store");
     let honest_entries: Vec<SignedDescriptor> = relays
@@ -251,14 +247,9 @@ async fn lying_sources_cost_a_bounded_refresh_and_hide_no_honest_relay() {
         .collect();
 
     let started = Instant::now();
-    let made_up: Vec<SignedDescriptor> = (0..MADE_UP)
-        .map(|i| {
-            let addr = format!("/ip4/{}.{}.0.1/tcp/9", 100 + i / 256, i % 256)
-                .parse()
-                .expect("addr");
-            signed_at(&ed25519::Keypair::generate(), vec![addr], now, 3600)
-        })
-        .collect();
+    let made_up = made_up_relays(MADE_UP, now, |i| {
+        format!("/ip4/{}.{}.0.1/tcp/9", 100 + i / 256, i % 256)
+    });
     println!("{MADE_UP} made-up relays signed in {:?}", started.elapsed());
     let stale_or_forged: Vec<Vec<u8>> = relays
         .iter()
@@ -372,27 +363,18 @@ async fn twenty_thousand_fresh_descriptors_keep_no_honest_newcomer_out() {
     const HONEST: usize = 4;
     const FLOOD: usize = 20_000;
     let wire = Wire::memory();
-    let Wire::Memory { net, .. } = &wire else {
-        unreachable!()
-    };
-    let relays = start_relays(&wire, HONEST).await;
-    publish_all(&relays, 3600).await;
-    wait_for_stores(&relays).await;
+    let net = wire.net();
+    let (relays, _) = converged_relays(&wire, HONEST).await;
     let now = wire.clock().now();
     let started = Instant::now();
-    let records: Vec<SignedDescriptor> = (0..FLOOD)
-        .map(|i| {
-            let addr = format!(
-                "/ip4/{}.{}.{}.1/tcp/9",
-                30 + i / 65_536,
-                (i / 256) % 256,
-                i % 256
-            )
-            .parse()
-            .expect("addr");
-            signed_at(&ed25519::Keypair::generate(), vec![addr], now, 3600)
-        })
-        .collect();
+    let records = made_up_relays(FLOOD, now, |i| {
+        format!(
+            "/ip4/{}.{}.{}.1/tcp/9",
+            30 + i / 65_536,
+            (i / 256) % 256,
+            i % 256
+        )
+    });
     println!("{FLOOD} descriptors signed in {:?}", started.elapsed());
     let targets: Vec<(PeerId, Multiaddr)> = relays
         .iter()

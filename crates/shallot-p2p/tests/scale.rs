@@ -109,14 +109,7 @@ async fn a_thousand_relays_one_refresh_makes_a_complete_view() {
         (bytes_after - bytes_before) as f64 * scale,
     );
 
-    let client = start_client(
-        &wire,
-        relays[..3]
-            .iter()
-            .map(|r| r.node.bootstrap_addr().expect("addr"))
-            .collect(),
-    )
-    .await;
+    let client = start_client(&wire, bootstrap_of(&relays[..3])).await;
     let all: HashSet<PeerId> = relays.iter().map(TestRelay::peer_id).collect();
     let mut view = fresh_view();
     let mut verdicts = Verdicts::new();

@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use futures::{AsyncRead, AsyncWrite, StreamExt};
 use libp2p::core::{Transport as _, upgrade};
 use libp2p::identity::{Keypair, ed25519};
 use libp2p::kad::store::MemoryStore;
@@ -24,31 +24,16 @@ use shallot_directory::{
     AddrSet, AnnounceStatus, DirRequest, DirResponse, Listing, ListingEntry, MAX_REQUEST_LEN,
     MAX_RESPONSE_LEN, SignedDescriptor,
 };
-use shallot_p2p::{DIR_PROTOCOL, IDENTIFY_PROTOCOL, KAD_PROTOCOL, MemoryNet, MemoryTransport};
+use shallot_p2p::{
+    DIR_PROTOCOL, IDENTIFY_PROTOCOL, KAD_PROTOCOL, MemoryNet, MemoryTransport, read_dir_message,
+    write_dir_message,
+};
 use tokio::task::JoinHandle;
 
 /// The directory protocol's framing (specs/04 §7.1), with raw response bodies: a hostile node
 /// sends whatever bytes it likes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RawDirCodec;
-
-async fn read_framed<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "too long"));
-    }
-    let mut bytes = vec![0u8; len];
-    io.read_exact(&mut bytes).await?;
-    Ok(bytes)
-}
-
-async fn write_framed<T: AsyncWrite + Unpin>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
-    io.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
-    io.write_all(bytes).await?;
-    io.close().await
-}
 
 impl request_response::Codec for RawDirCodec {
     type Protocol = StreamProtocol;
@@ -59,7 +44,7 @@ impl request_response::Codec for RawDirCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let bytes = read_framed(io, MAX_REQUEST_LEN).await?;
+        let bytes = read_dir_message(io, MAX_REQUEST_LEN).await?;
         DirRequest::decode(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
@@ -67,7 +52,7 @@ impl request_response::Codec for RawDirCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        Ok(Arc::new(read_framed(io, MAX_RESPONSE_LEN).await?))
+        Ok(Arc::new(read_dir_message(io, MAX_RESPONSE_LEN).await?))
     }
 
     async fn write_request<T>(
@@ -82,7 +67,7 @@ impl request_response::Codec for RawDirCodec {
         let bytes = request
             .encode()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        write_framed(io, &bytes).await
+        write_dir_message(io, &bytes).await
     }
 
     async fn write_response<T>(
@@ -94,7 +79,7 @@ impl request_response::Codec for RawDirCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_framed(io, &response).await
+        write_dir_message(io, &response).await
     }
 }
 
@@ -127,21 +112,28 @@ impl Drop for HostileNode {
     }
 }
 
-/// Starts a hostile node with `key` listening at `ip`:`port` on `net`. Its Kademlia routing
-/// table holds `allies` only (it never adds an honest peer, so every lookup it answers names
-/// adversary nodes); it dials `contacts` so that they add it to theirs.
-pub async fn start_hostile(
+/// What a hostile swarm is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// A Kademlia server answering listings and lookups.
+    Server,
+    /// A client sending thousands of requests at once.
+    Flooder,
+}
+
+/// A swarm with `keypair` on `net` at `ip`, speaking Shallot's protocols with none of its
+/// checks; its routing table takes only the peers the caller adds.
+fn hostile_swarm(
     net: &MemoryNet,
     ip: Ipv4Addr,
-    port: u16,
-    key: ed25519::Keypair,
-    lie: Lie,
-    allies: &[(PeerId, Multiaddr)],
-    contacts: Vec<Multiaddr>,
-) -> HostileNode {
-    let keypair = Keypair::from(key);
-    let peer = keypair.public().to_peer_id();
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+    keypair: Keypair,
+    role: Role,
+) -> libp2p::Swarm<HostileBehaviour> {
+    let timeout = match role {
+        Role::Server => Duration::from_secs(10),
+        Role::Flooder => Duration::from_secs(60),
+    };
+    libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_other_transport(|key| {
             let noise = noise::Config::new(key)
@@ -158,9 +150,17 @@ pub async fn start_hostile(
             config
                 .set_kbucket_inserts(kad::BucketInserts::Manual)
                 .set_periodic_bootstrap_interval(None)
-                .set_record_filtering(kad::StoreInserts::FilterBoth);
+                .set_record_filtering(kad::StoreInserts::FilterBoth)
+                .set_query_timeout(timeout);
             let mut kad = kad::Behaviour::with_config(local, MemoryStore::new(local), config);
-            kad.set_mode(Some(kad::Mode::Server));
+            kad.set_mode(Some(match role {
+                Role::Server => kad::Mode::Server,
+                Role::Flooder => kad::Mode::Client,
+            }));
+            let mut dir_config = request_response::Config::default().with_request_timeout(timeout);
+            if role == Role::Flooder {
+                dir_config = dir_config.with_max_concurrent_streams(1024);
+            }
             HostileBehaviour {
                 kad,
                 identify: identify::Behaviour::new(identify::Config::new(
@@ -170,14 +170,30 @@ pub async fn start_hostile(
                 dir: request_response::Behaviour::with_codec(
                     RawDirCodec,
                     [(DIR_PROTOCOL, request_response::ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(10)),
+                    dir_config,
                 ),
             }
         })
         .unwrap()
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
-        .build();
+        .build()
+}
+
+/// Starts a hostile node with `key` listening at `ip`:`port` on `net`. Its Kademlia routing
+/// table holds `allies` only (it never adds an honest peer, so every lookup it answers names
+/// adversary nodes); it dials `contacts` so that they add it to theirs.
+pub async fn start_hostile(
+    net: &MemoryNet,
+    ip: Ipv4Addr,
+    port: u16,
+    key: ed25519::Keypair,
+    lie: Lie,
+    allies: &[(PeerId, Multiaddr)],
+    contacts: Vec<Multiaddr>,
+) -> HostileNode {
+    let keypair = Keypair::from(key);
+    let peer = keypair.public().to_peer_id();
+    let mut swarm = hostile_swarm(net, ip, keypair, Role::Server);
     let addr: Multiaddr = format!("/ip4/{ip}/tcp/{port}").parse().unwrap();
     swarm.listen_on(addr.clone()).unwrap();
     // A sample of its allies is enough to answer any lookup with adversary nodes only.
@@ -322,44 +338,7 @@ pub async fn flood_stores(
     targets: &[(PeerId, Multiaddr)],
 ) -> Flooded {
     let keypair = Keypair::generate_ed25519();
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_other_transport(|key| {
-            let noise = noise::Config::new(key)
-                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
-            Ok(MemoryTransport::new(net.clone(), IpAddr::V4(ip))
-                .upgrade(upgrade::Version::V1)
-                .authenticate(noise)
-                .multiplex(yamux::Config::default()))
-        })
-        .unwrap()
-        .with_behaviour(|key| {
-            let local = key.public().to_peer_id();
-            let mut config = kad::Config::new(KAD_PROTOCOL);
-            config
-                .set_kbucket_inserts(kad::BucketInserts::Manual)
-                .set_periodic_bootstrap_interval(None)
-                .set_query_timeout(Duration::from_secs(60));
-            let mut kad = kad::Behaviour::with_config(local, MemoryStore::new(local), config);
-            kad.set_mode(Some(kad::Mode::Client));
-            HostileBehaviour {
-                kad,
-                identify: identify::Behaviour::new(identify::Config::new(
-                    IDENTIFY_PROTOCOL.to_owned(),
-                    key.public(),
-                )),
-                dir: request_response::Behaviour::with_codec(
-                    RawDirCodec,
-                    [(DIR_PROTOCOL, request_response::ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(60))
-                        .with_max_concurrent_streams(1024),
-                ),
-            }
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
-        .build();
+    let mut swarm = hostile_swarm(net, ip, keypair, Role::Flooder);
     for (peer, addr) in targets {
         swarm.behaviour_mut().kad.add_address(peer, addr.clone());
         let _ = swarm.dial(addr.clone());

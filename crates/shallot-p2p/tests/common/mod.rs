@@ -66,6 +66,14 @@ impl Wire {
         }
     }
 
+    /// The in-memory network (memory only).
+    pub fn net(&self) -> &MemoryNet {
+        match self {
+            Self::Tcp => panic!("a TCP wire has no in-memory network"),
+            Self::Memory { net, .. } => net,
+        }
+    }
+
     /// Moves the wall clock of every node on this wire forward (memory only).
     pub fn skip(&self, secs: u64) {
         match self {
@@ -170,6 +178,23 @@ pub async fn start_relays(wire: &Wire, n: usize) -> Vec<TestRelay> {
         relays.push(start_relay(wire, wire.relay_ip(i), bootstrap).await);
     }
     relays
+}
+
+/// Starts `n` relays, publishes their descriptors for an hour, and waits until every relay's
+/// store lists every relay; returns them and how long the proving took.
+pub async fn converged_relays(wire: &Wire, n: usize) -> (Vec<TestRelay>, Duration) {
+    let relays = start_relays(wire, n).await;
+    publish_all(&relays, 3600).await;
+    let converged = wait_for_stores(&relays).await;
+    (relays, converged)
+}
+
+/// The addresses a client bootstraps from to reach `relays`.
+pub fn bootstrap_of(relays: &[TestRelay]) -> Vec<Multiaddr> {
+    relays
+        .iter()
+        .map(|r| r.node.bootstrap_addr().expect("a relay's address"))
+        .collect()
 }
 
 /// Publishes every relay's descriptor at once, as relays started together would, each retrying
