@@ -175,11 +175,11 @@ impl Directory {
         self.read().listed_len()
     }
 
-    /// Offers `bytes` (verified as `signed`) as heard, and answers whether the store then
-    /// holds that relay, listed or pending.
-    fn holds_after_offer(&self, signed: &SignedDescriptor, bytes: &[u8], now: u64) -> bool {
+    /// Offers `signed` (verified already) as heard, and answers whether the store then holds
+    /// that relay, listed or pending.
+    fn holds_after_offer(&self, signed: &SignedDescriptor, now: u64) -> bool {
         let mut store = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        store.offer(bytes, now);
+        store.offer_verified(signed.clone(), now);
         store.get(&signed.peer_id()).is_some()
     }
 
@@ -609,6 +609,31 @@ struct Refresh {
     outcome: FetchOutcome,
 }
 
+impl Refresh {
+    /// Asks `peer` for its listing since `epoch` and `since`, as one of this refresh's requests.
+    fn ask(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        requests: &mut HashMap<OutboundRequestId, Pending>,
+        peer: PeerId,
+        epoch: u64,
+        since: u64,
+    ) {
+        let id = swarm
+            .behaviour_mut()
+            .dir
+            .send_request(&peer, DirRequest::Listing { epoch, since });
+        requests.insert(
+            id,
+            Pending::Listing {
+                peer,
+                refresh: self.id,
+            },
+        );
+        self.asked += 1;
+    }
+}
+
 /// What an outbound directory request was for.
 enum Pending {
     Listing { peer: PeerId, refresh: u64 },
@@ -697,8 +722,7 @@ impl SwarmTask {
     fn handle_command(&mut self, command: Command) {
         match command {
             Command::Verify { targets, reply } => {
-                self.verifications
-                    .retain(|v| v.reply.as_ref().is_some_and(|r| !r.is_closed()));
+                self.drop_abandoned_verifications();
                 if self.verifications.len() >= MAX_VERIFICATIONS {
                     let _ = reply.send(Err(P2pError::Busy));
                     return;
@@ -904,11 +928,16 @@ impl SwarmTask {
         self.pump_verifications();
     }
 
-    /// Starts verification dials while there is room, and answers finished verifications.
-    fn pump_verifications(&mut self) {
-        // A caller that stopped waiting (its deadline passed) gets no more dials.
+    /// Forgets the verifications whose caller stopped waiting (its deadline passed): they get
+    /// no more dials and take no room.
+    fn drop_abandoned_verifications(&mut self) {
         self.verifications
             .retain(|v| v.reply.as_ref().is_some_and(|r| !r.is_closed()));
+    }
+
+    /// Starts verification dials while there is room, and answers finished verifications.
+    fn pump_verifications(&mut self) {
+        self.drop_abandoned_verifications();
         while self.verify_dials.len() < MAX_VERIFY_DIALS_IN_FLIGHT {
             let Some(v) = self
                 .verifications
@@ -1224,19 +1253,7 @@ impl SwarmTask {
                 continue;
             }
             let (epoch, since) = state.as_ref().map_or((0, 0), |s| (s.epoch, s.seq));
-            let id = self
-                .swarm
-                .behaviour_mut()
-                .dir
-                .send_request(&peer, DirRequest::Listing { epoch, since });
-            self.requests.insert(
-                id,
-                Pending::Listing {
-                    peer,
-                    refresh: refresh.id,
-                },
-            );
-            refresh.asked += 1;
+            refresh.ask(&mut self.swarm, &mut self.requests, peer, epoch, since);
         }
         let short = gathered(refresh) + refresh.asked < want;
         if short
@@ -1409,19 +1426,13 @@ impl SwarmTask {
             return;
         };
         if more && pages < MAX_PAGES_PER_SOURCE {
-            let request = DirRequest::Listing {
-                epoch: state.epoch,
-                since: state.seq,
-            };
-            let id = self.swarm.behaviour_mut().dir.send_request(&peer, request);
-            self.requests.insert(
-                id,
-                Pending::Listing {
-                    peer,
-                    refresh: refresh.id,
-                },
+            refresh.ask(
+                &mut self.swarm,
+                &mut self.requests,
+                peer,
+                state.epoch,
+                state.seq,
             );
-            refresh.asked += 1;
             refresh.listings.insert(peer, (gathered, state, pages));
         } else {
             refresh.done.push((gathered, state));
@@ -1587,7 +1598,7 @@ impl SwarmTask {
         // there, so minting keys cannot fill the record store (at most MAX_STORE_ENTRIES plus
         // the pending lanes, below MAX_STORED_RECORDS) and keep honest records out.
         if let (Ok(signed), Some(dir)) = (&verdict, &self.directory)
-            && !dir.holds_after_offer(signed, &record.value, now)
+            && !dir.holds_after_offer(signed, now)
         {
             self.stats
                 .records_not_in_store
