@@ -24,7 +24,7 @@ use shallot_directory::{
     DEFAULT_MAX_RELAYS_PER_SUBNET, Descriptor, PROTOCOL_CIRCUIT_V1, RelayFlags, SignedDescriptor,
     descriptor_key,
 };
-use shallot_p2p::{MAX_PAGES_PER_SOURCE, MAX_REFRESH_TIME};
+use shallot_p2p::{MAX_PAGES_PER_SOURCE, MAX_REFRESH_TIME, MAX_VERIFY_TIME};
 
 /// A descriptor for `key` at `addrs`, published `published` (Unix seconds) for `lifetime`.
 fn signed_at(
@@ -435,4 +435,84 @@ async fn twenty_thousand_fresh_descriptors_keep_no_honest_newcomer_out() {
     let client = start_client(&wire, vec![relays[3].node.bootstrap_addr().expect("addr")]).await;
     let (took, _) = wait_for_view(&client, &HashSet::from([newcomer.peer_id()])).await;
     println!("a fresh client found the newcomer in {took:?}");
+}
+
+/// specs/04 §6.3, made-up relays at an address that accepts and then never answers: every dial
+/// there lasts until [`shallot_p2p::CONNECT_TIMEOUT`], so a client that dialed each of 1,024
+/// such relays (4 rounds of 256, 32 at once) would spend over five minutes of one refresh on
+/// them. Verification ends after [`MAX_VERIFY_TIME`] whatever they do, and the dials it gave up
+/// on leave room for the next verification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_at_a_silent_address_cost_a_refresh_at_most_the_verification_deadline() {
+    use libp2p::core::Transport as _;
+    use libp2p::core::transport::ListenerId;
+    use shallot_directory::{Block, ListingEntry, SourceListing, Verdicts, gather};
+
+    let wire = Wire::memory();
+    let (relays, _) = converged_relays(&wire, 1).await;
+    // Listeners nobody ever accepts from, one per made-up relay, each in a /16 of its own
+    // (so that no cap spares the client a dial): dials connect and then hear nothing.
+    let silent_addr = |i: usize| format!("/ip4/10.{}.{}.1/tcp/9", 100 + i / 256, i % 256);
+    let count = 4 * shallot_p2p::MAX_VERIFY_TARGETS;
+    let mut silent =
+        shallot_p2p::MemoryTransport::new(wire.net().clone(), Ipv4Addr::new(10, 99, 0, 1).into());
+    for i in 0..count {
+        silent
+            .listen_on(ListenerId::next(), silent_addr(i).parse().expect("addr"))
+            .expect("listen");
+    }
+    let now = wire.clock().now();
+    let made_up = made_up_relays(count, now, silent_addr);
+    let entries = |ds: &[SignedDescriptor]| -> Vec<ListingEntry> {
+        ds.iter()
+            .map(|d| ListingEntry {
+                first_seen: 1,
+                proven: shallot_directory::AddrSet::ALL,
+                descriptor: d.as_bytes().to_vec(),
+            })
+            .collect()
+    };
+    // Two sources, one of which lists the made-up relays: each is a minority candidate and
+    // must be dialed before it is admitted.
+    let listings = vec![
+        SourceListing {
+            source: PeerId::random(),
+            block: Block::V4([10, 250]),
+            entries: entries(&made_up),
+        },
+        SourceListing {
+            source: PeerId::random(),
+            block: Block::V4([10, 251]),
+            entries: Vec::new(),
+        },
+    ];
+    let gathered = gather(listings, now);
+    let client = start_client(&wire, bootstrap_of(&relays)).await;
+    let view = fresh_view();
+    let mut verdicts = Verdicts::new();
+    let started = Instant::now();
+    let bound = MAX_VERIFY_TIME + Duration::from_secs(10);
+    let dials = tokio::time::timeout(
+        bound,
+        client.verify_contests(&gathered, &view, &mut verdicts),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("verification of silent relays ran past {bound:?}"));
+    println!(
+        "verification of {} silent relays ended after {:?} ({dials} dials in rounds that finished)",
+        made_up.len(),
+        started.elapsed()
+    );
+    // The next verification is not refused for the one given up on, and gets its answer once
+    // the abandoned dials time out.
+    let target = (
+        relays[0].peer_id(),
+        relays[0].node.listen_addrs()[0].clone(),
+    );
+    let reached = tokio::time::timeout(bound, client.verify(vec![target]))
+        .await
+        .expect("a later verification within the bound")
+        .expect("not refused");
+    assert_eq!(reached, vec![true]);
+    drop(silent);
 }
