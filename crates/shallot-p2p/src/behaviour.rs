@@ -3,6 +3,7 @@
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
+use libp2p::core::transport::timeout::TransportTimeout;
 use libp2p::core::{Transport as _, upgrade};
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
 use libp2p::swarm::NetworkBehaviour;
@@ -13,7 +14,7 @@ use libp2p::{
 use crate::config::{NodeConfig, Role, TransportConfig};
 use crate::dircodec::{DIR_PROTOCOL, DirCodec};
 use crate::err::P2pError;
-use crate::memnet::MemoryTransport;
+use crate::memnet::{MemoryTransport, vouched};
 
 /// The circuit stream protocol (specs/01): one stream per circuit hop.
 pub const CIRCUIT_PROTOCOL: StreamProtocol = StreamProtocol::new("/shallot/circuit/1.0.0");
@@ -85,6 +86,20 @@ pub(crate) fn build_swarm(
                         .authenticate(noise)
                         .multiplex(yamux::Config::default())
                         .timeout(CONNECT_TIMEOUT))
+                })
+                .map_err(|e| transport_err(&e))?
+                .with_behaviour(|key| behaviour(key, config))
+                .map_err(|e| transport_err(&e))?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+                .build()
+        }
+        TransportConfig::Simulated { net, ip } => {
+            libp2p::SwarmBuilder::with_existing_identity(keypair)
+                .with_tokio()
+                .with_other_transport(|key| {
+                    let transport =
+                        MemoryTransport::vouching_for(net.clone(), *ip, key.public().to_peer_id());
+                    TransportTimeout::new(vouched(transport), CONNECT_TIMEOUT)
                 })
                 .map_err(|e| transport_err(&e))?
                 .with_behaviour(|key| behaviour(key, config))

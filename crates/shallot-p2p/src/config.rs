@@ -7,6 +7,7 @@ use libp2p::Multiaddr;
 use shallot_directory::WallClock;
 
 use crate::memnet::MemoryNet;
+use crate::node::Directory;
 
 /// Whether a node serves the DHT and circuits, or only uses them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +93,15 @@ pub enum TransportConfig {
         /// The node's own IP (dials come from it).
         ip: IpAddr,
     },
+    /// A [`MemoryNet`] whose nodes need no handshake: the network tells each end of a
+    /// connection the other's PeerId (a simulation of thousands of nodes on one machine, where
+    /// Noise would take most of the CPU). Every node of the network must use it.
+    Simulated {
+        /// The network.
+        net: MemoryNet,
+        /// The node's own IP (dials come from it).
+        ip: IpAddr,
+    },
 }
 
 /// Settings of a [`crate::Node`].
@@ -118,6 +128,11 @@ pub struct NodeConfig {
     pub transport: TransportConfig,
     /// The wall clock descriptors are validated against. Default: the system's.
     pub clock: WallClock,
+    /// A relay's directory store to use instead of a new one. Only simulations set it: the
+    /// relays of a simulated network may share one store that stands for a network in which
+    /// every relay has already proven every other (specs/04 §6.1.2), where ten thousand stores
+    /// of ten thousand entries would not fit one machine. Default: none.
+    pub shared_directory: Option<Directory>,
 }
 
 impl NodeConfig {
@@ -134,6 +149,7 @@ impl NodeConfig {
             limits: ConnectionLimits::default(),
             transport: TransportConfig::default(),
             clock: WallClock::system(),
+            shared_directory: None,
         }
     }
 }

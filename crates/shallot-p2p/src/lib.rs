@@ -22,6 +22,7 @@ pub use libp2p::{Multiaddr, PeerId, identity};
 pub use libp2p_stream::{Control as StreamControl, IncomingStreams, OpenStreamError};
 pub use memnet::{
     MEMORY_BACKLOG, MEMORY_PIPE_BYTES, MemoryNet, MemoryNetError, MemoryStream, MemoryTransport,
+    VouchedConnection, vouched,
 };
 pub use node::{
     COMMAND_QUEUE, Directory, FetchOutcome, MAX_ANNOUNCE_PEERS, MAX_CANDIDATES_PER_REFRESH,

@@ -4,7 +4,12 @@
 //! carries the IP that the subnet caps of the view and the path rules look at (specs/04,
 //! specs/05). Each node dials out from its own address, so a listener sees who called.
 //!
-//! Over these pipes the node runs the same Noise and Yamux upgrades as over TCP.
+//! Over these pipes a node runs the same Noise and Yamux upgrades as over TCP, or, in a
+//! simulation of thousands of nodes, lets the network vouch for who listens and who dials
+//! (`TransportConfig::Simulated`): the network knows every node's PeerId, so it can tell each
+//! end the other's without a handshake, and the CPU a million Noise handshakes would take goes
+//! to the protocol being simulated instead. Everything above the connection (Kademlia, the
+//! directory protocol, probes and verification) runs unchanged.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -14,9 +19,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use futures::future::{Ready, ready};
-use libp2p::Multiaddr;
+use libp2p::core::ConnectedPoint;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::and_then::AndThen;
 use libp2p::core::transport::{DialOpts, ListenerId, Transport, TransportError, TransportEvent};
+use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade};
 use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId, yamux};
 use tokio::io::DuplexStream;
 use tokio::sync::mpsc;
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
@@ -29,18 +38,65 @@ pub const MEMORY_PIPE_BYTES: usize = 256 * 1024;
 /// The first port handed out for `…/tcp/0` listeners and for dialers.
 const FIRST_EPHEMERAL_PORT: u16 = 32_768;
 
-/// One end of an in-memory connection.
-pub type MemoryStream = Compat<DuplexStream>;
+/// One end of an in-memory connection, with the PeerId of the other end when the network
+/// vouches for identities.
+pub struct MemoryStream {
+    io: Compat<DuplexStream>,
+    remote: Option<PeerId>,
+}
 
-/// A connection on its way to a listener, with the dialer's address.
+impl MemoryStream {
+    /// The other end's PeerId, as the network knows it: `None` unless both ends' transports
+    /// were built with [`MemoryTransport::vouching_for`].
+    pub fn remote_peer(&self) -> Option<PeerId> {
+        self.remote
+    }
+}
+
+impl futures::AsyncRead for MemoryStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl futures::AsyncWrite for MemoryStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_close(cx)
+    }
+}
+
+/// A connection on its way to a listener, with the dialer's address and identity.
 struct Incoming {
     stream: MemoryStream,
     from: SocketAddr,
 }
 
+/// What listens at one address.
+#[derive(Clone)]
+struct Listening {
+    incoming: mpsc::Sender<Incoming>,
+    peer: Option<PeerId>,
+}
+
 #[derive(Default)]
 struct Hub {
-    listeners: HashMap<SocketAddr, mpsc::Sender<Incoming>>,
+    listeners: HashMap<SocketAddr, Listening>,
     /// The next port to try per IP, for `…/tcp/0` listeners and dialers.
     next_port: HashMap<IpAddr, u16>,
 }
@@ -116,6 +172,12 @@ pub enum MemoryNetError {
     /// Every port of the IP is taken.
     #[error("no free port on {0}")]
     NoFreePort(IpAddr),
+    /// A vouched connection whose other end's identity the network does not know.
+    #[error("the network does not know who is at the other end (both transports must vouch)")]
+    Unvouched,
+    /// Yamux could not start on the connection.
+    #[error("multiplexer: {0}")]
+    Muxer(#[source] std::io::Error),
 }
 
 struct Listener {
@@ -129,6 +191,8 @@ struct Listener {
 pub struct MemoryTransport {
     net: MemoryNet,
     ip: IpAddr,
+    /// This node's PeerId, told to whom it dials and who dials it.
+    identity: Option<PeerId>,
     listeners: Vec<Listener>,
     events: VecDeque<TransportEvent<Ready<Result<MemoryStream, MemoryNetError>>, MemoryNetError>>,
 }
@@ -140,10 +204,47 @@ impl MemoryTransport {
         Self {
             net,
             ip,
+            identity: None,
             listeners: Vec::new(),
             events: VecDeque::new(),
         }
     }
+
+    /// A transport on `net` for the node `identity`: the network tells each end of a
+    /// connection the other's PeerId (for [`vouched`]).
+    pub fn vouching_for(net: MemoryNet, ip: IpAddr, identity: PeerId) -> Self {
+        let mut transport = Self::new(net, ip);
+        transport.identity = Some(identity);
+        transport
+    }
+}
+
+/// What [`vouched`] makes of a connection.
+pub type VouchedConnection = Ready<Result<(PeerId, StreamMuxerBox), MemoryNetError>>;
+
+/// `transport` with the identities the network vouches for, and Yamux: no handshake, so a
+/// simulation spends its CPU on the protocol above. Only for a network of nodes that all
+/// vouch; a connection to one that does not fails with [`MemoryNetError::Unvouched`].
+pub fn vouched(
+    transport: MemoryTransport,
+) -> AndThen<MemoryTransport, fn(MemoryStream, ConnectedPoint) -> VouchedConnection> {
+    transport.and_then(|stream, endpoint| ready(vouched_muxer(stream, &endpoint)))
+}
+
+fn vouched_muxer(
+    stream: MemoryStream,
+    endpoint: &ConnectedPoint,
+) -> Result<(PeerId, StreamMuxerBox), MemoryNetError> {
+    let peer = stream.remote.ok_or(MemoryNetError::Unvouched)?;
+    let config = yamux::Config::default();
+    let protocol = "/yamux/1.0.0";
+    let muxer = if endpoint.is_dialer() {
+        config.upgrade_outbound(stream, protocol).into_inner()
+    } else {
+        config.upgrade_inbound(stream, protocol).into_inner()
+    }
+    .map_err(MemoryNetError::Muxer)?;
+    Ok((peer, StreamMuxerBox::new(muxer)))
 }
 
 /// `/ip4/A/tcp/P` or `/ip6/A/tcp/P` (a trailing `/p2p/…` is allowed) as a socket address.
@@ -207,7 +308,13 @@ impl Transport for MemoryTransport {
             if hub.listeners.contains_key(&at) {
                 return Err(TransportError::Other(MemoryNetError::InUse(at)));
             }
-            hub.listeners.insert(at, tx);
+            hub.listeners.insert(
+                at,
+                Listening {
+                    incoming: tx,
+                    peer: self.identity,
+                },
+            );
         }
         self.listeners.push(Listener {
             id,
@@ -242,23 +349,29 @@ impl Transport for MemoryTransport {
         let Some(to) = socket_addr(&addr) else {
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
-        let (sender, from) = {
+        let (listening, from) = {
             let mut hub = self.net.hub();
-            let Some(sender) = hub.listeners.get(&to).cloned() else {
+            let Some(listening) = hub.listeners.get(&to).cloned() else {
                 return Ok(ready(Err(MemoryNetError::Refused(to))));
             };
             let port = hub
                 .free_port(self.ip)
                 .ok_or(TransportError::Other(MemoryNetError::NoFreePort(self.ip)))?;
-            (sender, SocketAddr::new(self.ip, port))
+            (listening, SocketAddr::new(self.ip, port))
         };
         let (ours, theirs) = tokio::io::duplex(MEMORY_PIPE_BYTES);
-        let offered = sender.try_send(Incoming {
-            stream: theirs.compat(),
+        let offered = listening.incoming.try_send(Incoming {
+            stream: MemoryStream {
+                io: theirs.compat(),
+                remote: self.identity,
+            },
             from,
         });
         Ok(ready(match offered {
-            Ok(()) => Ok(ours.compat()),
+            Ok(()) => Ok(MemoryStream {
+                io: ours.compat(),
+                remote: listening.peer,
+            }),
             Err(_) => Err(MemoryNetError::Refused(to)),
         }))
     }
@@ -367,6 +480,46 @@ mod tests {
             0,
             "a dropped transport frees its addresses"
         );
+    }
+
+    #[tokio::test]
+    async fn a_vouching_network_tells_each_end_who_is_at_the_other() {
+        let net = MemoryNet::new();
+        let (server_id, client_id) = (PeerId::random(), PeerId::random());
+        let mut server =
+            MemoryTransport::vouching_for(net.clone(), "10.1.0.1".parse().unwrap(), server_id);
+        let mut client =
+            MemoryTransport::vouching_for(net.clone(), "10.2.0.1".parse().unwrap(), client_id);
+        let mut stranger = MemoryTransport::new(net.clone(), "10.3.0.1".parse().unwrap());
+        server
+            .listen_on(ListenerId::next(), "/ip4/10.1.0.1/tcp/5".parse().unwrap())
+            .unwrap();
+        let to: Multiaddr = "/ip4/10.1.0.1/tcp/5".parse().unwrap();
+        let ours = client.dial(to.clone(), dial_opts()).unwrap().await.unwrap();
+        assert_eq!(ours.remote_peer(), Some(server_id));
+        let _ = next_event(&mut server).await; // the listener's address
+        let TransportEvent::Incoming { upgrade, .. } = next_event(&mut server).await else {
+            panic!("an incoming connection");
+        };
+        assert_eq!(upgrade.await.unwrap().remote_peer(), Some(client_id));
+
+        // A node the network does not vouch for gets no identity, and the vouched upgrade
+        // refuses the connection rather than invent one.
+        let unknown = stranger.dial(to, dial_opts()).unwrap().await.unwrap();
+        let TransportEvent::Incoming { upgrade, .. } = next_event(&mut server).await else {
+            panic!("an incoming connection");
+        };
+        let theirs = upgrade.await.unwrap();
+        assert_eq!(theirs.remote_peer(), None);
+        let listener = ConnectedPoint::Listener {
+            local_addr: Multiaddr::empty(),
+            send_back_addr: Multiaddr::empty(),
+        };
+        assert!(matches!(
+            vouched_muxer(theirs, &listener),
+            Err(MemoryNetError::Unvouched)
+        ));
+        assert_eq!(unknown.remote_peer(), Some(server_id));
     }
 
     #[tokio::test]

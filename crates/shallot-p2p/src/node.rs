@@ -145,7 +145,26 @@ pub struct FetchOutcome {
 #[derive(Debug, Clone)]
 pub struct Directory(Arc<RwLock<DirStore>>);
 
+/// Directories are equal when they are the same store.
+impl PartialEq for Directory {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Directory {}
+
 impl Directory {
+    /// A new, empty store (for [`NodeConfig::shared_directory`]).
+    pub fn new(config: StoreConfig, epoch: u64) -> Self {
+        Self(Arc::new(RwLock::new(DirStore::new(config, epoch))))
+    }
+
+    /// Runs `change` on the store: a simulation fills a shared store this way.
+    pub fn update<R>(&self, change: impl FnOnce(&mut DirStore) -> R) -> R {
+        change(&mut self.0.write().unwrap_or_else(PoisonError::into_inner))
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, DirStore> {
         self.0.read().unwrap_or_else(PoisonError::into_inner)
     }
@@ -285,10 +304,10 @@ impl Node {
         let control = swarm.behaviour().stream.new_control();
         let stats = Arc::new(NodeStats::default());
         let directory = (config.role == Role::Relay).then(|| {
-            Directory(Arc::new(RwLock::new(DirStore::new(
-                StoreConfig::default(),
-                rand_u64(),
-            ))))
+            config
+                .shared_directory
+                .clone()
+                .unwrap_or_else(|| Directory::new(StoreConfig::default(), rand_u64()))
         });
         let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
         let task = tokio::spawn(
