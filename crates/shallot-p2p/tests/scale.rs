@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use libp2p::PeerId;
 use shallot_directory::{StoreConfig, Verdicts};
-use shallot_p2p::{DEFAULT_SYNC_INTERVAL, Directory, Role};
+use shallot_p2p::{DEFAULT_SYNC_INTERVAL, Directory, NodeConfig, Role};
 
 /// Relay `i` in a /16 of its own (10.1.0.1, 10.2.0.1, …, 11.1.0.1, …).
 fn scale_ip(i: usize) -> Ipv4Addr {
@@ -57,32 +57,12 @@ async fn a_thousand_relays_one_refresh_makes_a_complete_view() {
     init_tracing();
     let wire = Wire::simulated();
     let started = Instant::now();
-    let mut relays: Vec<TestRelay> = Vec::with_capacity(n);
-    for i in 0..n {
-        // Each bootstraps from one of the first ten, as operators would from a few known relays.
-        let bootstrap = relays
-            .get(i % 10)
-            .or(relays.first())
-            .and_then(|r| r.node.bootstrap_addr())
-            .into_iter()
-            .collect();
-        relays.push(start_relay(&wire, scale_ip(i), bootstrap).await);
-    }
+    let relays = start_scale_relays(&wire, n, |_| {}).await;
     println!("{n} relays started in {:?}", started.elapsed());
     let started = Instant::now();
     publish_all(&relays, 3600).await;
     println!("{n} relays published in {:?}", started.elapsed());
 
-    // What the relays serve each other.
-    let served = |relays: &[TestRelay]| -> (u64, u64) {
-        relays.iter().fold((0, 0), |(n, b), r| {
-            let s = r.node.stats();
-            (
-                n + s.listings_served.load(Ordering::Relaxed),
-                b + s.listing_bytes_served.load(Ordering::Relaxed),
-            )
-        })
-    };
     let mut last_served = (0, 0);
     let started = Instant::now();
     let target = (n as f64 * COMPLETE).ceil() as usize;
@@ -138,33 +118,7 @@ async fn a_thousand_relays_one_refresh_makes_a_complete_view() {
         (bytes_after - bytes_before) as f64 * scale,
     );
 
-    let client = start_client(&wire, bootstrap_of(&relays[..3])).await;
-    let all: HashSet<PeerId> = relays.iter().map(TestRelay::peer_id).collect();
-    let mut view = fresh_view();
-    let mut verdicts = Verdicts::new();
-    let began = Instant::now();
-    let (full, report) = refresh_into(&client, &mut view, &mut verdicts).await;
-    let took = began.elapsed();
-    let seen = view
-        .entries()
-        .filter(|e| all.contains(&e.descriptor.peer_id()))
-        .count();
-    println!(
-        "a fresh client's first refresh: {seen} of {n} relays in {took:?}, {} bytes (full); \
-         {report:?}",
-        full.bytes
-    );
-    let began = Instant::now();
-    let (incremental, _) = refresh_into(&client, &mut view, &mut verdicts).await;
-    println!(
-        "its next refresh: {} bytes (incremental) in {:?}",
-        incremental.bytes,
-        began.elapsed()
-    );
-    assert!(
-        seen >= target,
-        "one refresh put {seen} of {n} relays in a fresh view, fewer than {COMPLETE}"
-    );
+    fresh_client_refreshes(&wire, &relays, &relays[..3]).await;
 }
 
 /// How often the relays sharing a complete store look for something to probe.
@@ -189,22 +143,14 @@ async fn ten_thousand_relays_simulated_a_fresh_client_and_a_newcomer() {
     // client and the newcomer below run the whole protocol with stores of their own.
     let shared = Directory::new(StoreConfig::default(), rand_epoch());
     let started = Instant::now();
-    let mut relays: Vec<TestRelay> = Vec::with_capacity(n);
-    for i in 0..n {
-        let bootstrap = relays
-            .get(i % 10)
-            .or(relays.first())
-            .and_then(|r| r.node.bootstrap_addr())
-            .into_iter()
-            .collect();
-        let mut config = wire.config(Role::Relay, scale_ip(i), true, bootstrap);
+    let relays = start_scale_relays(&wire, n, |config| {
         config.directory.sync_interval = 60 * DEFAULT_SYNC_INTERVAL;
         // Their store is complete: nothing to probe, so their probe timers need not wake
         // ten thousand tasks every 20 ms.
         config.directory.probe_interval = SHARED_PROBE_INTERVAL;
         config.shared_directory = Some(shared.clone());
-        relays.push(start_relay_with(config).await);
-    }
+    })
+    .await;
     println!(
         "{n} relays started in {:?}; {} MB resident",
         started.elapsed(),
@@ -234,55 +180,11 @@ async fn ten_thousand_relays_simulated_a_fresh_client_and_a_newcomer() {
         shared.listed_len() >= target,
         "the shared store is not complete"
     );
-    let all: HashSet<PeerId> = relays.iter().map(TestRelay::peer_id).collect();
-
-    let served = |relays: &[TestRelay]| -> (u64, u64) {
-        relays.iter().fold((0, 0), |(n, b), r| {
-            let s = r.node.stats();
-            (
-                n + s.listings_served.load(Ordering::Relaxed),
-                b + s.listing_bytes_served.load(Ordering::Relaxed),
-            )
-        })
-    };
 
     // A fresh client, as in the 1,000-relay test, bootstrapping from three relays that are not
     // everyone's bootstrap peers (those hold the other relays' first connections).
     let middle = n / 2;
-    let client = start_client(&wire, bootstrap_of(&relays[middle..middle + 3])).await;
-    let (requests_before, bytes_before) = served(&relays);
-    let mut view = fresh_view();
-    let mut verdicts = Verdicts::new();
-    let began = Instant::now();
-    let (full, report) = refresh_into(&client, &mut view, &mut verdicts).await;
-    let took = began.elapsed();
-    let seen = view
-        .entries()
-        .filter(|e| all.contains(&e.descriptor.peer_id()))
-        .count();
-    let (requests_after, bytes_after) = served(&relays);
-    println!(
-        "a fresh client's first refresh: {seen} of {n} relays in {took:?}, {} bytes (full), \
-         {} listing requests and {} bytes served by the relays; {} walks, {} sources failed, \
-         {} left out for their block; {report:?}",
-        full.bytes,
-        requests_after - requests_before,
-        bytes_after - bytes_before,
-        full.walks,
-        full.failed,
-        full.same_block,
-    );
-    let began = Instant::now();
-    let (incremental, _) = refresh_into(&client, &mut view, &mut verdicts).await;
-    println!(
-        "its next refresh: {} bytes (incremental) in {:?}",
-        incremental.bytes,
-        began.elapsed()
-    );
-    assert!(
-        seen >= target,
-        "one refresh put {seen} of {n} relays in a fresh view, fewer than {COMPLETE}"
-    );
+    fresh_client_refreshes(&wire, &relays, &relays[middle..middle + 3]).await;
 
     // A newcomer relay with a store of its own learns the network by synchronising and
     // proves every relay itself, as every relay of a real network does.
@@ -323,6 +225,81 @@ async fn ten_thousand_relays_simulated_a_fresh_client_and_a_newcomer() {
         "the newcomer listed {COMPLETE} of {n} relays after {:?}: {} probes reached",
         began.elapsed(),
         stats.probes_reached.load(Ordering::Relaxed),
+    );
+}
+
+/// Starts `n` relays at [`scale_ip`], each bootstrapping from one of the first ten (as operators
+/// would from a few known relays), with `configure` applied to each one's config.
+async fn start_scale_relays(
+    wire: &Wire,
+    n: usize,
+    configure: impl Fn(&mut NodeConfig),
+) -> Vec<TestRelay> {
+    let mut relays: Vec<TestRelay> = Vec::with_capacity(n);
+    for i in 0..n {
+        let bootstrap = relays
+            .get(i % 10)
+            .or(relays.first())
+            .and_then(|r| r.node.bootstrap_addr())
+            .into_iter()
+            .collect();
+        let mut config = wire.config(Role::Relay, scale_ip(i), true, bootstrap);
+        configure(&mut config);
+        relays.push(start_relay_with(config).await);
+    }
+    relays
+}
+
+/// Listing requests and bytes the relays served so far.
+fn served(relays: &[TestRelay]) -> (u64, u64) {
+    relays.iter().fold((0, 0), |(n, b), r| {
+        let s = r.node.stats();
+        (
+            n + s.listings_served.load(Ordering::Relaxed),
+            b + s.listing_bytes_served.load(Ordering::Relaxed),
+        )
+    })
+}
+
+/// A fresh client bootstrapping from `bootstrap` refreshes twice; prints what each refresh
+/// cost and checks that the first put at least [`COMPLETE`] of `relays` in its view.
+async fn fresh_client_refreshes(wire: &Wire, relays: &[TestRelay], bootstrap: &[TestRelay]) {
+    let n = relays.len();
+    let target = (n as f64 * COMPLETE).ceil() as usize;
+    let all: HashSet<PeerId> = relays.iter().map(TestRelay::peer_id).collect();
+    let client = start_client(wire, bootstrap_of(bootstrap)).await;
+    let (requests_before, bytes_before) = served(relays);
+    let mut view = fresh_view();
+    let mut verdicts = Verdicts::new();
+    let began = Instant::now();
+    let (full, report) = refresh_into(&client, &mut view, &mut verdicts).await;
+    let took = began.elapsed();
+    let seen = view
+        .entries()
+        .filter(|e| all.contains(&e.descriptor.peer_id()))
+        .count();
+    let (requests_after, bytes_after) = served(relays);
+    println!(
+        "a fresh client's first refresh: {seen} of {n} relays in {took:?}, {} bytes (full), \
+         {} listing requests and {} bytes served by the relays; {} walks, {} sources failed, \
+         {} left out for their block; {report:?}",
+        full.bytes,
+        requests_after - requests_before,
+        bytes_after - bytes_before,
+        full.walks,
+        full.failed,
+        full.same_block,
+    );
+    let began = Instant::now();
+    let (incremental, _) = refresh_into(&client, &mut view, &mut verdicts).await;
+    println!(
+        "its next refresh: {} bytes (incremental) in {:?}",
+        incremental.bytes,
+        began.elapsed()
+    );
+    assert!(
+        seen >= target,
+        "one refresh put {seen} of {n} relays in a fresh view, fewer than {COMPLETE}"
     );
 }
 
