@@ -1489,15 +1489,28 @@ impl SwarmTask {
             return;
         };
         let now = self.clock.now();
-        self.sources = refresh.done.iter().map(|(_, s)| s.clone()).collect();
-        let listings: Vec<SourceListing> = refresh.done.into_iter().map(|(l, _)| l).collect();
         // A relay's store takes every valid entry it was listed; it proves them itself.
         if let Some(dir) = &self.directory {
             let mut store = dir.0.write().unwrap_or_else(PoisonError::into_inner);
-            for entry in listings.iter().flat_map(|l| l.entries.iter()) {
-                store.offer(&entry.descriptor, now);
+            let mut reread = false;
+            for (listing, state) in &mut refresh.done {
+                let mut refused_for_room = false;
+                for entry in &listing.entries {
+                    refused_for_room |= store.offer(&entry.descriptor, now) == Offered::Full;
+                }
+                // Entries refused while the pending lane was full would never be listed again
+                // by a source asked only for changes: a relay joining a network larger than
+                // its lane would stop at MAX_HEARD relays. One such source is asked for its
+                // whole store again next time, until the relay has caught up.
+                if refused_for_room && !reread {
+                    reread = true;
+                    state.epoch = 0;
+                    state.seq = 0;
+                }
             }
         }
+        self.sources = refresh.done.iter().map(|(_, s)| s.clone()).collect();
+        let listings: Vec<SourceListing> = refresh.done.into_iter().map(|(l, _)| l).collect();
         if refresh.sync_only {
             debug!(sources = listings.len(), "directory synchronised");
             return;
