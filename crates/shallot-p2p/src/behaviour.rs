@@ -145,7 +145,7 @@ fn behaviour(key: &libp2p::identity::Keypair, config: &NodeConfig) -> Behaviour 
             shallot_directory::MAX_DESCRIPTOR_LIFETIME_SECS,
         )))
         .set_provider_publication_interval(None)
-        .set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
+        .set_periodic_bootstrap_interval(config.kad_bootstrap_interval);
     if let Some(parallelism) = NonZeroUsize::new(3) {
         kad_config.set_parallelism(parallelism);
     }

@@ -47,6 +47,8 @@ pub const DEFAULT_SOURCES_PER_REFRESH: usize = 8;
 pub const DEFAULT_MAX_WALKS: usize = 8;
 /// Default time between a relay's probes of other relays' addresses.
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// How often a node refreshes its Kademlia routing table by default.
+pub const DEFAULT_KAD_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(300);
 /// Default time between a relay's synchronisations with other relays (jittered ±25 %).
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -120,6 +122,9 @@ pub struct NodeConfig {
     pub idle_connection_timeout: Duration,
     /// How often a DHT server re-replicates the records it holds to the closest peers.
     pub replication_interval: Duration,
+    /// How often the node refreshes its Kademlia routing table with a bootstrap query;
+    /// `None`: only at start.
+    pub kad_bootstrap_interval: Option<Duration>,
     /// The directory (specs/04 §7).
     pub directory: DirConfig,
     /// Connection limits.
@@ -145,6 +150,7 @@ impl NodeConfig {
             query_timeout: Duration::from_secs(30),
             idle_connection_timeout: Duration::from_secs(120),
             replication_interval: Duration::from_secs(600),
+            kad_bootstrap_interval: Some(DEFAULT_KAD_BOOTSTRAP_INTERVAL),
             directory: DirConfig::default(),
             limits: ConnectionLimits::default(),
             transport: TransportConfig::default(),

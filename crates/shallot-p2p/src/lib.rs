@@ -12,8 +12,9 @@ pub use behaviour::{
     KAD_PROTOCOL, MAX_DIR_STREAMS, MAX_KAD_PACKET, MAX_STORED_RECORDS,
 };
 pub use config::{
-    ConnectionLimits, DEFAULT_MAX_WALKS, DEFAULT_PROBE_INTERVAL, DEFAULT_SOURCES_PER_REFRESH,
-    DEFAULT_SYNC_INTERVAL, DirConfig, NodeConfig, Role, TransportConfig,
+    ConnectionLimits, DEFAULT_KAD_BOOTSTRAP_INTERVAL, DEFAULT_MAX_WALKS, DEFAULT_PROBE_INTERVAL,
+    DEFAULT_SOURCES_PER_REFRESH, DEFAULT_SYNC_INTERVAL, DirConfig, NodeConfig, Role,
+    TransportConfig,
 };
 pub use dircodec::{DIR_PROTOCOL, read_dir_message, write_dir_message};
 pub use err::P2pError;

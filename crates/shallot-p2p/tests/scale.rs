@@ -123,6 +123,13 @@ async fn a_thousand_relays_one_refresh_makes_a_complete_view() {
 
 /// How often the relays sharing a complete store look for something to probe.
 const SHARED_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the relays sharing a complete store re-replicate their DHT records: not while
+/// the simulation runs.
+const SHARED_REPLICATION_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// How long the simulation waits for the nodes' start-up work to end.
+const QUIET_LIMIT: Duration = Duration::from_secs(600);
+/// The window over which the simulation measures whether the nodes are quiet.
+const QUIET_WINDOW: Duration = Duration::from_secs(5);
 /// How long the newcomer of the 10,000-relay simulation may take to prove the network.
 const NEWCOMER_LIMIT: Duration = Duration::from_secs(900);
 
@@ -149,6 +156,11 @@ async fn ten_thousand_relays_simulated_a_fresh_client_and_a_newcomer() {
         // ten thousand tasks every 20 ms.
         config.directory.probe_interval = SHARED_PROBE_INTERVAL;
         config.shared_directory = Some(shared.clone());
+        // Nor do they maintain the DHT while the simulation runs: ten thousand nodes'
+        // routing-table refreshes and re-replications, each nothing for one machine, are two
+        // cores' worth together and would starve the client being measured.
+        config.kad_bootstrap_interval = None;
+        config.replication_interval = SHARED_REPLICATION_INTERVAL;
     })
     .await;
     println!(
@@ -156,23 +168,31 @@ async fn ten_thousand_relays_simulated_a_fresh_client_and_a_newcomer() {
         started.elapsed(),
         resident_bytes() / 1_000_000
     );
+    // The store is filled as if every relay had published and been proven (one offer and one
+    // successful probe per relay, without the dials). They do not publish: ten thousand
+    // publications announce to 32 relays each, and that storm is not the steady state.
     let started = Instant::now();
-    publish_all(&relays, 3600).await;
-    // Whatever the publications announced and is still pending counts as proven: every
-    // relay of the simulation listens where its descriptor says.
+    let now = wire.clock().now();
     let proven = shared.update(|store| {
+        // One at a time: the store holds at most MAX_HEARD unproven descriptors.
         let mut proven = 0;
-        while let Some(probe) = store.next_probe() {
-            store.probed(&probe, true);
-            proven += 1;
+        for relay in &relays {
+            store.offer_verified(relay.descriptor(3600), now);
+            while let Some(probe) = store.next_probe() {
+                store.probed(&probe, true);
+                proven += 1;
+            }
         }
         proven
     });
     println!(
-        "{n} relays published in {:?} ({proven} pending addresses taken as proven); the \
-         shared store lists {}; {} MB resident",
+        "the shared store filled in {:?} ({proven} addresses proven): it lists {}",
         started.elapsed(),
         shared.listed_len(),
+    );
+    let quiet = until_quiet().await;
+    println!(
+        "the network was quiet after {quiet:?}; {} MB resident",
         resident_bytes() / 1_000_000
     );
     let target = (n as f64 * COMPLETE).ceil() as usize;
@@ -248,6 +268,36 @@ async fn start_scale_relays(
         relays.push(start_relay_with(config).await);
     }
     relays
+}
+
+/// This process's CPU time so far (user and system), from /proc.
+fn cpu_time() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command's closing parenthesis; utime and stime are the 12th
+            // and 13th of them.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    // Linux counts in USER_HZ, 100 a second on every architecture it supports.
+    Duration::from_millis(ticks * 10)
+}
+
+/// Waits until the process uses less than half a core (the nodes' start-up work is done), at
+/// most [`QUIET_LIMIT`]; returns how long that took.
+async fn until_quiet() -> Duration {
+    let began = Instant::now();
+    while began.elapsed() < QUIET_LIMIT {
+        let before = cpu_time();
+        tokio::time::sleep(QUIET_WINDOW).await;
+        if cpu_time().saturating_sub(before) < QUIET_WINDOW / 2 {
+            break;
+        }
+    }
+    began.elapsed()
 }
 
 /// Listing requests and bytes the relays served so far.
