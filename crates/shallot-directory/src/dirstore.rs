@@ -288,6 +288,12 @@ impl DirStore {
         (self.vouched.entries, self.heard.entries)
     }
 
+    /// Whether the heard lane holds as many pending descriptors as it may: a descriptor heard
+    /// of now is refused for want of room, whatever its subnets.
+    pub fn heard_lane_full(&self) -> bool {
+        self.heard.entries >= self.config.max_heard
+    }
+
     /// Whether the store holds nothing.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()

@@ -1496,12 +1496,16 @@ impl SwarmTask {
             for (listing, state) in &mut refresh.done {
                 let mut refused_for_room = false;
                 for entry in &listing.entries {
-                    refused_for_room |= store.offer(&entry.descriptor, now) == Offered::Full;
+                    refused_for_room |= store.offer(&entry.descriptor, now) == Offered::Full
+                        && store.heard_lane_full();
                 }
-                // Entries refused while the pending lane was full would never be listed again
+                // Entries refused while the heard lane was full would never be listed again
                 // by a source asked only for changes: a relay joining a network larger than
                 // its lane would stop at MAX_HEARD relays. One such source is asked for its
-                // whole store again next time, until the relay has caught up.
+                // whole store again next time, until the relay has caught up. Refusals by a
+                // subnet's or block's cap do not count: a re-read would not change them, and
+                // an adversary filling one /24's pending slots would make every sync a full
+                // one.
                 if refused_for_room && !reread {
                     reread = true;
                     state.epoch = 0;

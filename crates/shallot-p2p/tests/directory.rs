@@ -14,9 +14,10 @@ use libp2p::kad::{self, Quorum, Record, RecordKey, store::MemoryStore};
 use libp2p::{Multiaddr, PeerId, noise, tcp, yamux};
 use shallot_crypto::OnionPublicKey;
 use shallot_directory::{
-    Descriptor, PROTOCOL_CIRCUIT_V1, RecordRefusal, RelayFlags, WallClock, descriptor_key,
+    Descriptor, PROTOCOL_CIRCUIT_V1, RecordRefusal, RelayFlags, StoreConfig, WallClock,
+    descriptor_key,
 };
-use shallot_p2p::KAD_PROTOCOL;
+use shallot_p2p::{Directory, KAD_PROTOCOL, Role};
 
 async fn discovery_of(wire: &Wire, n: usize) -> Duration {
     let started = Instant::now();
@@ -79,6 +80,52 @@ async fn a_new_relay_reaches_fresh_views_quickly() {
         .filter(|e| !e.proven.is_empty())
         .count();
     assert!(proven > 0, "no relay proved the newcomer's address");
+}
+
+/// specs/04 §7.4: a relay joining a network larger than its heard lane still learns all of it.
+/// Its first synchronisation lists more relays than the lane holds; sources asked only for
+/// changes would never list the refused ones again (before the re-read it stopped at the
+/// lane's size plus what announcements brought). A lane of 2 in a network of 20 stands for
+/// MAX_HEARD in a network of thousands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_whose_heard_lane_overflows_still_learns_every_relay() {
+    let wire = Wire::memory();
+    let (relays, _) = converged_relays(&wire, 20).await;
+    let mut config = wire.config(
+        Role::Relay,
+        wire.relay_ip(20),
+        true,
+        bootstrap_of(&relays[..1]),
+    );
+    // Both pending lanes small: relays announcing themselves when they meet the newcomer
+    // would otherwise fill in what the heard lane lost.
+    let tiny_lane = StoreConfig {
+        max_heard: 2,
+        max_vouched: 2,
+        ..StoreConfig::default()
+    };
+    config.shared_directory = Some(Directory::new(tiny_lane, 7));
+    let newcomer = start_relay_with(config).await;
+    let store = newcomer
+        .node
+        .directory()
+        .expect("a relay has a store")
+        .clone();
+    let began = Instant::now();
+    while store.listed_len() < relays.len() {
+        assert!(
+            began.elapsed() < CONVERGE_LIMIT,
+            "the newcomer listed {} of {} relays after {CONVERGE_LIMIT:?}",
+            store.listed_len(),
+            relays.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "the newcomer listed all {} relays after {:?}",
+        relays.len(),
+        began.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
