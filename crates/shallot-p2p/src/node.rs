@@ -1207,10 +1207,17 @@ impl SwarmTask {
             refresh.candidates.push_back((s.peer, Some(s.clone())));
         }
         if let Some(dir) = &self.directory {
-            let mut known: Vec<(PeerId, Vec<Multiaddr>)> = dir
-                .read()
+            // Drawn before their addresses are copied: a store of ten thousand costs a
+            // shuffle of references per synchronisation, not ten thousand address lists.
+            let store = dir.read();
+            let mut listed: Vec<&StoreEntry> = store
                 .entries()
                 .filter(|e| e.standing == Standing::Listed && e.descriptor.peer_id() != self.local)
+                .collect();
+            shuffle(&mut listed);
+            listed.truncate(STORE_SOURCES_FACTOR * self.dir_config.sources_per_refresh);
+            let known: Vec<(PeerId, Vec<Multiaddr>)> = listed
+                .into_iter()
                 .map(|e| {
                     let addrs = e
                         .descriptor
@@ -1224,8 +1231,7 @@ impl SwarmTask {
                     (e.descriptor.peer_id(), addrs)
                 })
                 .collect();
-            shuffle(&mut known);
-            known.truncate(STORE_SOURCES_FACTOR * self.dir_config.sources_per_refresh);
+            drop(store);
             for (peer, addrs) in known {
                 for addr in addrs {
                     self.swarm.add_peer_address(peer, addr);
