@@ -106,11 +106,7 @@ async fn a_newcomer_whose_heard_lane_overflows_still_learns_every_relay() {
     };
     config.shared_directory = Some(Directory::new(tiny_lane, 7));
     let newcomer = start_relay_with(config).await;
-    let store = newcomer
-        .node
-        .directory()
-        .expect("a relay has a store")
-        .clone();
+    let store = newcomer.store();
     let began = Instant::now();
     while store.listed_len() < relays.len() {
         assert!(

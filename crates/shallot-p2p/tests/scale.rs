@@ -216,11 +216,7 @@ async fn ten_thousand_relays_simulated_a_fresh_client_and_a_newcomer() {
     ))
     .await;
     publish_all(std::slice::from_ref(&newcomer), 3600).await;
-    let store = newcomer
-        .node
-        .directory()
-        .expect("a relay has a store")
-        .clone();
+    let store = newcomer.store();
     let began = Instant::now();
     loop {
         let listed = store.listed_len();

@@ -19,7 +19,7 @@ use shallot_directory::{
     AssemblyReport, Descriptor, NetworkView, PROTOCOL_CIRCUIT_V1, RelayFlags, SignedDescriptor,
     Verdicts, ViewConfig, WallClock, gather,
 };
-use shallot_p2p::{FetchOutcome, MemoryNet, Node, NodeConfig, Role, TransportConfig};
+use shallot_p2p::{Directory, FetchOutcome, MemoryNet, Node, NodeConfig, Role, TransportConfig};
 
 /// Upper bound for any network in these tests to converge; a test that needs longer fails.
 pub const CONVERGE_LIMIT: Duration = Duration::from_secs(120);
@@ -180,6 +180,11 @@ impl TestRelay {
 
     pub fn peer_id(&self) -> PeerId {
         self.node.peer_id()
+    }
+
+    /// The relay's directory store.
+    pub fn store(&self) -> Directory {
+        self.node.directory().expect("a relay has a store").clone()
     }
 }
 
