@@ -86,6 +86,14 @@ pub struct NodeStats {
     pub listings_served: AtomicU64,
     /// Bytes of the listings this relay answered.
     pub listing_bytes_served: AtomicU64,
+    /// Listings this relay answered in full (a new reader, or one of another epoch).
+    pub full_listings_served: AtomicU64,
+    /// Listing pages this node's refreshes and synchronisations read.
+    pub listings_read: AtomicU64,
+    /// Bytes of those pages.
+    pub listing_bytes_read: AtomicU64,
+    /// Sources this node's refreshes and synchronisations read in full (first pages).
+    pub full_listings_read: AtomicU64,
     /// Announcements this relay took.
     pub announces_accepted: AtomicU64,
     /// Probes that reached the relay at the address (and authenticated it).
@@ -601,6 +609,8 @@ struct SourceState {
     peer: PeerId,
     epoch: u64,
     seq: u64,
+    /// Whether it failed to answer the last refresh (it is kept for one more).
+    missed: bool,
 }
 
 /// One bulk refresh in progress.
@@ -617,6 +627,11 @@ struct Refresh {
     walks: HashSet<QueryId>,
     /// Peers to ask, with the state of an earlier listing from them (sticky sources).
     candidates: VecDeque<(PeerId, Option<SourceState>)>,
+    /// The sticky sources asked, by peer, until they answer.
+    sticky: HashMap<PeerId, SourceState>,
+    /// Sticky sources that failed to answer for the first time: kept for the next refresh,
+    /// and in a synchronisation not replaced by another source.
+    excused: Vec<SourceState>,
     tried: HashSet<PeerId>,
     blocks: HashSet<Block>,
     /// Blocks of the candidates asked (where the connection was known when asking).
@@ -1139,6 +1154,11 @@ impl SwarmTask {
                     .unwrap_or_else(PoisonError::into_inner)
                     .listing(epoch, since, now);
                 self.stats.listings_served.fetch_add(1, Ordering::Relaxed);
+                if listing.full {
+                    self.stats
+                        .full_listings_served
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 self.stats
                     .listing_bytes_served
                     .fetch_add(listing_len(&listing) as u64, Ordering::Relaxed);
@@ -1261,7 +1281,12 @@ impl SwarmTask {
         let Some(refresh) = &mut self.refresh else {
             return;
         };
-        let gathered = |r: &Refresh| r.done.len() + r.listings.len();
+        // A synchronisation counts a sticky source that missed it once as gathered: asking
+        // another in its place would cost that one's whole store, and on a busy network
+        // every missed answer would turn into a full listing.
+        let gathered = |r: &Refresh| {
+            r.done.len() + r.listings.len() + if r.sync_only { r.excused.len() } else { 0 }
+        };
         while refresh.asked < MAX_LISTINGS_IN_FLIGHT && gathered(refresh) + refresh.asked < want {
             let Some((peer, state)) = refresh.candidates.pop_front() else {
                 break;
@@ -1278,6 +1303,9 @@ impl SwarmTask {
                 continue;
             }
             let (epoch, since) = state.as_ref().map_or((0, 0), |s| (s.epoch, s.seq));
+            if let Some(state) = state {
+                refresh.sticky.insert(peer, state);
+            }
             refresh.ask(&mut self.swarm, &mut self.requests, peer, epoch, since);
         }
         let short = gathered(refresh) + refresh.asked < want;
@@ -1372,16 +1400,31 @@ impl SwarmTask {
                 refresh.asked_blocks.remove(&block);
             }
             refresh.outcome.failed += 1;
-            refresh.listings.remove(&peer);
+            let first_page = refresh.listings.remove(&peer).is_none();
+            if let Some(state) = refresh.sticky.remove(&peer)
+                && first_page
+                && !state.missed
+            {
+                refresh.excused.push(SourceState {
+                    missed: true,
+                    ..state
+                });
+            }
             self.pump_refresh();
             return;
         };
         refresh.outcome.bytes += listing_len(&listing) as u64;
+        self.stats.listings_read.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .listing_bytes_read
+            .fetch_add(listing_len(&listing) as u64, Ordering::Relaxed);
         let more = listing.more;
+        refresh.sticky.remove(&peer);
         let next = SourceState {
             peer,
             epoch: listing.epoch,
             seq: listing.seq,
+            missed: false,
         };
         match refresh.listings.remove(&peer) {
             // A further page of a source already taken.
@@ -1395,6 +1438,9 @@ impl SwarmTask {
                 } else {
                     if listing.full {
                         refresh.outcome.full_listings += 1;
+                        self.stats
+                            .full_listings_read
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                     // The relays a source proved are candidates too, in random order: each is
                     // taken only in a block of its own, measured on the connection we make.
@@ -1484,6 +1530,17 @@ impl SwarmTask {
         refresh.asked = 0;
         refresh.walks.clear();
         refresh.candidates.clear();
+        // Sticky sources whose first page is still on its way missed this one.
+        let late: Vec<SourceState> = refresh
+            .sticky
+            .drain()
+            .filter(|(peer, state)| !state.missed && !refresh.listings.contains_key(peer))
+            .map(|(_, state)| SourceState {
+                missed: true,
+                ..state
+            })
+            .collect();
+        refresh.excused.extend(late);
         for (_, (listing, state, _)) in refresh.listings.drain() {
             refresh.done.push((listing, state));
         }
@@ -1519,7 +1576,12 @@ impl SwarmTask {
                 }
             }
         }
-        self.sources = refresh.done.iter().map(|(_, s)| s.clone()).collect();
+        self.sources = refresh
+            .done
+            .iter()
+            .map(|(_, s)| s.clone())
+            .chain(refresh.excused.drain(..))
+            .collect();
         let listings: Vec<SourceListing> = refresh.done.into_iter().map(|(l, _)| l).collect();
         if refresh.sync_only {
             debug!(sources = listings.len(), "directory synchronised");

@@ -124,6 +124,114 @@ async fn a_newcomer_whose_heard_lane_overflows_still_learns_every_relay() {
     );
 }
 
+/// specs/04 §7.4: a source that misses one synchronisation (busy, or its answer late) is asked
+/// again for changes only, and the synchronisation it missed asks no other source in its place.
+/// Before, it was dropped at once: the missed synchronisation read another relay's whole store
+/// instead, the next read the old source's whole store again, and on a busy network every
+/// missed answer became a full listing (in the 1,000-relay measurement of §6.1.2, most of
+/// what the relays served once their stores held a few hundred relays).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_misses_a_synchronisation_is_not_read_in_full_again() {
+    use std::sync::atomic::Ordering;
+
+    let wire = Wire::memory();
+    let lie = hostile::Lie {
+        listing: hostile::listing_body(&[]),
+        own: None,
+    };
+    let source = hostile::start_hostile(
+        wire.net(),
+        wire.relay_ip(0),
+        1,
+        ed25519::Keypair::generate(),
+        lie,
+        &[],
+        Vec::new(),
+    )
+    .await;
+    let mut config = wire.config(
+        Role::Relay,
+        wire.relay_ip(1),
+        true,
+        vec![
+            source
+                .addr
+                .clone()
+                .with(libp2p::multiaddr::Protocol::P2p(source.peer)),
+        ],
+    );
+    config.directory.sources_per_refresh = 1;
+    let relay = start_relay_with(config).await;
+    let asked_by_relay = || -> Vec<u64> {
+        source
+            .asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|(asker, _)| *asker == relay.peer_id())
+            .map(|(_, since)| *since)
+            .collect()
+    };
+    until("a first and a second synchronisation", || {
+        asked_by_relay().len() >= 2
+    })
+    .await;
+
+    // A relay it proves: a candidate to take the source's place.
+    let other = start_relay(
+        &wire,
+        wire.relay_ip(2),
+        bootstrap_of(std::slice::from_ref(&relay)),
+    )
+    .await;
+    publish_all(std::slice::from_ref(&other), 3600).await;
+    let store = relay.store();
+    until("the other relay listed", || {
+        store
+            .get(&other.peer_id())
+            .is_some_and(|entry| entry.standing == shallot_directory::Standing::Listed)
+    })
+    .await;
+
+    let full_reads = || {
+        relay
+            .node
+            .stats()
+            .full_listings_read
+            .load(Ordering::Relaxed)
+    };
+    let full_before = full_reads();
+    source.silent.store(true, Ordering::Relaxed);
+    let before_silence = asked_by_relay().len();
+    until("a synchronisation the source misses", || {
+        asked_by_relay().len() > before_silence
+    })
+    .await;
+    source.silent.store(false, Ordering::Relaxed);
+    // Two synchronisations after it, or ten intervals without them.
+    let after_silence = asked_by_relay().len();
+    let began = Instant::now();
+    while asked_by_relay().len() < after_silence + 2 && began.elapsed() < 10 * TEST_SYNC_INTERVAL {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let asked = asked_by_relay();
+    println!("the source was asked since {asked:?}");
+    assert!(
+        asked.len() >= after_silence + 2,
+        "the source was not asked again after it missed a synchronisation: {asked:?}"
+    );
+    assert!(
+        asked[1..].iter().all(|since| *since != 0),
+        "the source was read in full again after it missed a synchronisation: {asked:?}"
+    );
+    assert_eq!(
+        full_reads(),
+        full_before,
+        "another source was read in full in the missed one's place"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_relay_stays_listed_until_expiry_then_leaves_views() {
     const LIFETIME: u64 = 600;
@@ -333,4 +441,16 @@ async fn forged_records_pushed_by_a_dht_node_enter_no_store() {
         refused >= forged.len() as u64,
         "honest servers counted only {refused} refusals"
     );
+}
+
+/// Waits until `done`, at most [`CONVERGE_LIMIT`]; `what` names it when it fails.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let began = Instant::now();
+    while !done() {
+        assert!(
+            began.elapsed() < CONVERGE_LIMIT,
+            "{what}: not within {CONVERGE_LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

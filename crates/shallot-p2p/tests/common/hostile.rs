@@ -10,7 +10,8 @@
 use std::collections::HashSet;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{AsyncRead, AsyncWrite, StreamExt};
@@ -103,6 +104,10 @@ pub struct Lie {
 pub struct HostileNode {
     pub peer: PeerId,
     pub addr: Multiaddr,
+    /// While set, it answers no listing request (it drops them unanswered).
+    pub silent: Arc<AtomicBool>,
+    /// The `since` of every listing request it was sent, in order, with the asker.
+    pub asked: Arc<Mutex<Vec<(PeerId, u64)>>>,
     task: JoinHandle<()>,
 }
 
@@ -219,12 +224,16 @@ pub async fn start_hostile(
         .encode()
         .unwrap(),
     );
+    let silent = Arc::new(AtomicBool::new(false));
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let (silent_in_task, asked_in_task) = (Arc::clone(&silent), Arc::clone(&asked));
     let task = tokio::spawn(async move {
         let mut announced: HashSet<PeerId> = HashSet::new();
         loop {
             match swarm.select_next_some().await {
                 SwarmEvent::Behaviour(HostileBehaviourEvent::Dir(
                     request_response::Event::Message {
+                        peer,
                         message:
                             request_response::Message::Request {
                                 request, channel, ..
@@ -232,6 +241,12 @@ pub async fn start_hostile(
                         ..
                     },
                 )) => {
+                    if let DirRequest::Listing { since, .. } = request {
+                        asked_in_task.lock().unwrap().push((peer, since));
+                        if silent_in_task.load(Ordering::Relaxed) {
+                            continue;
+                        }
+                    }
                     let body = match request {
                         // Its lie to every newcomer; to a follower, "nothing new" (an
                         // adversary shaping views, not burning CPU: what a listing can cost
@@ -254,7 +269,13 @@ pub async fn start_hostile(
             }
         }
     });
-    HostileNode { peer, addr, task }
+    HostileNode {
+        peer,
+        addr,
+        silent,
+        asked,
+        task,
+    }
 }
 
 /// A key whose PeerId shares at least `bits` leading bits with `target` in Kademlia's metric:
