@@ -26,7 +26,7 @@ fn scale_ip(i: usize) -> Ipv4Addr {
 }
 
 /// How long the relays may take to prove each other before the test gives up.
-const RELAYS_CONVERGE_LIMIT: Duration = Duration::from_secs(600);
+const RELAYS_CONVERGE_LIMIT: Duration = Duration::from_secs(900);
 /// How many relays the progress lines sample for their connection count.
 const SAMPLED: usize = 10;
 /// The share of the relays a fresh client's first refresh must put in its view.
@@ -47,8 +47,8 @@ fn resident_bytes() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a check for every change: 1,000 relays proving each other is a \
-            million Noise handshakes, about 20 minutes of 2 cores in a release build; run it \
-            as specs/04 §6.1.2 says"]
+            million dials, about 10 minutes and 4.5 GB in a release build; run it as specs/04 \
+            §6.1.2 says"]
 async fn a_thousand_relays_one_refresh_makes_a_complete_view() {
     let n: usize = std::env::var("SHALLOT_SCALE_RELAYS")
         .ok()
@@ -63,7 +63,7 @@ async fn a_thousand_relays_one_refresh_makes_a_complete_view() {
     publish_all(&relays, 3600).await;
     println!("{n} relays published in {:?}", started.elapsed());
 
-    let mut last_served = (0, 0);
+    let mut last_served = (0, 0, 0);
     let started = Instant::now();
     let target = (n as f64 * COMPLETE).ceil() as usize;
     loop {
@@ -73,21 +73,23 @@ async fn a_thousand_relays_one_refresh_makes_a_complete_view() {
             .collect();
         let lowest = listed.iter().copied().min().unwrap_or(0);
         let mean = listed.iter().sum::<usize>() / n.max(1);
-        let (requests, bytes) = served(&relays);
+        let (requests, bytes, full) = served(&relays);
         let mut connections = 0;
         for r in relays.iter().take(SAMPLED) {
             connections += r.node.connected_peers().await.unwrap_or(0);
         }
         println!(
             "{:>5.1} s: relays' stores list {lowest} (lowest) {mean} (mean) of {n}; {} MB \
-             resident; {} peers connected (mean of {SAMPLED}); {} listings of {} MB served",
+             resident; {} peers connected (mean of {SAMPLED}); {} listings ({} full) of {} MB \
+             served",
             started.elapsed().as_secs_f64(),
             resident_bytes() / 1_000_000,
             connections / SAMPLED.min(n).max(1),
             requests - last_served.0,
+            full - last_served.2,
             (bytes - last_served.1) / 1_000_000,
         );
-        last_served = (requests, bytes);
+        last_served = (requests, bytes, full);
         if lowest >= target {
             break;
         }
@@ -102,22 +104,7 @@ async fn a_thousand_relays_one_refresh_makes_a_complete_view() {
         started.elapsed()
     );
 
-    let sync_interval = wire.sync_interval();
-    let window = 4 * sync_interval;
-    let (requests_before, bytes_before) = served(&relays);
-    tokio::time::sleep(window).await;
-    let (requests_after, bytes_after) = served(&relays);
-    // Scaled from the test's sync interval to the default's, per relay and hour.
-    let scale = 3600.0 / window.as_secs_f64() * sync_interval.as_secs_f64()
-        / shallot_p2p::DEFAULT_SYNC_INTERVAL.as_secs_f64()
-        / n as f64;
-    println!(
-        "steady state, per relay and hour at the default sync interval: {:.0} listing requests \
-         served, {:.0} bytes",
-        (requests_after - requests_before) as f64 * scale,
-        (bytes_after - bytes_before) as f64 * scale,
-    );
-
+    steady_state(&wire, &relays).await;
     fresh_client_refreshes(&wire, &relays, &relays[..3]).await;
 }
 
@@ -238,9 +225,78 @@ async fn ten_thousand_relays_simulated_a_fresh_client_and_a_newcomer() {
     }
     let stats = newcomer.node.stats();
     println!(
-        "the newcomer listed {COMPLETE} of {n} relays after {:?}: {} probes reached",
+        "the newcomer listed {COMPLETE} of {n} relays after {:?}: {} probes reached, {} MB of \
+         listings read",
         began.elapsed(),
         stats.probes_reached.load(Ordering::Relaxed),
+        stats.listing_bytes_read.load(Ordering::Relaxed) / 1_000_000,
+    );
+    newcomer_steady_state(&wire, &newcomer, &shared, &relays).await;
+}
+
+/// What the newcomer, once it proved the network, reads at steady state: every listing a
+/// relay reads is one that another relay serves, so this is also what a relay of this network
+/// serves on average (clients aside). A window in which nothing changes, scaled from the
+/// test's sync interval to the default's, and one round in which every relay of the shared
+/// store publishes a fresh descriptor, as each does once every REPUBLISH_INTERVAL.
+async fn newcomer_steady_state(
+    wire: &Wire,
+    newcomer: &TestRelay,
+    shared: &Directory,
+    relays: &[TestRelay],
+) {
+    let n = relays.len();
+    let sync_interval = wire.sync_interval();
+    let window = 4 * sync_interval;
+    let (pages_before, bytes_before) = read_by(newcomer);
+    tokio::time::sleep(window).await;
+    let (pages_after, bytes_after) = read_by(newcomer);
+    let scale = 3600.0 / window.as_secs_f64() * sync_interval.as_secs_f64()
+        / DEFAULT_SYNC_INTERVAL.as_secs_f64();
+    let quiet_pages = (pages_after - pages_before) as f64 * scale;
+    let quiet_bytes = (bytes_after - bytes_before) as f64 * scale;
+    println!(
+        "the newcomer at steady state, nothing changing, per hour at the default sync interval: \
+         {quiet_pages:.0} listing pages and {quiet_bytes:.0} bytes read"
+    );
+
+    let all: HashSet<PeerId> = relays.iter().map(TestRelay::peer_id).collect();
+    let target = (n as f64 * COMPLETE).ceil() as usize;
+    let since = wire.clock().now();
+    // Signed before the store is locked: ten thousand signatures would stall every relay.
+    let fresh: Vec<_> = relays.iter().map(|r| r.descriptor(3600)).collect();
+    let (pages_before, bytes_before) = read_by(newcomer);
+    let began = Instant::now();
+    shared.update(|store| {
+        for descriptor in fresh {
+            store.offer_verified(descriptor, since);
+        }
+    });
+    let store = newcomer.store();
+    loop {
+        let held = holding_since(&store, &all, since);
+        if held >= target {
+            break;
+        }
+        assert!(
+            began.elapsed() < ROUND_LIMIT,
+            "a republication round reached the newcomer for only {held} of {n} relays within \
+             {ROUND_LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    let (pages_after, bytes_after) = read_by(newcomer);
+    let round_bytes = (bytes_after - bytes_before) as f64;
+    println!(
+        "a republication round reached the newcomer in {:?}: {} listing pages, {round_bytes:.0} \
+         bytes read",
+        began.elapsed(),
+        pages_after - pages_before,
+    );
+    println!(
+        "steady state, per relay and hour at the default intervals (one round an hour): \
+         {quiet_pages:.0} listing pages and {:.0} bytes read, as many served on average",
+        quiet_bytes + round_bytes
     );
 }
 
@@ -296,15 +352,109 @@ async fn until_quiet() -> Duration {
     began.elapsed()
 }
 
-/// Listing requests and bytes the relays served so far.
-fn served(relays: &[TestRelay]) -> (u64, u64) {
-    relays.iter().fold((0, 0), |(n, b), r| {
+/// Listing requests, bytes and full listings the relays served so far.
+fn served(relays: &[TestRelay]) -> (u64, u64, u64) {
+    relays.iter().fold((0, 0, 0), |(n, b, f), r| {
         let s = r.node.stats();
         (
             n + s.listings_served.load(Ordering::Relaxed),
             b + s.listing_bytes_served.load(Ordering::Relaxed),
+            f + s.full_listings_served.load(Ordering::Relaxed),
         )
     })
+}
+
+/// Listing pages and bytes `relay` read so far.
+fn read_by(relay: &TestRelay) -> (u64, u64) {
+    let s = relay.node.stats();
+    (
+        s.listings_read.load(Ordering::Relaxed),
+        s.listing_bytes_read.load(Ordering::Relaxed),
+    )
+}
+
+/// How many of `relays` hold a descriptor published at `since` or later in `store`.
+fn holding_since(store: &Directory, relays: &HashSet<PeerId>, since: u64) -> usize {
+    store.update(|s| {
+        s.entries()
+            .filter(|e| {
+                e.descriptor.descriptor().published_at >= since
+                    && relays.contains(&e.descriptor.peer_id())
+            })
+            .count()
+    })
+}
+
+/// Over how long the steady-state measurement spreads its round of publications. A real
+/// network's spread over REPUBLISH_INTERVAL; a thousand at once would measure the burst (each
+/// publication is a Kademlia put and announcements to 32 relays) rather than the steady state.
+const ROUND_SPREAD: Duration = Duration::from_secs(100);
+/// How long a republication round may take to reach every store.
+const ROUND_LIMIT: Duration = Duration::from_secs(600);
+
+/// What each relay serves at steady state, per hour at the default intervals: a window of
+/// synchronisations in which nothing changes (scaled from the test's sync interval to the
+/// default's), and one round in which every relay publishes a fresh descriptor, as each does
+/// once every REPUBLISH_INTERVAL (so one round is an hour's changes).
+async fn steady_state(wire: &Wire, relays: &[TestRelay]) {
+    let n = relays.len();
+    let sync_interval = wire.sync_interval();
+    let window = 4 * sync_interval;
+    let (requests_before, bytes_before, _) = served(relays);
+    tokio::time::sleep(window).await;
+    let (requests_after, bytes_after, _) = served(relays);
+    // Scaled from the test's sync interval to the default's, per relay and hour.
+    let scale = 3600.0 / window.as_secs_f64() * sync_interval.as_secs_f64()
+        / DEFAULT_SYNC_INTERVAL.as_secs_f64()
+        / n as f64;
+    let quiet_requests = (requests_after - requests_before) as f64 * scale;
+    let quiet_bytes = (bytes_after - bytes_before) as f64 * scale;
+    println!(
+        "steady state, nothing changing, per relay and hour at the default sync interval: \
+         {quiet_requests:.0} listing requests served, {quiet_bytes:.0} bytes"
+    );
+
+    let all: HashSet<PeerId> = relays.iter().map(TestRelay::peer_id).collect();
+    let target = (n as f64 * COMPLETE).ceil() as usize;
+    let since = wire.clock().now();
+    let (requests_before, bytes_before, full_before) = served(relays);
+    let began = Instant::now();
+    futures::future::join_all(relays.iter().enumerate().map(|(i, relay)| async move {
+        tokio::time::sleep(ROUND_SPREAD * u32::try_from(i).unwrap_or(u32::MAX) / n.max(1) as u32)
+            .await;
+        publish_all(std::slice::from_ref(relay), 3600).await;
+    }))
+    .await;
+    loop {
+        let lowest = relays
+            .iter()
+            .map(|r| holding_since(&r.store(), &all, since))
+            .min()
+            .unwrap_or(0);
+        if lowest >= target {
+            break;
+        }
+        assert!(
+            began.elapsed() < ROUND_LIMIT,
+            "a republication round reached only {lowest} of {n} in some store within \
+             {ROUND_LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    let took = began.elapsed();
+    let (requests_after, bytes_after, full_after) = served(relays);
+    let round_bytes = (bytes_after - bytes_before) as f64 / n as f64;
+    println!(
+        "a republication round reached {COMPLETE} of every store in {took:?}: per relay {:.0} \
+         listing requests ({:.1} full) and {round_bytes:.0} bytes served",
+        (requests_after - requests_before) as f64 / n as f64,
+        (full_after - full_before) as f64 / n as f64,
+    );
+    println!(
+        "steady state, per relay and hour at the default intervals (one round an hour): \
+         {quiet_requests:.0} listing requests and {:.0} bytes served",
+        quiet_bytes + round_bytes
+    );
 }
 
 /// A fresh client bootstrapping from `bootstrap` refreshes twice; prints what each refresh
@@ -314,7 +464,7 @@ async fn fresh_client_refreshes(wire: &Wire, relays: &[TestRelay], bootstrap: &[
     let target = (n as f64 * COMPLETE).ceil() as usize;
     let all: HashSet<PeerId> = relays.iter().map(TestRelay::peer_id).collect();
     let client = start_client(wire, bootstrap_of(bootstrap)).await;
-    let (requests_before, bytes_before) = served(relays);
+    let (requests_before, bytes_before, _) = served(relays);
     let mut view = fresh_view();
     let mut verdicts = Verdicts::new();
     let began = Instant::now();
@@ -324,7 +474,7 @@ async fn fresh_client_refreshes(wire: &Wire, relays: &[TestRelay], bootstrap: &[
         .entries()
         .filter(|e| all.contains(&e.descriptor.peer_id()))
         .count();
-    let (requests_after, bytes_after) = served(relays);
+    let (requests_after, bytes_after, _) = served(relays);
     println!(
         "a fresh client's first refresh: {seen} of {n} relays in {took:?}, {} bytes (full), \
          {} listing requests and {} bytes served by the relays; {} walks, {} sources failed, \
