@@ -74,6 +74,7 @@ impl Client {
         config.validate()?;
         set_safe_logging(config.safe_logging);
         let bootstrap = config.bootstrap_addrs()?;
+        let no_bootstrap = bootstrap.is_empty();
         let (progress_tx, progress) = watch::channel(Bootstrap::STARTING);
         let report = move |b: Bootstrap| {
             progress_tx.send_if_modified(|cur| {
@@ -138,6 +139,11 @@ impl Client {
                 Ok(_) => {}
                 Err(err) => warn!(%err, "view cache unreadable: ignored"),
             }
+        }
+        // Tor's "Problem bootstrapping" for a client that could never find a relay: say so at
+        // once, and what to set, instead of asking an empty DHT forever.
+        if no_bootstrap && view.is_empty() {
+            return Err(ClientError::NoBootstrap);
         }
         for entry in view.entries() {
             let peer = entry.descriptor.peer_id();

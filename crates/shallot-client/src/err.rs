@@ -18,6 +18,13 @@ pub enum ClientError {
         /// What is wrong with it.
         reason: String,
     },
+    /// Nothing to start from: no bootstrap peer and no cached view to find relays in.
+    #[error(
+        "no bootstrap peer and no cached view of the network: set `bootstrap` in the client \
+         config to one or more relays' addresses, each ending with /p2p/<PeerId> (the client \
+         config `shallot testnet` writes into its data directory has them)"
+    )]
+    NoBootstrap,
     /// A setting is out of range.
     #[error("bad setting {field}: {reason}")]
     BadSetting {
@@ -59,7 +66,9 @@ pub enum ClientError {
 impl HasKind for ClientError {
     fn kind(&self) -> ErrorKind {
         match self {
-            Self::BadBootstrap { .. } | Self::BadSetting { .. } => ErrorKind::BadConfig,
+            Self::BadBootstrap { .. } | Self::BadSetting { .. } | Self::NoBootstrap => {
+                ErrorKind::BadConfig
+            }
             Self::Bind { .. } | Self::DataDir { .. } | Self::GuardState(_) => {
                 ErrorKind::Environment
             }
