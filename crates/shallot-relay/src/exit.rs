@@ -21,10 +21,14 @@ use tracing::warn;
 use crate::config::RelayConfig;
 use crate::err::RelayError;
 
-/// TTL (seconds) the exit reports for `localhost` and for literal addresses' lookups.
+/// TTL (seconds) the exit reports for `localhost` (a fixed value, not a cache's).
 const LOCAL_TTL: u32 = 60;
-/// The longest TTL the exit reports to a client (Tor caps cached answers similarly).
-const MAX_TTL: u32 = 3600;
+/// The TTL an exit reports for an answer whose TTL is at most this (specs/03 §4.10; Tor's
+/// `MIN_DNS_TTL`).
+pub const MIN_CLIENT_TTL: u32 = 300;
+/// The TTL an exit reports for an answer whose TTL is above [`MIN_CLIENT_TTL`] (Tor's
+/// `MAX_DNS_TTL`).
+pub const MAX_CLIENT_TTL: u32 = 3600;
 /// Resolved addresses an exit tries to connect to, in order, within one connect timeout.
 pub const MAX_CONNECT_ATTEMPTS: usize = 3;
 
@@ -103,7 +107,7 @@ impl Exit {
             .await
             .map_err(|_| EndReason::ResolveFailed)?
             .map_err(|_| EndReason::ResolveFailed)?;
-        let ttl = lookup
+        let remaining = lookup
             .valid_until()
             .saturating_duration_since(Instant::now())
             .as_secs();
@@ -111,7 +115,10 @@ impl Exit {
         if addrs.is_empty() {
             return Err(EndReason::ResolveFailed);
         }
-        Ok((addrs, u32::try_from(ttl).unwrap_or(MAX_TTL).min(MAX_TTL)))
+        Ok((
+            addrs,
+            clip_ttl(u32::try_from(remaining).unwrap_or(u32::MAX)),
+        ))
     }
 
     /// BEGIN: resolve, check the policy on each resolved address, connect to the first allowed
@@ -202,13 +209,24 @@ impl Exit {
                     let name = name.strip_suffix('.').unwrap_or(&name).to_owned();
                     check_hostname(name.as_bytes())
                         .ok()
-                        .map(|()| ResolvedAnswer::Name(name, record.ttl.min(MAX_TTL)))
+                        .map(|()| ResolvedAnswer::Name(name, clip_ttl(record.ttl)))
                 }
                 _ => None,
             })
             .take(MAX_RESOLVED_ANSWERS)
             .collect();
         if names.is_empty() { failed } else { names }
+    }
+}
+
+/// The TTL told to a client for an answer with `ttl` seconds left: one of two fixed values, so
+/// that it does not count down in the shared cache and tell one client what another resolved
+/// and when (specs/03 §4.10; Tor's `clip_dns_ttl`).
+const fn clip_ttl(ttl: u32) -> u32 {
+    if ttl <= MIN_CLIENT_TTL {
+        MIN_CLIENT_TTL
+    } else {
+        MAX_CLIENT_TTL
     }
 }
 
@@ -256,6 +274,10 @@ fn build_resolver(
     opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
     opts.timeout = timeout;
     opts.attempts = 1;
+    // The cache keeps an answer for its real TTL, never longer (no minimum TTL): clients are
+    // told clipped TTLs (clip_ttl), the cache itself must not serve stale answers.
+    opts.positive_min_ttl = None;
+    opts.negative_min_ttl = None;
     builder
         .build()
         .map(Some)
@@ -312,6 +334,88 @@ mod tests {
         (addr, queries)
     }
 
+    /// A DNS server on 127.0.0.1 that answers every A query with 127.0.0.1 and `ttl`, every
+    /// other query with no answer, and counts the queries it got.
+    async fn a_server(ttl: u32) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use hickory_resolver::proto::op::Message;
+        use hickory_resolver::proto::rr::rdata::A;
+        use hickory_resolver::proto::rr::{Record, RecordType};
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let queries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = std::sync::Arc::clone(&queries);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 1500];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Ok(query) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let Some(q) = query.queries.first().cloned() else {
+                    continue;
+                };
+                let mut response = query.into_response();
+                response.metadata.recursion_available = true;
+                if q.query_type == RecordType::A {
+                    let a = RData::A(A(Ipv4Addr::LOCALHOST));
+                    response.add_answer(Record::from_rdata(q.name, ttl, a));
+                }
+                let _ = socket.send_to(&response.to_vec().unwrap(), from).await;
+            }
+        });
+        (addr, queries)
+    }
+
+    #[tokio::test]
+    async fn a_cached_name_reports_the_same_ttl_to_every_client() {
+        // specs/03 §4.10: the remaining TTL of a shared cache entry would tell a client what
+        // another resolved and when; clipped TTLs do not count down.
+        let (upstream, _) = a_server(300).await;
+        let exit = exit_with("accept *:*", false, vec![upstream]);
+        let name = Host::Name("cached.example".into());
+        let first = exit.resolve(&name).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let second = exit.resolve(&name).await;
+        assert_eq!(first, second, "the TTL counted down between two RESOLVEs");
+        assert_eq!(
+            first,
+            vec![ResolvedAnswer::V4(Ipv4Addr::LOCALHOST, MIN_CLIENT_TTL)]
+        );
+    }
+
+    #[tokio::test]
+    async fn connected_reports_the_clipped_ttl() {
+        let (upstream, _) = a_server(1000).await;
+        let exit = exit_with("accept *:*", false, vec![upstream]);
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = server.local_addr().unwrap().port();
+        let (_conn, addr, ttl) = exit
+            .connect(&Host::Name("connect.example".into()), port)
+            .await
+            .unwrap();
+        assert_eq!(addr, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(ttl, MAX_CLIENT_TTL);
+    }
+
+    #[tokio::test]
+    async fn the_exit_cache_keeps_an_answer_no_longer_than_its_ttl() {
+        let (upstream, queries) = a_server(1).await;
+        let exit = exit_with("accept *:*", false, vec![upstream]);
+        let name = Host::Name("short.example".into());
+        let first = exit.resolve(&name).await;
+        assert_eq!(
+            first,
+            vec![ResolvedAnswer::V4(Ipv4Addr::LOCALHOST, MIN_CLIENT_TTL)]
+        );
+        let asked = queries.load(std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(exit.resolve(&name).await, first);
+        assert!(
+            queries.load(std::sync::atomic::Ordering::Relaxed) > asked,
+            "an answer with TTL 1 s was served from the cache after 2.5 s"
+        );
+    }
+
     #[tokio::test]
     async fn reverse_lookups_ask_the_upstream_and_refuse_private_addresses() {
         let (upstream, queries) = ptr_server().await;
@@ -342,6 +446,22 @@ mod tests {
             none.resolve(&public).await,
             vec![ResolvedAnswer::PermanentError(0)]
         );
+    }
+
+    #[test]
+    fn ttls_clip_to_two_values() {
+        for (ttl, told) in [
+            (0, MIN_CLIENT_TTL),
+            (1, MIN_CLIENT_TTL),
+            (299, MIN_CLIENT_TTL),
+            (300, MIN_CLIENT_TTL),
+            (301, MAX_CLIENT_TTL),
+            (3600, MAX_CLIENT_TTL),
+            (86_400, MAX_CLIENT_TTL),
+            (u32::MAX, MAX_CLIENT_TTL),
+        ] {
+            assert_eq!(clip_ttl(ttl), told, "{ttl}");
+        }
     }
 
     #[test]
