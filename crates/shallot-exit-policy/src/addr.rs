@@ -108,11 +108,22 @@ impl IpPrefix {
     }
 
     const fn v6(high16: u16, len: u8) -> Self {
+        Self::v6_bits((high16 as u128) << 112, len)
+    }
+
+    const fn v6_bits(bits: u128, len: u8) -> Self {
         IpPrefix {
             family: AddressFamily::Ipv6,
-            bits: (high16 as u128) << 112,
+            bits,
             len,
         }
+    }
+
+    /// The IPv6 addresses of `self` (an IPv6 prefix) that carry an IPv4 address of `inner`
+    /// right after `self`'s prefix, as 6to4 does.
+    fn embedding(self, inner: IpPrefix) -> Self {
+        let shift = 128 - u32::from(self.len) - 32;
+        Self::v6_bits(self.bits | (inner.bits << shift), self.len + inner.len)
     }
 
     /// The prefix's family.
@@ -238,12 +249,55 @@ pub const PRIVATE_NETS: [IpPrefix; 12] = [
 /// IPv4 multicast, which the reject-private prelude adds to Tor's list. specs/06 §4.2.
 pub const IPV4_MULTICAST: IpPrefix = IpPrefix::v4([224, 0, 0, 0], 4);
 
-/// The addresses that are not "public" (specs/06 §4.3): Tor's private networks and IPv4
-/// multicast.
-pub(crate) fn non_public(family: AddressFamily) -> impl Iterator<Item = IpPrefix> {
+/// The ranges of IANA's IPv4 and IPv6 Special-Purpose Address Registries (RFC 6890) that are not
+/// globally reachable and not already in [`PRIVATE_NETS`] (which holds IPv4-mapped, NAT64
+/// `64:ff9b::/96` and local-use NAT64 `64:ff9b:1::/48` inside `[::]/8`), except the
+/// documentation ranges. specs/06 §4.2.
+pub const SPECIAL_PURPOSE_NETS: [IpPrefix; 9] = [
+    // Shared address space, carrier-grade NAT (RFC 6598).
+    IpPrefix::v4([100, 64, 0, 0], 10),
+    // IETF protocol assignments (RFC 6890).
+    IpPrefix::v4([192, 0, 0, 0], 24),
+    // The deprecated 6to4 relay anycast (RFC 7526).
+    IpPrefix::v4([192, 88, 99, 0], 24),
+    // Benchmarking (RFC 2544).
+    IpPrefix::v4([198, 18, 0, 0], 15),
+    // Reserved, and the limited broadcast 255.255.255.255 (RFC 1112, RFC 919).
+    IpPrefix::v4([240, 0, 0, 0], 4),
+    // Discard-only (RFC 6666).
+    IpPrefix::v6(0x0100, 64),
+    // Teredo (RFC 4380): every Teredo address, whatever client address it carries.
+    IpPrefix::v6(0x2001, 32),
+    // Benchmarking (RFC 5180).
+    IpPrefix::v6_bits(0x2001_0002 << 96, 48),
+    // Segment-routing SIDs (RFC 9602).
+    IpPrefix::v6(0x5f00, 16),
+];
+
+/// 6to4 (RFC 3056): `2002:V4ADDR::/48` routes to the IPv4 address V4ADDR. specs/06 §4.2.
+pub const SIX_TO_FOUR: IpPrefix = IpPrefix::v6(0x2002, 16);
+
+/// The non-public prefixes that hold addresses directly: specs/06 §4.1 and §4.2.
+fn listed_non_public() -> impl Iterator<Item = IpPrefix> {
     PRIVATE_NETS
         .into_iter()
         .chain(std::iter::once(IPV4_MULTICAST))
+        .chain(SPECIAL_PURPOSE_NETS)
+}
+
+/// The 6to4 addresses of non-public IPv4 addresses, one prefix per non-public IPv4 prefix
+/// (specs/06 §4.2): `10.0.0.0/8` gives `[2002:a00::]/24`.
+pub(crate) fn six_to_four_of_non_public() -> impl Iterator<Item = IpPrefix> {
+    listed_non_public()
+        .filter(|p| p.family() == AddressFamily::Ipv4)
+        .map(|p| SIX_TO_FOUR.embedding(p))
+}
+
+/// The addresses that are not "public" (specs/06 §4.3): Tor's private networks, IPv4
+/// multicast, the special-purpose ranges and the 6to4 addresses of all of those.
+pub(crate) fn non_public(family: AddressFamily) -> impl Iterator<Item = IpPrefix> {
+    listed_non_public()
+        .chain(six_to_four_of_non_public())
         .filter(move |p| p.family() == family)
 }
 
@@ -311,6 +365,40 @@ mod tests {
                 "[ff00::]/8",
                 "[::]/127",
             ]
+        );
+    }
+
+    #[test]
+    fn special_purpose_nets_display_as_iana_lists_them() {
+        let shown: Vec<String> = SPECIAL_PURPOSE_NETS
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "100.64.0.0/10",
+                "192.0.0.0/24",
+                "192.88.99.0/24",
+                "198.18.0.0/15",
+                "240.0.0.0/4",
+                "[100::]/64",
+                "[2001::]/32",
+                "[2001:2::]/48",
+                "[5f00::]/16",
+            ]
+        );
+        // Every non-public IPv4 prefix has its 6to4 image.
+        let images: Vec<String> = six_to_four_of_non_public().map(|p| p.to_string()).collect();
+        assert_eq!(images.len(), 12);
+        assert!(images.contains(&"[2002:a00::]/24".to_owned()), "{images:?}");
+        assert!(
+            images.contains(&"[2002:c0a8::]/32".to_owned()),
+            "{images:?}"
+        );
+        assert!(
+            images.contains(&"[2002:f000::]/20".to_owned()),
+            "{images:?}"
         );
     }
 
@@ -390,7 +478,7 @@ mod tests {
     }
 
     #[test]
-    fn public_means_outside_private_and_multicast() {
+    fn public_means_outside_private_multicast_and_special_purpose() {
         assert!(is_public(ip("1.1.1.1")));
         assert!(is_public(ip("2001:db8::1")));
         for private in [
@@ -399,6 +487,8 @@ mod tests {
             "0.0.0.0",
             "224.0.0.1",
             "239.255.255.255",
+            "100.64.0.1",
+            "240.0.0.1",
         ] {
             assert!(!is_public(ip(private)), "{private}");
         }
@@ -409,6 +499,9 @@ mod tests {
             "fe80::1",
             "fd00::1",
             "ff02::1",
+            "64:ff9b::a00:1",
+            "2002:a00:1::1",
+            "2001::1",
         ] {
             assert!(!is_public(ip(private)), "{private}");
         }

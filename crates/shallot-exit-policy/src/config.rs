@@ -10,8 +10,9 @@ pub const DEFAULT_REJECT_PRIVATE: bool = true;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExitPolicyConfig {
-    /// Refuse private, loopback, link-local, multicast and unspecified destinations and the
-    /// relay's own addresses before the file's rules (the reject-private prelude, specs/06 §6).
+    /// Refuse private, loopback, link-local, multicast, unspecified and other special-purpose
+    /// destinations (IANA's registries, 6to4 of private) and the relay's own addresses before
+    /// the file's rules (the reject-private prelude, specs/06 §6).
     /// Turn off only for a test network on loopback or a LAN.
     #[serde(default = "default_reject_private")]
     pub reject_private: bool,

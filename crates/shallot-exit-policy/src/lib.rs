@@ -10,7 +10,10 @@ mod summary;
 #[cfg(test)]
 mod testutil;
 
-pub use addr::{AddressFamily, IPV4_MULTICAST, IpPrefix, PRIVATE_NETS, is_public};
+pub use addr::{
+    AddressFamily, IPV4_MULTICAST, IpPrefix, PRIVATE_NETS, SIX_TO_FOUR, SPECIAL_PURPOSE_NETS,
+    is_public,
+};
 pub use config::{DEFAULT_REJECT_PRIVATE, ExitPolicyConfig};
 pub use err::{Location, ParseWarning, PolicyError, QuotedLine, SummaryError};
 pub use parse::MAX_RULES;

@@ -4,7 +4,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::addr::{
-    AddressFamily, IPV4_MULTICAST, IpPrefix, PRIVATE_NETS, non_public, uncovered_address,
+    AddressFamily, IPV4_MULTICAST, IpPrefix, PRIVATE_NETS, SPECIAL_PURPOSE_NETS, non_public,
+    six_to_four_of_non_public, uncovered_address,
 };
 use crate::config::ExitPolicyConfig;
 use crate::err::{ParseWarning, PolicyError};
@@ -93,6 +94,14 @@ impl RelayExitPolicy {
                 .collect();
             all.push(prelude(IPV4_MULTICAST, PreludeKind::Multicast));
             all.extend(
+                SPECIAL_PURPOSE_NETS
+                    .iter()
+                    .map(|&p| prelude(p, PreludeKind::SpecialPurpose)),
+            );
+            all.extend(
+                six_to_four_of_non_public().map(|p| prelude(p, PreludeKind::EmbedsNonPublic)),
+            );
+            all.extend(
                 own_addresses
                     .iter()
                     .map(|&a| prelude(IpPrefix::host(a), PreludeKind::OwnAddress)),
@@ -148,6 +157,8 @@ impl fmt::Display for Reason<'_> {
                 let what = match p.kind {
                     PreludeKind::Private => "is private",
                     PreludeKind::Multicast => "is multicast",
+                    PreludeKind::SpecialPurpose => "is special-purpose",
+                    PreludeKind::EmbedsNonPublic => "embeds a non-public IPv4 address",
                     PreludeKind::OwnAddress => "is this relay's own address",
                 };
                 if p.kind == PreludeKind::OwnAddress {
@@ -1032,6 +1043,86 @@ mod tests {
         );
     }
 
+    /// One address of every range of IANA's special-purpose registries that the prelude
+    /// refuses (specs/06 §4.2), and the prefix that refuses it.
+    const SPECIAL_PURPOSE_CASES: &[(&str, &str)] = &[
+        ("100.64.0.1", "100.64.0.0/10"),
+        ("100.127.255.254", "100.64.0.0/10"),
+        ("192.0.0.8", "192.0.0.0/24"),
+        ("192.88.99.1", "192.88.99.0/24"),
+        ("198.18.0.1", "198.18.0.0/15"),
+        ("198.19.255.255", "198.18.0.0/15"),
+        ("240.0.0.1", "240.0.0.0/4"),
+        ("255.255.255.255", "240.0.0.0/4"),
+        ("100::1", "[100::]/64"),
+        ("2001::1", "[2001::]/32"),
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "[2001::]/32"),
+        ("2001:2::1", "[2001:2::]/48"),
+        ("5f00::1", "[5f00::]/16"),
+        // IPv4-mapped and NAT64 (RFC 6052, RFC 8215) addresses lie inside Tor's [::]/8.
+        ("::ffff:10.0.0.1", "[::]/8"),
+        ("64:ff9b::a00:1", "[::]/8"),
+        ("64:ff9b::6440:1", "[::]/8"),
+        ("64:ff9b:1::1", "[::]/8"),
+        ("fd12:3456::1", "[fc00::]/7"),
+        ("fe80::1", "[fe80::]/10"),
+        ("169.254.169.254", "169.254.0.0/16"),
+        ("224.0.0.251", "224.0.0.0/4"),
+        ("ff05::1:3", "[ff00::]/8"),
+        // 6to4 (RFC 3056) addresses whose embedded IPv4 address is not public.
+        ("2002:a00:1::1", "[2002:a00::]/24"),
+        ("2002:7f00:1::1", "[2002:7f00::]/24"),
+        ("2002:ac10:1::1", "[2002:ac10::]/28"),
+        ("2002:a9fe:a9fe::1", "[2002:a9fe::]/32"),
+        ("2002:6440:1::1", "[2002:6440::]/26"),
+        ("2002:c612:1::1", "[2002:c612::]/31"),
+        ("2002:e000:1::1", "[2002:e000::]/20"),
+        ("2002:ffff:ffff::1", "[2002:f000::]/20"),
+        ("2002::1", "[2002::]/24"),
+    ];
+
+    #[test]
+    fn prelude_refuses_the_special_purpose_registries() {
+        let r = relay("accept *:*", true, &[]);
+        for &(addr, net) in SPECIAL_PURPOSE_CASES {
+            let v = r.evaluate(ip(addr), 80);
+            assert_eq!(v.decision, Decision::Reject, "{addr} was accepted");
+            match v.reason {
+                Reason::Prelude(p) => assert_eq!(p.prefix.to_string(), net, "{addr}"),
+                other => panic!("{addr}: {other:?}"),
+            }
+            assert!(!crate::addr::is_public(ip(addr)), "{addr} counts as public");
+        }
+        // The neighbours, and NAT64 and 6to4 addresses of public IPv4 addresses, are public.
+        for addr in [
+            "100.63.255.255",
+            "100.128.0.0",
+            "192.0.1.0",
+            "198.17.255.255",
+            "198.20.0.0",
+            "223.255.255.255",
+            "2002:101:101::1",
+            "2001:1::1",
+            "2001:4860::8888",
+            "2a00:1450::1",
+        ] {
+            assert_eq!(
+                r.evaluate(ip(addr), 80).decision,
+                Decision::Accept,
+                "{addr}"
+            );
+        }
+        // Tests on loopback and LANs turn the prelude off, and then the file decides.
+        let open = relay("accept *:*", false, &[]);
+        for &(addr, _) in SPECIAL_PURPOSE_CASES {
+            assert_eq!(
+                open.evaluate(ip(addr), 80).decision,
+                Decision::Accept,
+                "{addr}"
+            );
+        }
+    }
+
     #[test]
     fn prelude_comes_before_the_files_rules() {
         // tor(1) ExitPolicy: private addresses are rejected "at the beginning of your exit policy".
@@ -1084,14 +1175,16 @@ mod tests {
         assert!(p.allows_port_somewhere(25));
         // IPv6 only.
         let p = policy("reject *4:*\naccept *6:22");
-        // [::]/8 is private, so the first public IPv6 address is 100::.
-        assert_eq!(p.rules.public_witness(22), Some(ip("100::")));
+        // [::]/8 is private and [100::]/64 discard-only, so the first public IPv6 address is
+        // 100:0:0:1::.
+        assert_eq!(p.rules.public_witness(22), Some(ip("100:0:0:1::")));
         // An accept shadowed by earlier rules for every public address.
         let p = policy("reject 0.0.0.0/1:80\nreject 128.0.0.0/1:80\naccept *4:80\nreject *:*");
         assert!(!p.allows_port_somewhere(80));
         // ... but not if a sliver is left.
         let p = policy("reject 0.0.0.0/1:80\nreject 128.0.0.0/2:80\naccept *4:80\nreject *:*");
-        assert_eq!(p.rules.public_witness(80), Some(ip("192.0.0.0")));
+        // 192.0.0.0/24 is special-purpose.
+        assert_eq!(p.rules.public_witness(80), Some(ip("192.0.1.0")));
         // The relay prelude counts: only the relay's own address is accepted by the file.
         let r = relay("accept 203.0.113.5:80\nreject *:*", true, &["203.0.113.5"]);
         assert!(!r.allows_port_somewhere(80));

@@ -86,6 +86,10 @@ pub enum PreludeKind {
     Private,
     /// IPv4 multicast, 224.0.0.0/4 (specs/06 §4.2).
     Multicast,
+    /// A range of IANA's special-purpose registries (specs/06 §4.2).
+    SpecialPurpose,
+    /// A 6to4 address that carries a non-public IPv4 address (specs/06 §4.2).
+    EmbedsNonPublic,
     /// One of the relay's own addresses.
     OwnAddress,
 }

@@ -121,6 +121,19 @@ mod tests {
     }
 
     #[test]
+    fn reject_private_refuses_shared_address_space_and_6to4_of_private() {
+        let got = lines(REDUCED, &["100.64.0.1:80", "[2002:a00:1::1]:80"], false);
+        assert_eq!(
+            got,
+            [
+                "100.64.0.1:80 reject (reject-private default: 100.64.0.0/10 is special-purpose)",
+                "[2002:a00:1::1]:80 reject (reject-private default: [2002:a00::]/24 embeds a \
+                 non-public IPv4 address)",
+            ]
+        );
+    }
+
+    #[test]
     fn allow_private_mirrors_reject_private_false() {
         let got = lines(REDUCED, &["10.0.0.1:443", "[::1]:443"], true);
         assert!(
