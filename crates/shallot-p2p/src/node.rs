@@ -9,6 +9,7 @@
 //! the sources of the last refresh asked only for what changed since.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
@@ -200,6 +201,21 @@ impl Directory {
     /// Descriptors listed (proven by this relay).
     pub fn listed_len(&self) -> usize {
         self.read().listed_len()
+    }
+
+    /// Whether a relay in the store listens at `addr`: the IP address and port (TCP or UDP) of
+    /// a descriptor address this relay proved, its own included. An exit refuses streams there
+    /// (specs/06 §6.1). Unproven addresses do not count: anyone can sign any address, and an
+    /// exit must not let a descriptor decide which of others' servers it refuses.
+    pub fn lists_listen_address(&self, addr: SocketAddr) -> bool {
+        self.read().entries().any(|e| {
+            e.descriptor
+                .descriptor()
+                .addrs
+                .iter()
+                .enumerate()
+                .any(|(i, a)| e.proven.contains(i) && listen_socket(a) == Some(addr))
+        })
     }
 
     /// Offers `signed` (verified already) as heard, and answers whether the store then holds
@@ -504,6 +520,20 @@ impl Node {
         let (reply, answer) = oneshot::channel();
         self.send(Command::ConnectedPeers { reply }).await?;
         answer.await.map_err(|_| P2pError::Stopped)
+    }
+}
+
+/// The IP address and port of `/ip4|ip6/A/tcp|udp/P/…`, whatever follows.
+fn listen_socket(addr: &Multiaddr) -> Option<SocketAddr> {
+    let mut parts = addr.iter();
+    let ip = match parts.next()? {
+        Protocol::Ip4(a) => std::net::IpAddr::V4(a),
+        Protocol::Ip6(a) => std::net::IpAddr::V6(a),
+        _ => return None,
+    };
+    match parts.next()? {
+        Protocol::Tcp(port) | Protocol::Udp(port) => Some(SocketAddr::new(ip, port)),
+        _ => None,
     }
 }
 
@@ -1852,6 +1882,18 @@ mod tests {
             let a: Multiaddr = addr.parse().expect("addr");
             assert!(dialable(&a, &strict), "{addr}");
         }
+    }
+
+    #[test]
+    fn listen_sockets_are_ip_and_port_of_tcp_and_udp_addresses() {
+        let sock = |s: &str| listen_socket(&s.parse::<Multiaddr>().expect("addr"));
+        let v4: SocketAddr = "127.0.1.1:9000".parse().expect("socket");
+        let v6: SocketAddr = "[2001:db8::1]:443".parse().expect("socket");
+        assert_eq!(sock("/ip4/127.0.1.1/tcp/9000"), Some(v4));
+        assert_eq!(sock("/ip4/127.0.1.1/udp/9000/quic-v1"), Some(v4));
+        assert_eq!(sock("/ip6/2001:db8::1/tcp/443/ws"), Some(v6));
+        assert_eq!(sock("/dns4/example.com/tcp/443"), None);
+        assert_eq!(sock("/ip4/127.0.1.1"), None);
     }
 
     #[test]

@@ -559,8 +559,10 @@ impl CircuitTask {
         let generation = self.generation;
         let events = self.events_tx.clone();
         let safe = self.ctx.safe_logging;
+        let ctx = Arc::clone(&self.ctx);
         let task = tokio::spawn(async move {
-            let ev = match exit.connect(&host, port).await {
+            let is_relay = |addr: std::net::SocketAddr| ctx.is_relay_address(addr);
+            let ev = match exit.connect(&host, port, &is_relay).await {
                 Ok((conn, addr, ttl)) => ExitEvent::Connected {
                     stream,
                     generation,

@@ -121,13 +121,15 @@ impl Exit {
         ))
     }
 
-    /// BEGIN: resolve, check the policy on each resolved address, connect to the first allowed
-    /// one (trying up to [`MAX_CONNECT_ATTEMPTS`] within the connect timeout). Returns the
+    /// BEGIN: resolve, check the policy on each resolved address and refuse the addresses
+    /// where `is_relay` says a relay listens (specs/06 §6.1), connect to the first allowed one
+    /// (trying up to [`MAX_CONNECT_ATTEMPTS`] within the connect timeout). Returns the
     /// connection, the address and the TTL for CONNECTED.
     pub(crate) async fn connect(
         &self,
         host: &Host,
         port: u16,
+        is_relay: &(dyn Fn(SocketAddr) -> bool + Send + Sync),
     ) -> Result<(TcpStream, IpAddr, u32), EndReason> {
         let (addrs, ttl) = self.lookup(host).await?;
         let allowed: Vec<IpAddr> = addrs
@@ -135,6 +137,7 @@ impl Exit {
             // specs/06 §5.1: evaluate (and connect to) the IPv4 address of an IPv4-mapped one.
             .map(|a| a.to_canonical())
             .filter(|a| self.policy.evaluate(*a, port).decision == Decision::Accept)
+            .filter(|a| !is_relay(SocketAddr::new(*a, port)))
             .collect();
         if allowed.is_empty() {
             return Err(EndReason::ExitPolicy);
@@ -291,6 +294,10 @@ mod tests {
 
     use super::*;
 
+    fn no_relays(_: SocketAddr) -> bool {
+        false
+    }
+
     fn exit_with(policy: &str, reject_private: bool, upstreams: Vec<SocketAddr>) -> Exit {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(policy.as_bytes()).unwrap();
@@ -390,7 +397,7 @@ mod tests {
         let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = server.local_addr().unwrap().port();
         let (_conn, addr, ttl) = exit
-            .connect(&Host::Name("connect.example".into()), port)
+            .connect(&Host::Name("connect.example".into()), port, &no_relays)
             .await
             .unwrap();
         assert_eq!(addr, IpAddr::V4(Ipv4Addr::LOCALHOST));
@@ -476,7 +483,7 @@ mod tests {
     async fn names_fail_cleanly_without_upstreams_and_localhost_resolves() {
         let exit = exit_with("accept *:*", false, Vec::new());
         let e = exit
-            .connect(&Host::Name("example.com".into()), 80)
+            .connect(&Host::Name("example.com".into()), 80, &no_relays)
             .await
             .unwrap_err();
         assert_eq!(e, EndReason::ResolveFailed);
@@ -497,22 +504,50 @@ mod tests {
         // With the prelude on, localhost resolves to loopback addresses, which are refused.
         let exit = exit_with("accept *:*", true, Vec::new());
         let e = exit
-            .connect(&Host::Name("localhost".into()), 80)
+            .connect(&Host::Name("localhost".into()), 80, &no_relays)
             .await
             .unwrap_err();
         assert_eq!(e, EndReason::ExitPolicy);
         // Port 0 is always refused.
         let exit = exit_with("accept *:*", false, Vec::new());
         let e = exit
-            .connect(&Host::V4(Ipv4Addr::LOCALHOST), 0)
+            .connect(&Host::V4(Ipv4Addr::LOCALHOST), 0, &no_relays)
             .await
             .unwrap_err();
         assert_eq!(e, EndReason::ExitPolicy);
         // An IPv4-mapped IPv6 address is judged as its IPv4 address.
         let exit = exit_with("reject 127.0.0.1:*\naccept *:*", false, Vec::new());
         let mapped = Ipv4Addr::LOCALHOST.to_ipv6_mapped();
-        let e = exit.connect(&Host::V6(mapped), 9).await.unwrap_err();
+        let e = exit
+            .connect(&Host::V6(mapped), 9, &no_relays)
+            .await
+            .unwrap_err();
         assert_eq!(e, EndReason::ExitPolicy);
+    }
+
+    #[tokio::test]
+    async fn a_relays_listen_address_is_refused_after_resolution() {
+        let exit = exit_with("accept *:*", false, Vec::new());
+        let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = relay.local_addr().unwrap();
+        // A relay listening at this port on both loopback addresses.
+        let is_relay = move |a: SocketAddr| a.port() == at.port() && a.ip().is_loopback();
+        // By address and by a name that resolves to it: refused, although the policy accepts.
+        for host in [
+            Host::V4(Ipv4Addr::LOCALHOST),
+            Host::Name("localhost".into()),
+        ] {
+            let e = exit.connect(&host, at.port(), &is_relay).await.unwrap_err();
+            assert_eq!(e, EndReason::ExitPolicy, "{host:?}");
+        }
+        // Another port of the same address is not a relay.
+        let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = other.local_addr().unwrap().port();
+        let (_conn, addr, _) = exit
+            .connect(&Host::V4(Ipv4Addr::LOCALHOST), port, &is_relay)
+            .await
+            .unwrap();
+        assert_eq!(addr, IpAddr::V4(Ipv4Addr::LOCALHOST));
     }
 
     #[tokio::test]
@@ -521,7 +556,7 @@ mod tests {
         let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let exit = exit_with("accept *:*", false, vec![silent.local_addr().unwrap()]);
         let e = exit
-            .connect(&Host::Name("example.com".into()), 80)
+            .connect(&Host::Name("example.com".into()), 80, &no_relays)
             .await
             .unwrap_err();
         assert_eq!(e, EndReason::ResolveFailed);

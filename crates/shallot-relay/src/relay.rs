@@ -1,7 +1,7 @@
 //! The running relay: the libp2p node, the accept loop (limits, then `RelayCircuit::accept`),
 //! one task per circuit, and descriptor publication with onion-key rotation.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -117,6 +117,26 @@ pub(crate) struct Context {
     pub(crate) handshake_timeout: Duration,
     pub(crate) extend_timeout: Duration,
     pub(crate) safe_logging: bool,
+    /// Where this relay listens and what it announces, as IP and port (TCP or UDP).
+    pub(crate) own_sockets: Vec<SocketAddr>,
+    /// This relay's own IP addresses (announced and listened on, unspecified left out).
+    pub(crate) own_ips: Vec<IpAddr>,
+}
+
+impl Context {
+    /// Whether a relay listens at `addr`: this relay (at a listen or announced address; one
+    /// listening on an unspecified address at that port on loopback or any of its own
+    /// addresses) or a relay in its directory store. specs/06 §6.1.
+    pub(crate) fn is_relay_address(&self, addr: SocketAddr) -> bool {
+        let local = addr.ip().is_loopback() || self.own_ips.contains(&addr.ip());
+        let own = self.own_sockets.iter().any(|s| {
+            s.port() == addr.port() && (s.ip() == addr.ip() || (s.ip().is_unspecified() && local))
+        });
+        own || self
+            .node
+            .directory()
+            .is_some_and(|d| d.lists_listen_address(addr))
+    }
 }
 
 /// The relay. See [`Relay::start`].
@@ -185,6 +205,12 @@ impl Relay {
             .accept(CIRCUIT_PROTOCOL)
             .map_err(|_| RelayError::AlreadyAccepting)?;
         let peer_id = node.peer_id();
+        let own_sockets = node
+            .listen_addrs()
+            .iter()
+            .chain(&announce)
+            .filter_map(socket_of)
+            .collect();
         let ctx = Arc::new(Context {
             local_peer_bytes: peer_id.to_bytes(),
             node,
@@ -195,6 +221,8 @@ impl Relay {
             handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
             extend_timeout: Duration::from_secs(config.extend_timeout_secs),
             safe_logging: config.safe_logging,
+            own_sockets,
+            own_ips,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let accept = tokio::spawn(accept_loop(Arc::clone(&ctx), incoming, shutdown_rx));
@@ -343,6 +371,16 @@ fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
         Protocol::Ip6(a) => Some(IpAddr::V6(a)),
         _ => None,
     })
+}
+
+/// The IP address and port of `/ip4|ip6/A/tcp|udp/P/…`.
+fn socket_of(addr: &Multiaddr) -> Option<SocketAddr> {
+    let ip = ip_of(addr)?;
+    let port = addr.iter().find_map(|p| match p {
+        Protocol::Tcp(port) | Protocol::Udp(port) => Some(port),
+        _ => None,
+    })?;
+    Some(SocketAddr::new(ip, port))
 }
 
 fn is_unspecified(addr: &Multiaddr) -> bool {

@@ -26,15 +26,25 @@ async fn three_relays(
     shallot_p2p::Node,
     tempfile::TempDir,
 ) {
+    three_relays_with_policy(&format!(
+        "# test exit policy\nreject 127.0.0.1:{denied_port}\naccept 127.0.0.1:*\nreject *:*\n"
+    ))
+    .await
+}
+
+/// Guard, middle, exit as in [`three_relays`], the exit with the policy file `text` and the
+/// reject-private prelude off.
+async fn three_relays_with_policy(
+    text: &str,
+) -> (
+    common::Relays,
+    Vec<SignedDescriptor>,
+    shallot_p2p::Node,
+    tempfile::TempDir,
+) {
     let policy_dir = tempfile::tempdir().unwrap();
     let policy = policy_dir.path().join("test.policy");
-    std::fs::write(
-        &policy,
-        format!(
-            "# test exit policy\nreject 127.0.0.1:{denied_port}\naccept 127.0.0.1:*\nreject *:*\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(&policy, text).unwrap();
     let relays = start_relays(3, |i, c| {
         if i == 2 {
             c.exit_policy_file = Some(policy.clone());
@@ -199,6 +209,68 @@ async fn exit_answers_each_failure_with_its_end_reason() {
     let got = step("read", read_n(&mut s, 100_001)).await;
     assert!(got == pattern(100_000, 7));
     assert!(circuit.destroyed().is_none());
+}
+
+/// The TCP socket address of a relay's first listen address.
+fn listen_socket(r: &shallot_relay::RelayHandle) -> std::net::SocketAddr {
+    use libp2p::multiaddr::Protocol;
+    let addr = &r.listen_addrs()[0];
+    let ip = addr.iter().find_map(|p| match p {
+        Protocol::Ip4(a) => Some(std::net::IpAddr::V4(a)),
+        _ => None,
+    });
+    let port = addr.iter().find_map(|p| match p {
+        Protocol::Tcp(port) => Some(port),
+        _ => None,
+    });
+    std::net::SocketAddr::new(ip.unwrap(), port.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exit_refuses_streams_to_the_relays_it_knows() {
+    // specs/06 §6: no circuit inside a circuit. The policy accepts everything and the
+    // reject-private prelude is off, so only the relay-address rule refuses.
+    let (relays, descriptors, client, _policy) = three_relays_with_policy("accept *:*\n").await;
+    let circuit = build(&client, &descriptors).await;
+    for (who, relay) in [
+        ("the guard", &relays.handles[0]),
+        ("the exit", &relays.handles[2]),
+    ] {
+        let at = listen_socket(relay);
+        let r = step(
+            "BEGIN to a relay's listen address",
+            circuit.connect(Host::V4(ip4(at.ip())), at.port()),
+        )
+        .await
+        .err();
+        assert_eq!(
+            r,
+            Some(StreamFailure::End(EndReason::ExitPolicy)),
+            "a stream to {who}'s listen address {at}"
+        );
+    }
+    // Another port of a relay's address is not a relay.
+    let guard_ip = listen_socket(&relays.handles[0]).ip();
+    let other = tokio::net::TcpListener::bind((guard_ip, 0)).await.unwrap();
+    let port = other.local_addr().unwrap().port();
+    let accept = tokio::spawn(async move { other.accept().await.map(|_| ()) });
+    step(
+        "BEGIN to another port of the guard's address",
+        circuit.connect(Host::V4(ip4(guard_ip)), port),
+    )
+    .await
+    .expect("CONNECTED");
+    step("the server sees the connection", accept)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+fn ip4(ip: std::net::IpAddr) -> Ipv4Addr {
+    match ip {
+        std::net::IpAddr::V4(a) => a,
+        std::net::IpAddr::V6(a) => panic!("{a} is not IPv4"),
+    }
 }
 
 fn now_secs() -> u64 {
