@@ -128,6 +128,12 @@ impl OnionKeyRing {
         self.previous = Some(old);
     }
 
+    /// Drops (and zeroizes) the previous key: once no valid descriptor names it as current,
+    /// nobody may use it, and holding it only helps whoever later steals it. specs/02 §2.2.
+    pub fn forget_previous(&mut self) {
+        self.previous = None;
+    }
+
     /// The public half of the current key.
     #[must_use]
     pub fn current_public(&self) -> OnionPublicKey {
@@ -157,6 +163,19 @@ impl OnionKeyRing {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forgotten_previous_key_is_no_longer_found() {
+        let first = OnionSecretKey::generate();
+        let first_id = first.public_key().id();
+        let mut ring = OnionKeyRing::new(first);
+        ring.rotate(OnionSecretKey::generate());
+        assert!(ring.find(&first_id).is_some());
+        ring.forget_previous();
+        assert!(ring.find(&first_id).is_none());
+        assert!(ring.previous_public().is_none());
+        assert!(ring.find(&ring.current_public().id()).is_some());
+    }
 
     #[test]
     fn debug_never_prints_the_secret() {

@@ -7,7 +7,9 @@ use std::str::FromStr;
 
 use libp2p::multiaddr::Protocol;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use shallot_directory::{DESCRIPTOR_LIFETIME_SECS, MAX_ADDRS, MAX_DESCRIPTOR_LIFETIME_SECS};
+use shallot_directory::{
+    DESCRIPTOR_LIFETIME_SECS, MAX_ADDRS, MAX_CLOCK_SKEW_SECS, MAX_DESCRIPTOR_LIFETIME_SECS,
+};
 use shallot_p2p::{Multiaddr, PeerId};
 
 use crate::err::RelayError;
@@ -313,12 +315,17 @@ impl RelayConfig {
                 "`descriptor_lifetime_secs` must be within {MIN_DESCRIPTOR_LIFETIME_SECS}..={MAX_DESCRIPTOR_LIFETIME_SECS} (specs/04 §4)"
             ));
         }
-        // specs/04 §4: the previous onion key is kept until every descriptor that named it as
-        // current has expired; with one previous key that needs rotation >= lifetime.
-        if self.onion_key_rotation_secs < self.descriptor_lifetime_secs {
-            return bad(
-                "`onion_key_rotation_secs` must be at least `descriptor_lifetime_secs`".into(),
-            );
+        // specs/02 §2.2: the previous onion key is kept until every descriptor that named it
+        // as current has expired (lifetime plus clock skew); with one previous key the next
+        // rotation must not come sooner.
+        let min_rotation = self
+            .descriptor_lifetime_secs
+            .saturating_add(MAX_CLOCK_SKEW_SECS);
+        if self.onion_key_rotation_secs < min_rotation {
+            return bad(format!(
+                "`onion_key_rotation_secs` must be at least `descriptor_lifetime_secs` + \
+                 {MAX_CLOCK_SKEW_SECS} s of clock skew ({min_rotation})"
+            ));
         }
         Ok(())
     }

@@ -8,10 +8,11 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use libp2p::identity::Keypair;
 use shallot_crypto::{OnionKeyRing, OnionSecretKey};
+use shallot_directory::{MAX_CLOCK_SKEW_SECS, MAX_DESCRIPTOR_LIFETIME_SECS};
 use shallot_p2p::PeerId;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
@@ -37,18 +38,31 @@ pub(crate) struct RelayKeys {
     pub(crate) onion: OnionKeyRing,
     /// When the current onion key was made (the file's modification time).
     pub(crate) onion_created: SystemTime,
+    /// When the previous onion key is to be dropped ([`previous_key_expiry`]), if there is one.
+    pub(crate) previous_until: Option<SystemTime>,
+}
+
+/// When a previous onion key must go: the last descriptor naming it as current was published
+/// just before the rotation at `rotated_at`, and readers whose clocks run up to
+/// `MAX_CLOCK_SKEW` behind accept it until `lifetime` plus that skew later (specs/02 §2.2,
+/// specs/04 §4).
+pub(crate) fn previous_key_expiry(rotated_at: SystemTime, lifetime: Duration) -> SystemTime {
+    rotated_at + lifetime + Duration::from_secs(MAX_CLOCK_SKEW_SECS)
 }
 
 /// Creates the relay's keys in `dir` if they are missing (the identity key and a current onion
 /// key) and returns the relay's PeerId. Existing keys are loaded and checked, never replaced.
 /// `shallot keygen --dir DIR` calls this.
 pub fn keygen(dir: &Path) -> Result<PeerId, RelayError> {
-    let keys = load_or_create(dir)?;
+    // keygen does not know the relay's lifetime: only a previous key that even the longest
+    // lifetime a reader accepts has outlived is dropped here.
+    let keys = load_or_create(dir, Duration::from_secs(MAX_DESCRIPTOR_LIFETIME_SECS))?;
     Ok(keys.identity.public().to_peer_id())
 }
 
-/// Loads the keys from `dir`, creating the directory (0700) and any missing key.
-pub(crate) fn load_or_create(dir: &Path) -> Result<RelayKeys, RelayError> {
+/// Loads the keys from `dir`, creating the directory (0700) and any missing key. A previous
+/// onion key whose descriptors (of `lifetime`) have all expired is deleted, not loaded.
+pub(crate) fn load_or_create(dir: &Path, lifetime: Duration) -> Result<RelayKeys, RelayError> {
     create_dir(dir)?;
     let id_path = dir.join(IDENTITY_KEY_FILE);
     let identity =
@@ -96,19 +110,50 @@ pub(crate) fn load_or_create(dir: &Path) -> Result<RelayKeys, RelayError> {
             path: onion_path.clone(),
             source,
         })?;
-    let onion = match read_onion(&dir.join(PREVIOUS_ONION_KEY_FILE))? {
+    let previous_path = dir.join(PREVIOUS_ONION_KEY_FILE);
+    let expiry = previous_key_expiry(onion_created, lifetime);
+    let previous = match read_onion(&previous_path)? {
+        Some(_) if expiry <= SystemTime::now() => {
+            remove_secret(&previous_path)?;
+            info!("deleted the previous onion key: every descriptor naming it has expired");
+            None
+        }
+        other => other,
+    };
+    let (onion, previous_until) = match previous {
         Some(previous) => {
             let mut ring = OnionKeyRing::new(previous);
             ring.rotate(current);
-            ring
+            (ring, Some(expiry))
         }
-        None => OnionKeyRing::new(current),
+        None => (OnionKeyRing::new(current), None),
     };
     Ok(RelayKeys {
         identity,
         onion,
         onion_created,
+        previous_until,
     })
+}
+
+/// Drops the previous onion key from `ring` and deletes its file (specs/02 §2.2). The key
+/// leaves memory even if the file cannot be deleted (the error says so; the next start deletes
+/// it).
+pub(crate) fn drop_previous_onion(dir: &Path, ring: &mut OnionKeyRing) -> Result<(), RelayError> {
+    ring.forget_previous();
+    remove_secret(&dir.join(PREVIOUS_ONION_KEY_FILE))
+}
+
+/// Deletes a key file; one that is already gone is fine.
+fn remove_secret(path: &Path) -> Result<(), RelayError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(RelayError::KeyIo {
+            path: path.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// Rotates the onion keys on disk and in `ring`: the current key becomes the previous one and a
@@ -223,6 +268,9 @@ fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), RelayError> {
 mod tests {
     use super::*;
 
+    /// The descriptor lifetime of these tests (the default, 3 h).
+    const LIFETIME: Duration = Duration::from_secs(3 * 3600);
+
     #[test]
     fn keygen_creates_0600_files_and_is_stable() {
         let dir = tempfile::tempdir().unwrap();
@@ -251,17 +299,67 @@ mod tests {
     #[test]
     fn rotation_keeps_the_previous_key_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
-        let mut keys = load_or_create(dir.path()).unwrap();
+        let mut keys = load_or_create(dir.path(), LIFETIME).unwrap();
         let first = keys.onion.current_public();
         assert!(keys.onion.previous_public().is_none());
         rotate_onion(dir.path(), &mut keys.onion).unwrap();
         let second = keys.onion.current_public();
         assert_ne!(first, second);
         assert_eq!(keys.onion.previous_public(), Some(first));
-        let again = load_or_create(dir.path()).unwrap();
+        let again = load_or_create(dir.path(), LIFETIME).unwrap();
         assert_eq!(again.onion.current_public(), second);
         assert_eq!(again.onion.previous_public(), Some(first));
         assert!(again.onion.find(&first.id()).is_some());
+    }
+
+    /// Sets the current onion key's file time, which is when it became current.
+    fn rotated_ago(dir: &Path, ago: Duration) {
+        let f = fs::File::options()
+            .write(true)
+            .open(dir.join(ONION_KEY_FILE))
+            .unwrap();
+        f.set_modified(SystemTime::now() - ago).unwrap();
+    }
+
+    #[test]
+    fn the_previous_key_goes_once_every_descriptor_naming_it_has_expired() {
+        // specs/02 §2.2: a descriptor published just before the rotation names the old key as
+        // current until lifetime + MAX_CLOCK_SKEW later; after that nobody may use it.
+        let lifetime = LIFETIME;
+        let skew = Duration::from_secs(shallot_directory::MAX_CLOCK_SKEW_SECS);
+        let dir = tempfile::tempdir().unwrap();
+        let mut keys = load_or_create(dir.path(), LIFETIME).unwrap();
+        let first = keys.onion.current_public();
+        rotate_onion(dir.path(), &mut keys.onion).unwrap();
+
+        // Still within lifetime + skew of the rotation: the previous key stays.
+        rotated_ago(dir.path(), lifetime + skew - Duration::from_secs(60));
+        let held = load_or_create(dir.path(), LIFETIME).unwrap();
+        assert_eq!(held.onion.previous_public(), Some(first));
+        let due = held.previous_until.unwrap();
+        let expected = SystemTime::now() + Duration::from_secs(60);
+        let off = due
+            .duration_since(expected)
+            .unwrap_or_else(|e| e.duration());
+        assert!(
+            off < Duration::from_secs(5),
+            "due {off:?} away from the expected time"
+        );
+
+        rotated_ago(dir.path(), lifetime + skew + Duration::from_secs(1));
+        let again = load_or_create(dir.path(), LIFETIME).unwrap();
+        assert!(
+            again.onion.previous_public().is_none() && again.onion.find(&first.id()).is_none(),
+            "the previous onion key is still held lifetime + skew after the rotation"
+        );
+        assert!(!dir.path().join(PREVIOUS_ONION_KEY_FILE).exists());
+        assert!(again.previous_until.is_none());
+        assert_eq!(again.onion.current_public(), keys.onion.current_public());
+
+        // A running relay drops it from memory and disk the same way.
+        drop_previous_onion(dir.path(), &mut keys.onion).unwrap();
+        assert!(keys.onion.find(&first.id()).is_none());
+        drop_previous_onion(dir.path(), &mut keys.onion).unwrap();
     }
 
     #[test]

@@ -158,7 +158,8 @@ impl Relay {
                  set `announce` to the addresses to publish in the descriptor"
             )));
         }
-        let keys = keys::load_or_create(&config.data_dir)?;
+        let lifetime = Duration::from_secs(config.descriptor_lifetime_secs);
+        let keys = keys::load_or_create(&config.data_dir, lifetime)?;
         let ed = keys
             .identity
             .clone()
@@ -236,6 +237,7 @@ impl Relay {
             rotation,
             data_dir: config.data_dir.clone(),
             next_rotation: keys.onion_created + rotation,
+            previous_until: keys.previous_until,
             policy_summary,
         };
         let publisher = tokio::spawn(publish_loop(Arc::clone(&ctx), publisher, kick_rx));
@@ -535,6 +537,8 @@ struct Publisher {
     rotation: Duration,
     data_dir: PathBuf,
     next_rotation: SystemTime,
+    /// When the previous onion key goes (specs/02 §2.2), while there is one.
+    previous_until: Option<SystemTime>,
     policy_summary: Vec<u8>,
 }
 
@@ -570,6 +574,10 @@ impl Publisher {
         match keys::rotate_onion(&self.data_dir, &mut keys) {
             Ok(created) => {
                 self.next_rotation = created + self.rotation;
+                self.previous_until = Some(keys::previous_key_expiry(
+                    created,
+                    Duration::from_secs(self.lifetime),
+                ));
                 ctx.stats.onion_key_rotations.inc();
                 info!("rotated the onion key");
             }
@@ -579,11 +587,32 @@ impl Publisher {
             }
         }
     }
+
+    /// Drops the previous onion key once every descriptor naming it has expired.
+    fn drop_previous(&mut self, ctx: &Context) {
+        self.previous_until = None;
+        let mut keys = ctx.keys.write().unwrap_or_else(PoisonError::into_inner);
+        match keys::drop_previous_onion(&self.data_dir, &mut keys) {
+            Ok(()) => info!("dropped the previous onion key"),
+            Err(e) => {
+                warn!(error = %e, "dropped the previous onion key but cannot delete its file")
+            }
+        }
+    }
+}
+
+/// Sleeps for `d`, or forever without one.
+async fn sleep_or_never(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Publishes at start, again after each of [`EARLY_REPUBLISH`] while the routing table fills,
-/// then every [`REPUBLISH_INTERVAL_SECS`] (or half the lifetime if shorter), on request and
-/// after each rotation; retries failures with a growing delay (specs/04 §4).
+/// then every [`REPUBLISH_INTERVAL_SECS`] (or half the lifetime if shorter), on request, after
+/// each rotation and once the previous onion key is dropped; retries failures with a growing
+/// delay (specs/04 §4).
 async fn publish_loop(ctx: Arc<Context>, mut p: Publisher, mut kick: mpsc::Receiver<()>) {
     let steady = Duration::from_secs(REPUBLISH_INTERVAL_SECS.min(p.lifetime / 2));
     let mut early = EARLY_REPUBLISH.iter();
@@ -608,14 +637,17 @@ async fn publish_loop(ctx: Arc<Context>, mut p: Publisher, mut kick: mpsc::Recei
                 wait
             }
         };
-        let until_rotation = p
-            .next_rotation
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
+        let until = |t: SystemTime| {
+            t.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        };
+        let until_rotation = until(p.next_rotation);
+        let until_previous_goes = p.previous_until.map(until);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             Some(()) = kick.recv() => {}
             () = tokio::time::sleep(until_rotation) => p.rotate(&ctx),
+            () = sleep_or_never(until_previous_goes) => p.drop_previous(&ctx),
         }
     }
 }
