@@ -311,42 +311,14 @@ mod tests {
         Exit::new(&config, f.path(), &[]).unwrap()
     }
 
-    /// A DNS server on 127.0.0.1 that answers every query with one PTR record for
-    /// `ptr.example.` (TTL 300), and counts the queries it got.
-    async fn ptr_server() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    /// A DNS server on 127.0.0.1 that answers each query with the record `answer` makes for it
+    /// (none: an empty answer), and counts the queries it got.
+    async fn dns_server(
+        answer: impl Fn(&hickory_resolver::proto::op::Query) -> Option<RData> + Send + 'static,
+        ttl: u32,
+    ) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
         use hickory_resolver::proto::op::Message;
         use hickory_resolver::proto::rr::Record;
-        use hickory_resolver::proto::rr::rdata::PTR;
-        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = socket.local_addr().unwrap();
-        let queries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let seen = std::sync::Arc::clone(&queries);
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 1500];
-            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
-                seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Ok(query) = Message::from_vec(&buf[..n]) else {
-                    continue;
-                };
-                let Some(name) = query.queries.first().map(|q| q.name.clone()) else {
-                    continue;
-                };
-                let mut response = query.into_response();
-                response.metadata.recursion_available = true;
-                let target = Name::from_ascii("ptr.example.").unwrap();
-                response.add_answer(Record::from_rdata(name, 300, RData::PTR(PTR(target))));
-                let _ = socket.send_to(&response.to_vec().unwrap(), from).await;
-            }
-        });
-        (addr, queries)
-    }
-
-    /// A DNS server on 127.0.0.1 that answers every A query with 127.0.0.1 and `ttl`, every
-    /// other query with no answer, and counts the queries it got.
-    async fn a_server(ttl: u32) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-        use hickory_resolver::proto::op::Message;
-        use hickory_resolver::proto::rr::rdata::A;
-        use hickory_resolver::proto::rr::{Record, RecordType};
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let queries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -363,14 +335,32 @@ mod tests {
                 };
                 let mut response = query.into_response();
                 response.metadata.recursion_available = true;
-                if q.query_type == RecordType::A {
-                    let a = RData::A(A(Ipv4Addr::LOCALHOST));
-                    response.add_answer(Record::from_rdata(q.name, ttl, a));
+                if let Some(rdata) = answer(&q) {
+                    response.add_answer(Record::from_rdata(q.name, ttl, rdata));
                 }
                 let _ = socket.send_to(&response.to_vec().unwrap(), from).await;
             }
         });
         (addr, queries)
+    }
+
+    /// A DNS server that answers every query with one PTR record for `ptr.example.` (TTL 300).
+    async fn ptr_server() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use hickory_resolver::proto::rr::rdata::PTR;
+        let target = Name::from_ascii("ptr.example.").unwrap();
+        dns_server(move |_| Some(RData::PTR(PTR(target.clone()))), 300).await
+    }
+
+    /// A DNS server that answers every A query with 127.0.0.1 and `ttl`, every other query
+    /// with no answer.
+    async fn a_server(ttl: u32) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use hickory_resolver::proto::rr::RecordType;
+        use hickory_resolver::proto::rr::rdata::A;
+        dns_server(
+            |q| (q.query_type == RecordType::A).then(|| RData::A(A(Ipv4Addr::LOCALHOST))),
+            ttl,
+        )
+        .await
     }
 
     #[tokio::test]
