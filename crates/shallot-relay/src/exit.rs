@@ -357,7 +357,7 @@ mod tests {
         use hickory_resolver::proto::rr::RecordType;
         use hickory_resolver::proto::rr::rdata::A;
         dns_server(
-            |q| (q.query_type == RecordType::A).then(|| RData::A(A(Ipv4Addr::LOCALHOST))),
+            |q| (q.query_type == RecordType::A).then_some(RData::A(A(Ipv4Addr::LOCALHOST))),
             ttl,
         )
         .await
