@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shallot_directory::{NetworkView, Verdicts, ViewConfig, gather, load_cache, write_cache};
-use shallot_p2p::{Node, NodeConfig, Role, identity::Keypair};
+use shallot_p2p::{BootstrapDial, Node, NodeConfig, Role, identity::Keypair};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -54,7 +54,7 @@ impl Bootstrap {
     const BUILDING: Self = Self::at(75, "building a first circuit");
     const DONE: Self = Self::at(100, "done");
 
-    const fn at(percent: u8, summary: &'static str) -> Self {
+    pub(crate) const fn at(percent: u8, summary: &'static str) -> Self {
         Self { percent, summary }
     }
 }
@@ -173,7 +173,12 @@ impl Client {
         )));
         if let Some(listener) = metrics_listener {
             let circuits = Arc::clone(&manager);
-            let status: metrics::StatusSource = Arc::new(move || circuits.circuits());
+            let (node, progress) = (Arc::clone(&node), progress.clone());
+            let status: metrics::StatusSource = Arc::new(move || metrics::Status {
+                bootstrap: *progress.borrow(),
+                bootstrap_peers: node.bootstrap_status(),
+                circuits: circuits.circuits(),
+            });
             tasks.push(tokio::spawn(metrics::serve(
                 listener,
                 metrics.clone(),
@@ -191,6 +196,11 @@ impl Client {
             },
         )));
         tasks.push(tokio::spawn(maintain(Arc::clone(&manager))));
+        tasks.push(tokio::spawn(watch_bootstrap(
+            Arc::clone(&node),
+            progress.clone(),
+            metrics.clone(),
+        )));
         tasks.push(tokio::spawn({
             let mut built = manager.first_built();
             let report = Arc::clone(&report);
@@ -397,6 +407,67 @@ async fn refresh_view(
 fn jittered(wait: Duration) -> Duration {
     let tenth = wait / 10;
     wait - tenth + tenth.mul_f64(rand::random::<f64>() * 2.0)
+}
+
+/// How long a client may stay short of relays before it says which bootstrap peers failed and
+/// why (Tor waits a little before "Problem bootstrapping" too: the first dials take a moment).
+pub const BOOTSTRAP_WARN_AFTER: Duration = Duration::from_secs(15);
+/// How often it says so again while it is still stuck.
+pub const BOOTSTRAP_WARN_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the bootstrap peers' states are looked at while bootstrapping (they change
+/// without a change of progress).
+const BOOTSTRAP_POLL: Duration = Duration::from_secs(1);
+
+/// Until a circuit is built: keeps the bootstrap metrics current and, while the client is
+/// still short of relays after [`BOOTSTRAP_WARN_AFTER`], warns once per bootstrap peer that
+/// did not answer, naming it and why (Tor's "Problem bootstrapping. Stuck at 10% ...
+/// (Connection refused)"), again every [`BOOTSTRAP_WARN_INTERVAL`].
+async fn watch_bootstrap(
+    node: Arc<Node>,
+    mut progress: watch::Receiver<Bootstrap>,
+    metrics: Metrics,
+) {
+    let mut next_warning = tokio::time::Instant::now() + BOOTSTRAP_WARN_AFTER;
+    loop {
+        let now = *progress.borrow_and_update();
+        let peers = node.bootstrap_status();
+        let failing = peers
+            .iter()
+            .filter(|p| matches!(p.state, BootstrapDial::Failed(_)))
+            .count();
+        metrics.bootstrap_percent.set(i64::from(now.percent));
+        metrics
+            .bootstrap_peers_failing
+            .set(i64::try_from(failing).unwrap_or(i64::MAX));
+        if now.percent >= Bootstrap::DONE.percent {
+            return;
+        }
+        if now.percent < Bootstrap::FOUND.percent && tokio::time::Instant::now() >= next_warning {
+            next_warning += BOOTSTRAP_WARN_INTERVAL;
+            let mut named = 0;
+            for peer in peers.iter().filter(|p| p.state != BootstrapDial::Connected) {
+                named += 1;
+                warn!(
+                    "problem bootstrapping: stuck at {}% ({}); bootstrap peer {} {}",
+                    now.percent, now.summary, peer.addr, peer.state
+                );
+            }
+            if named == 0 {
+                warn!(
+                    "problem bootstrapping: stuck at {}% ({}); the bootstrap peers answer but \
+                     listed no usable relay",
+                    now.percent, now.summary
+                );
+            }
+        }
+        if tokio::time::timeout(BOOTSTRAP_POLL, progress.changed())
+            .await
+            .is_ok_and(|changed| changed.is_err())
+        {
+            // The client is stopping.
+            return;
+        }
+    }
 }
 
 /// Builds ahead and closes used-up circuits, every few seconds or when woken.

@@ -16,7 +16,9 @@ mod stream;
 mod timeout;
 
 pub use circuit::{BuildFailure, CircuitHandle};
-pub use client::{Bootstrap, CircuitSummary, Client, ClientHandle};
+pub use client::{
+    BOOTSTRAP_WARN_AFTER, BOOTSTRAP_WARN_INTERVAL, Bootstrap, CircuitSummary, Client, ClientHandle,
+};
 pub use config::{
     ClientConfig, DEFAULT_BUILD_TIMEOUT_INITIAL_SECS, DEFAULT_BUILD_TIMEOUT_MAX_SECS,
     DEFAULT_BUILD_TIMEOUT_MIN_SECS, DEFAULT_CIRCUIT_REUSE_SECS, DEFAULT_MAX_CIRCUITS,

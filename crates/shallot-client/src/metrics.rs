@@ -20,6 +20,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::debug;
 
+#[cfg(test)]
+use shallot_p2p::BootstrapDial;
+use shallot_p2p::BootstrapPeerStatus;
+
+use crate::client::Bootstrap;
 use crate::pool::CircuitSummary;
 
 /// The path metrics are served at.
@@ -49,6 +54,10 @@ type Labels = [(&'static str, &'static str); 1];
 pub(crate) struct Metrics {
     /// `shallot_relays_known`: relays in the view.
     pub(crate) relays_known: Gauge,
+    /// `shallot_bootstrap_percent`: how far bootstrapping got (Tor's "Bootstrapped N%").
+    pub(crate) bootstrap_percent: Gauge,
+    /// `shallot_bootstrap_peers_failing`: configured bootstrap peers whose latest dial failed.
+    pub(crate) bootstrap_peers_failing: Gauge,
     /// `shallot_circuits_open`: built circuits not yet closed.
     pub(crate) circuits_open: Gauge,
     /// `shallot_circuit_build_seconds`.
@@ -67,6 +76,8 @@ impl Metrics {
     pub(crate) fn new() -> Self {
         let mut registry = Registry::default();
         let relays_known = Gauge::default();
+        let bootstrap_percent = Gauge::default();
+        let bootstrap_peers_failing = Gauge::default();
         let circuits_open = Gauge::default();
         let build_seconds = Histogram::new(BUILD_TIME_BUCKETS);
         let streams_open = Gauge::default();
@@ -76,6 +87,16 @@ impl Metrics {
             "shallot_relays_known",
             "Relays in the client's verified view",
             relays_known.clone(),
+        );
+        registry.register(
+            "shallot_bootstrap_percent",
+            "How far bootstrapping got, 0 to 100 (100: a circuit was built)",
+            bootstrap_percent.clone(),
+        );
+        registry.register(
+            "shallot_bootstrap_peers_failing",
+            "Configured bootstrap peers whose latest dial failed",
+            bootstrap_peers_failing.clone(),
         );
         registry.register(
             "shallot_circuits_open",
@@ -106,6 +127,8 @@ impl Metrics {
         let bytes_down = bytes.get_or_create(&[("direction", "down")]).clone();
         Self {
             relays_known,
+            bootstrap_percent,
+            bootstrap_peers_failing,
             circuits_open,
             build_seconds,
             streams_open,
@@ -135,8 +158,18 @@ pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Where `GET /status` gets the circuits it lists.
-pub(crate) type StatusSource = Arc<dyn Fn() -> Vec<CircuitSummary> + Send + Sync>;
+/// What `GET /status` shows.
+pub(crate) struct Status {
+    /// How far bootstrapping got.
+    pub(crate) bootstrap: Bootstrap,
+    /// The configured bootstrap peers and their latest dials.
+    pub(crate) bootstrap_peers: Vec<BootstrapPeerStatus>,
+    /// The circuits whose path is known.
+    pub(crate) circuits: Vec<CircuitSummary>,
+}
+
+/// Where `GET /status` gets what it shows.
+pub(crate) type StatusSource = Arc<dyn Fn() -> Status + Send + Sync>;
 
 /// Serves `GET /metrics` and `GET /status` on `listener` until the task is dropped.
 pub(crate) async fn serve(listener: TcpListener, metrics: Metrics, status: StatusSource) {
@@ -208,10 +241,29 @@ async fn answer(
     conn.shutdown().await
 }
 
-/// The circuits as JSON: `{"circuits": [{"id", "hops" (guard first), "built", "streams",
-/// "age_secs"}]}`. PeerIds are base58 and ids numbers, so nothing needs escaping.
-fn render_status(circuits: &[CircuitSummary]) -> String {
-    let entries: Vec<String> = circuits
+/// The status as JSON: `{"bootstrap": {"percent", "summary", "peers": [{"addr", "state"}]},
+/// "circuits": [{"id", "hops" (guard first), "built", "streams", "age_secs"}]}`. PeerIds are
+/// base58 and ids numbers; the strings that could hold anything are escaped.
+fn render_status(status: &Status) -> String {
+    let peers: Vec<String> = status
+        .bootstrap_peers
+        .iter()
+        .map(|p| {
+            format!(
+                "{{\"addr\": {}, \"state\": {}}}",
+                json_string(&p.addr.to_string()),
+                json_string(&p.state.to_string())
+            )
+        })
+        .collect();
+    let bootstrap = format!(
+        "{{\"percent\": {}, \"summary\": {}, \"peers\": [{}]}}",
+        status.bootstrap.percent,
+        json_string(status.bootstrap.summary),
+        peers.join(", ")
+    );
+    let entries: Vec<String> = status
+        .circuits
         .iter()
         .map(|c| {
             let hops: Vec<String> = c.path.iter().map(|p| format!("\"{p}\"")).collect();
@@ -225,12 +277,36 @@ fn render_status(circuits: &[CircuitSummary]) -> String {
             )
         })
         .collect();
-    format!("{{\"circuits\": [{}]}}\n", entries.join(", "))
+    format!(
+        "{{\"bootstrap\": {bootstrap}, \"circuits\": [{}]}}\n",
+        entries.join(", ")
+    )
+}
+
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
 
     #[test]
     fn every_required_metric_is_exported() {
@@ -261,15 +337,24 @@ mod tests {
         let m = Metrics::new();
         m.relays_known.set(7);
         let peer = shallot_p2p::PeerId::random();
-        let status: StatusSource = Arc::new(move || {
-            vec![CircuitSummary {
+        let bootstrap_addr: shallot_p2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/1/p2p/{peer}")
+            .parse()
+            .expect("addr");
+        let status: StatusSource = Arc::new(move || Status {
+            bootstrap: Bootstrap::at(10, "asking the DHT for relays"),
+            bootstrap_peers: vec![BootstrapPeerStatus {
+                addr: bootstrap_addr.clone(),
+                peer,
+                state: BootstrapDial::Failed(shallot_p2p::DialFailure::Refused),
+            }],
+            circuits: vec![CircuitSummary {
                 id: 3,
                 path: vec![peer, peer, peer],
                 built: true,
                 claimed: true,
                 streams: 2,
                 age: Duration::from_secs(5),
-            }]
+            }],
         });
         let task = tokio::spawn(serve(listener, m, status));
         let get = |path: &'static str| async move {
@@ -288,8 +373,10 @@ mod tests {
         assert!(status.starts_with("HTTP/1.1 200"), "{status}");
         assert!(
             status.ends_with(&format!(
-                "{{\"circuits\": [{{\"id\": 3, \"hops\": [\"{peer}\", \"{peer}\", \"{peer}\"], \
-                 \"built\": true, \"streams\": 2, \"age_secs\": 5}}]}}\n"
+                "{{\"bootstrap\": {{\"percent\": 10, \"summary\": \"asking the DHT for relays\", \
+                 \"peers\": [{{\"addr\": \"/ip4/127.0.0.1/tcp/1/p2p/{peer}\", \"state\": \
+                 \"connection refused\"}}]}}, \"circuits\": [{{\"id\": 3, \"hops\": [\"{peer}\", \
+                 \"{peer}\", \"{peer}\"], \"built\": true, \"streams\": 2, \"age_secs\": 5}}]}}\n"
             )),
             "{status}"
         );

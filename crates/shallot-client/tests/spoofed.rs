@@ -7,12 +7,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashSet;
-use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::LogBuf;
 use shallot_client::{Client, ClientConfig, ClientHandle};
 use shallot_p2p::PeerId;
 use shallot_relay::{Relay, RelayConfig, RelayHandle};
@@ -22,36 +23,6 @@ use tokio::net::TcpListener;
 const LIMIT: Duration = Duration::from_secs(90);
 /// Isolated streams, each on a circuit of its own.
 const STREAMS: usize = 12;
-
-/// Everything logged, for the test to read.
-#[derive(Clone, Default)]
-struct LogBuf(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for LogBuf {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl LogBuf {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(
-            &self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
-        .into_owned()
-    }
-}
 
 fn exit_policy(dir: &std::path::Path) -> std::path::PathBuf {
     let policy = dir.join("exit-policy");

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod behaviour;
+mod bootstrap;
 mod config;
 mod dircodec;
 mod err;
@@ -11,6 +12,7 @@ pub use behaviour::{
     AGENT_VERSION, CIRCUIT_PROTOCOL, CONNECT_TIMEOUT, DIR_REQUEST_TIMEOUT, IDENTIFY_PROTOCOL,
     KAD_PROTOCOL, MAX_DIR_STREAMS, MAX_KAD_PACKET, MAX_STORED_RECORDS,
 };
+pub use bootstrap::{BootstrapDial, BootstrapPeerStatus, DialFailure};
 pub use config::{
     ConnectionLimits, DEFAULT_KAD_BOOTSTRAP_INTERVAL, DEFAULT_MAX_WALKS, DEFAULT_PROBE_INTERVAL,
     DEFAULT_SOURCES_PER_REFRESH, DEFAULT_SYNC_INTERVAL, DirConfig, NodeConfig, Role,

@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, trace, warn};
 
 use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, build_swarm};
+use crate::bootstrap::{BootstrapDial, BootstrapPeerStatus, BootstrapTable, classify};
 use crate::config::{DirConfig, NodeConfig, Role};
 use crate::err::P2pError;
 
@@ -272,6 +273,7 @@ pub struct Node {
     clock: WallClock,
     dir_config: DirConfig,
     directory: Option<Directory>,
+    bootstrap: BootstrapTable,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -311,16 +313,22 @@ impl Node {
         }
         let listen_addrs = wait_for_listeners(&mut swarm, listeners).await?;
         let mut bootstrap_peers = Vec::new();
+        let mut bootstrap_addrs = Vec::new();
         for addr in &config.bootstrap {
             let peer =
                 peer_of(addr).ok_or_else(|| P2pError::BootstrapWithoutPeerId(addr.clone()))?;
+            bootstrap_peers.push(peer);
+            bootstrap_addrs.push((addr.clone(), peer));
+        }
+        let bootstrap_table = BootstrapTable::new(bootstrap_addrs);
+        for (addr, peer) in config.bootstrap.iter().zip(&bootstrap_peers) {
             let mut dial_addr = addr.clone();
             dial_addr.pop();
-            swarm.behaviour_mut().kad.add_address(&peer, dial_addr);
+            swarm.behaviour_mut().kad.add_address(peer, dial_addr);
             if let Err(err) = swarm.dial(addr.clone()) {
                 warn!(%addr, %err, "cannot dial bootstrap peer");
+                bootstrap_table.set(peer, BootstrapDial::Failed(classify(&err)));
             }
-            bootstrap_peers.push(peer);
         }
         if !config.bootstrap.is_empty() {
             let _ = swarm.behaviour_mut().kad.bootstrap();
@@ -342,6 +350,7 @@ impl Node {
                 dir_config: config.directory.clone(),
                 local: peer_id,
                 bootstrap: bootstrap_peers,
+                bootstrap_table: bootstrap_table.clone(),
                 publishes: HashMap::new(),
                 directory: directory.clone(),
                 own: None,
@@ -368,6 +377,7 @@ impl Node {
             clock: config.clock,
             dir_config: config.directory,
             directory,
+            bootstrap: bootstrap_table,
             task,
         })
     }
@@ -413,6 +423,11 @@ impl Node {
     /// A relay's directory store (`None` for a client).
     pub fn directory(&self) -> Option<&Directory> {
         self.directory.as_ref()
+    }
+
+    /// The configured bootstrap peers and how their latest dials went.
+    pub fn bootstrap_status(&self) -> Vec<BootstrapPeerStatus> {
+        self.bootstrap.snapshot()
     }
 
     async fn send(&self, command: Command) -> Result<(), P2pError> {
@@ -714,6 +729,7 @@ struct SwarmTask {
     dir_config: DirConfig,
     local: PeerId,
     bootstrap: Vec<PeerId>,
+    bootstrap_table: BootstrapTable,
     publishes: HashMap<QueryId, PendingPublish>,
     /// A relay's store.
     directory: Option<Directory>,
@@ -931,6 +947,9 @@ impl SwarmTask {
                     self.verified(target, reached);
                     dial_only = true;
                 }
+                if self.bootstrap.contains(&peer_id) {
+                    self.bootstrap_table.set(&peer_id, BootstrapDial::Connected);
+                }
                 if dial_only && self.swarm.close_connection(connection_id) {
                     return;
                 }
@@ -967,6 +986,13 @@ impl SwarmTask {
                 }
                 if let Some(target) = self.verify_dials.remove(&connection_id) {
                     self.verified(target, false);
+                }
+                if let Some(peer) = peer_id
+                    && self.bootstrap.contains(&peer)
+                {
+                    debug!(%peer, %error, "dial to a bootstrap peer failed");
+                    self.bootstrap_table
+                        .set(&peer, BootstrapDial::Failed(classify(&error)));
                 }
                 debug!(?peer_id, %error, "outgoing connection failed");
             }
