@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::LogBuf;
+use common::capture_logs;
 use shallot_client::{BOOTSTRAP_WARN_AFTER, Client, ClientConfig, ClientError};
 use shallot_p2p::PeerId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -67,13 +67,7 @@ const WARNING_WITHIN: Duration = Duration::from_secs(30);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bootstrap_peer_that_refuses_is_named_with_the_reason() {
     assert!(BOOTSTRAP_WARN_AFTER < WARNING_WITHIN);
-    let logs = LogBuf::default();
-    let writer = logs.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("warn")
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
+    let logs = capture_logs("warn");
 
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::LogBuf;
+use common::capture_logs;
 use shallot_client::{Client, ClientConfig, ClientHandle};
 use shallot_p2p::PeerId;
 use shallot_relay::{Relay, RelayConfig, RelayHandle};
@@ -105,13 +105,7 @@ async fn fetch(proxy: SocketAddr, port: u16, user: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_that_sign_addresses_they_do_not_listen_on_carry_no_hop() {
-    let logs = LogBuf::default();
-    let writer = logs.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("info")
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
+    let logs = capture_logs("info");
 
     let mut dirs = Vec::new();
     let mut honest: Vec<RelayHandle> = Vec::new();

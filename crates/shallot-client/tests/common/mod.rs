@@ -34,3 +34,16 @@ impl LogBuf {
         .into_owned()
     }
 }
+
+/// Installs a global subscriber that logs at `filter` into a buffer the test reads (once per
+/// test binary).
+pub fn capture_logs(filter: &str) -> LogBuf {
+    let logs = LogBuf::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
+    logs
+}
