@@ -1,7 +1,7 @@
 //! Relay descriptors: the byte-exact encoding, signing and verification of specs/04 §3–§4.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use libp2p_identity::{PeerId, ed25519};
 use multiaddr::{Multiaddr, Protocol};
@@ -439,6 +439,21 @@ pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
     })
 }
 
+/// The IP address and port of `/ip4|ip6/A/tcp|udp/P/…`, whatever follows: where a node
+/// listening at `addr` can be reached.
+pub fn socket_of(addr: &Multiaddr) -> Option<SocketAddr> {
+    let mut parts = addr.iter();
+    let ip = match parts.next()? {
+        Protocol::Ip4(a) => IpAddr::V4(a),
+        Protocol::Ip6(a) => IpAddr::V6(a),
+        _ => return None,
+    };
+    match parts.next()? {
+        Protocol::Tcp(port) | Protocol::Udp(port) => Some(SocketAddr::new(ip, port)),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -480,6 +495,18 @@ pub(crate) mod tests {
             verified.peer_id(),
             libp2p_identity::PublicKey::from(keypair.public()).to_peer_id()
         );
+    }
+
+    #[test]
+    fn sockets_are_ip_and_port_of_tcp_and_udp_addresses() {
+        let sock = |s: &str| socket_of(&s.parse::<Multiaddr>().expect("addr"));
+        let v4: SocketAddr = "127.0.1.1:9000".parse().expect("socket");
+        let v6: SocketAddr = "[2001:db8::1]:443".parse().expect("socket");
+        assert_eq!(sock("/ip4/127.0.1.1/tcp/9000"), Some(v4));
+        assert_eq!(sock("/ip4/127.0.1.1/udp/9000/quic-v1"), Some(v4));
+        assert_eq!(sock("/ip6/2001:db8::1/tcp/443/ws"), Some(v6));
+        assert_eq!(sock("/dns4/example.com/tcp/443"), None);
+        assert_eq!(sock("/ip4/127.0.1.1"), None);
     }
 
     #[test]

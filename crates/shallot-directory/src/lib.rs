@@ -21,7 +21,7 @@ pub use descriptor::{
     DESCRIPTOR_LIFETIME_SECS, DESCRIPTOR_MAGIC, Descriptor, MAX_ADDR_LEN, MAX_ADDRS,
     MAX_CLOCK_SKEW_SECS, MAX_DESCRIPTOR_LEN, MAX_DESCRIPTOR_LIFETIME_SECS, MAX_FAMILY,
     MAX_POLICY_SUMMARY_LEN, PROTOCOL_CIRCUIT_V1, REPUBLISH_INTERVAL_SECS, RelayFlags,
-    SignedDescriptor, ip_of,
+    SignedDescriptor, ip_of, socket_of,
 };
 pub use dirproto::{
     AnnounceStatus, DIR_VERSION, DirRequest, DirResponse, ENTRY_OVERHEAD, LISTING_HEADER_LEN,

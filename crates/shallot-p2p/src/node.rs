@@ -26,7 +26,8 @@ use shallot_directory::{
     AnnounceStatus, Block, DirRequest, DirResponse, DirStore, ENTRY_OVERHEAD, Gathered,
     LISTING_HEADER_LEN, Listing, ListingEntry, NetworkView, Offered, Probe, RecordRefusal,
     SignedDescriptor, SourceListing, Standing, StoreConfig, StoreEntry, Verdicts, WallClock,
-    canonical_ip, descriptor_key, ip_of, is_newer, peer_of_descriptor_key, validate_record,
+    canonical_ip, descriptor_key, ip_of, is_newer, peer_of_descriptor_key, socket_of,
+    validate_record,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, trace, warn};
@@ -215,7 +216,7 @@ impl Directory {
                 .addrs
                 .iter()
                 .enumerate()
-                .any(|(i, a)| e.proven.contains(i) && listen_socket(a) == Some(addr))
+                .any(|(i, a)| e.proven.contains(i) && socket_of(a) == Some(addr))
         })
     }
 
@@ -535,20 +536,6 @@ impl Node {
         let (reply, answer) = oneshot::channel();
         self.send(Command::ConnectedPeers { reply }).await?;
         answer.await.map_err(|_| P2pError::Stopped)
-    }
-}
-
-/// The IP address and port of `/ip4|ip6/A/tcp|udp/P/…`, whatever follows.
-fn listen_socket(addr: &Multiaddr) -> Option<SocketAddr> {
-    let mut parts = addr.iter();
-    let ip = match parts.next()? {
-        Protocol::Ip4(a) => std::net::IpAddr::V4(a),
-        Protocol::Ip6(a) => std::net::IpAddr::V6(a),
-        _ => return None,
-    };
-    match parts.next()? {
-        Protocol::Tcp(port) | Protocol::Udp(port) => Some(SocketAddr::new(ip, port)),
-        _ => None,
     }
 }
 
@@ -1908,18 +1895,6 @@ mod tests {
             let a: Multiaddr = addr.parse().expect("addr");
             assert!(dialable(&a, &strict), "{addr}");
         }
-    }
-
-    #[test]
-    fn listen_sockets_are_ip_and_port_of_tcp_and_udp_addresses() {
-        let sock = |s: &str| listen_socket(&s.parse::<Multiaddr>().expect("addr"));
-        let v4: SocketAddr = "127.0.1.1:9000".parse().expect("socket");
-        let v6: SocketAddr = "[2001:db8::1]:443".parse().expect("socket");
-        assert_eq!(sock("/ip4/127.0.1.1/tcp/9000"), Some(v4));
-        assert_eq!(sock("/ip4/127.0.1.1/udp/9000/quic-v1"), Some(v4));
-        assert_eq!(sock("/ip6/2001:db8::1/tcp/443/ws"), Some(v6));
-        assert_eq!(sock("/dns4/example.com/tcp/443"), None);
-        assert_eq!(sock("/ip4/127.0.1.1"), None);
     }
 
     #[test]

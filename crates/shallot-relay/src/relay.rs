@@ -10,12 +10,11 @@ use std::time::{Duration, SystemTime};
 use futures::StreamExt;
 use futures::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use libp2p::identity::ed25519;
-use libp2p::multiaddr::Protocol;
 use shallot_cell::{DestroyReason, LINK_CELL_LEN, LinkCell, Preamble};
 use shallot_crypto::{OnionKeyRing, OnionPublicKey};
 use shallot_directory::{
     Descriptor, MAX_ADDRS, PROTOCOL_CIRCUIT_V1, REPUBLISH_INTERVAL_SECS, RelayFlags,
-    SignedDescriptor,
+    SignedDescriptor, ip_of, socket_of,
 };
 use shallot_exit_policy::AddressFamily;
 use shallot_p2p::{CIRCUIT_PROTOCOL, IncomingStreams, Multiaddr, Node, NodeConfig, PeerId, Role};
@@ -365,24 +364,6 @@ impl std::fmt::Debug for RelayHandle {
             .field("exit", &self.is_exit())
             .finish_non_exhaustive()
     }
-}
-
-fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
-    addr.iter().find_map(|p| match p {
-        Protocol::Ip4(a) => Some(IpAddr::V4(a)),
-        Protocol::Ip6(a) => Some(IpAddr::V6(a)),
-        _ => None,
-    })
-}
-
-/// The IP address and port of `/ip4|ip6/A/tcp|udp/P/…`.
-fn socket_of(addr: &Multiaddr) -> Option<SocketAddr> {
-    let ip = ip_of(addr)?;
-    let port = addr.iter().find_map(|p| match p {
-        Protocol::Tcp(port) | Protocol::Udp(port) => Some(port),
-        _ => None,
-    })?;
-    Some(SocketAddr::new(ip, port))
 }
 
 fn is_unspecified(addr: &Multiaddr) -> bool {
