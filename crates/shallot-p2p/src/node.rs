@@ -659,7 +659,8 @@ struct Refresh {
     walks: HashSet<QueryId>,
     /// Peers to ask, with the state of an earlier listing from them (sticky sources).
     candidates: VecDeque<(PeerId, Option<SourceState>)>,
-    /// The sticky sources asked, by peer, until they answer.
+    /// The sticky sources asked, by peer, until their first page arrives: what is left in it
+    /// has not answered.
     sticky: HashMap<PeerId, SourceState>,
     /// Sticky sources that failed to answer for the first time: kept for the next refresh,
     /// and in a synchronisation not replaced by another source.
@@ -1443,9 +1444,8 @@ impl SwarmTask {
                 refresh.asked_blocks.remove(&block);
             }
             refresh.outcome.failed += 1;
-            let first_page = refresh.listings.remove(&peer).is_none();
+            refresh.listings.remove(&peer);
             if let Some(state) = refresh.sticky.remove(&peer)
-                && first_page
                 && !state.missed
             {
                 refresh.excused.push(SourceState {
@@ -1456,11 +1456,12 @@ impl SwarmTask {
             self.pump_refresh();
             return;
         };
-        refresh.outcome.bytes += listing_len(&listing) as u64;
+        let len = listing_len(&listing) as u64;
+        refresh.outcome.bytes += len;
         self.stats.listings_read.fetch_add(1, Ordering::Relaxed);
         self.stats
             .listing_bytes_read
-            .fetch_add(listing_len(&listing) as u64, Ordering::Relaxed);
+            .fetch_add(len, Ordering::Relaxed);
         let more = listing.more;
         refresh.sticky.remove(&peer);
         let next = SourceState {
@@ -1577,7 +1578,7 @@ impl SwarmTask {
         let late: Vec<SourceState> = refresh
             .sticky
             .drain()
-            .filter(|(peer, state)| !state.missed && !refresh.listings.contains_key(peer))
+            .filter(|(_, state)| !state.missed)
             .map(|(_, state)| SourceState {
                 missed: true,
                 ..state
