@@ -176,6 +176,12 @@ impl Directory {
         change(&mut self.0.write().unwrap_or_else(PoisonError::into_inner))
     }
 
+    /// Runs `look` on the store without changing it (a measurement reads a relay's store this
+    /// way; the relay goes on serving while it runs).
+    pub fn inspect<R>(&self, look: impl FnOnce(&DirStore) -> R) -> R {
+        look(&self.read())
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, DirStore> {
         self.0.read().unwrap_or_else(PoisonError::into_inner)
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use libp2p::PeerId;
-use shallot_directory::{StoreConfig, Verdicts};
+use shallot_directory::{DirStore, StoreConfig, Verdicts};
 use shallot_p2p::{DEFAULT_SYNC_INTERVAL, Directory, NodeConfig, Role};
 
 /// Relay `i` in a /16 of its own (10.1.0.1, 10.2.0.1, …, 11.1.0.1, …).
@@ -207,7 +207,7 @@ async fn ten_thousand_relays_simulated_a_fresh_client_and_a_newcomer() {
     let began = Instant::now();
     loop {
         let listed = store.listed_len();
-        let (vouched, heard) = store.update(|s| s.pending_len());
+        let (vouched, heard) = store.inspect(DirStore::pending_len);
         println!(
             "{:>6.1} s: the newcomer lists {listed} of {n}, {heard} heard and {vouched} vouched pending; {} MB \
              resident",
@@ -246,15 +246,7 @@ async fn newcomer_steady_state(
     relays: &[TestRelay],
 ) {
     let n = relays.len();
-    let sync_interval = wire.sync_interval();
-    let window = 4 * sync_interval;
-    let (pages_before, bytes_before) = read_by(newcomer);
-    tokio::time::sleep(window).await;
-    let (pages_after, bytes_after) = read_by(newcomer);
-    let scale = 3600.0 / window.as_secs_f64() * sync_interval.as_secs_f64()
-        / DEFAULT_SYNC_INTERVAL.as_secs_f64();
-    let quiet_pages = (pages_after - pages_before) as f64 * scale;
-    let quiet_bytes = (bytes_after - bytes_before) as f64 * scale;
+    let (quiet_pages, quiet_bytes) = quiet_hour(wire, || read_by(newcomer)).await;
     println!(
         "the newcomer at steady state, nothing changing, per hour at the default sync interval: \
          {quiet_pages:.0} listing pages and {quiet_bytes:.0} bytes read"
@@ -375,7 +367,7 @@ fn read_by(relay: &TestRelay) -> (u64, u64) {
 
 /// How many of `relays` hold a descriptor published at `since` or later in `store`.
 fn holding_since(store: &Directory, relays: &HashSet<PeerId>, since: u64) -> usize {
-    store.update(|s| {
+    store.inspect(|s| {
         s.entries()
             .filter(|e| {
                 e.descriptor.descriptor().published_at >= since
@@ -389,6 +381,22 @@ fn holding_since(store: &Directory, relays: &HashSet<PeerId>, since: u64) -> usi
 /// network's spread over REPUBLISH_INTERVAL; a thousand at once would measure the burst (each
 /// publication is a Kademlia put and announcements to 32 relays) rather than the steady state.
 const ROUND_SPREAD: Duration = Duration::from_secs(100);
+/// What `counters` grow by in an hour of synchronisations in which nothing changes: measured
+/// over four of the test's sync intervals, scaled to the default interval.
+async fn quiet_hour(wire: &Wire, counters: impl Fn() -> (u64, u64)) -> (f64, f64) {
+    let sync_interval = wire.sync_interval();
+    let window = 4 * sync_interval;
+    let before = counters();
+    tokio::time::sleep(window).await;
+    let after = counters();
+    let scale = 3600.0 / window.as_secs_f64() * sync_interval.as_secs_f64()
+        / DEFAULT_SYNC_INTERVAL.as_secs_f64();
+    (
+        (after.0 - before.0) as f64 * scale,
+        (after.1 - before.1) as f64 * scale,
+    )
+}
+
 /// How long a republication round may take to reach every store.
 const ROUND_LIMIT: Duration = Duration::from_secs(600);
 
@@ -398,17 +406,12 @@ const ROUND_LIMIT: Duration = Duration::from_secs(600);
 /// once every REPUBLISH_INTERVAL (so one round is an hour's changes).
 async fn steady_state(wire: &Wire, relays: &[TestRelay]) {
     let n = relays.len();
-    let sync_interval = wire.sync_interval();
-    let window = 4 * sync_interval;
-    let (requests_before, bytes_before, _) = served(relays);
-    tokio::time::sleep(window).await;
-    let (requests_after, bytes_after, _) = served(relays);
-    // Scaled from the test's sync interval to the default's, per relay and hour.
-    let scale = 3600.0 / window.as_secs_f64() * sync_interval.as_secs_f64()
-        / DEFAULT_SYNC_INTERVAL.as_secs_f64()
-        / n as f64;
-    let quiet_requests = (requests_after - requests_before) as f64 * scale;
-    let quiet_bytes = (bytes_after - bytes_before) as f64 * scale;
+    let (requests, bytes) = quiet_hour(wire, || {
+        let (requests, bytes, _) = served(relays);
+        (requests, bytes)
+    })
+    .await;
+    let (quiet_requests, quiet_bytes) = (requests / n as f64, bytes / n as f64);
     println!(
         "steady state, nothing changing, per relay and hour at the default sync interval: \
          {quiet_requests:.0} listing requests served, {quiet_bytes:.0} bytes"
