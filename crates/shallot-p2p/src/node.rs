@@ -319,16 +319,18 @@ impl Node {
             listeners.push((id, addr.clone()));
         }
         let listen_addrs = wait_for_listeners(&mut swarm, listeners).await?;
-        let mut bootstrap_peers = Vec::new();
-        let mut bootstrap_addrs = Vec::new();
-        for addr in &config.bootstrap {
-            let peer =
-                peer_of(addr).ok_or_else(|| P2pError::BootstrapWithoutPeerId(addr.clone()))?;
-            bootstrap_peers.push(peer);
-            bootstrap_addrs.push((addr.clone(), peer));
-        }
-        let bootstrap_table = BootstrapTable::new(bootstrap_addrs);
-        for (addr, peer) in config.bootstrap.iter().zip(&bootstrap_peers) {
+        let bootstrap = config
+            .bootstrap
+            .iter()
+            .map(|addr| {
+                peer_of(addr)
+                    .map(|peer| (addr.clone(), peer))
+                    .ok_or_else(|| P2pError::BootstrapWithoutPeerId(addr.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let bootstrap_peers: Vec<PeerId> = bootstrap.iter().map(|(_, peer)| *peer).collect();
+        let bootstrap_table = BootstrapTable::new(bootstrap.clone());
+        for (addr, peer) in &bootstrap {
             let mut dial_addr = addr.clone();
             dial_addr.pop();
             swarm.behaviour_mut().kad.add_address(peer, dial_addr);
