@@ -3,6 +3,8 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::rule::PreludeKind;
+
 /// An IP address family. Rules of one family never match an address of the other
 /// (specs/06 §5.1: IPv4-mapped IPv6 addresses are IPv6 addresses here, as in Tor).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -278,26 +280,35 @@ pub const SPECIAL_PURPOSE_NETS: [IpPrefix; 9] = [
 pub const SIX_TO_FOUR: IpPrefix = IpPrefix::v6(0x2002, 16);
 
 /// The non-public prefixes that hold addresses directly: specs/06 §4.1 and §4.2.
-fn listed_non_public() -> impl Iterator<Item = IpPrefix> {
+fn listed_non_public() -> impl Iterator<Item = (IpPrefix, PreludeKind)> {
+    let kind = |kind| move |p| (p, kind);
     PRIVATE_NETS
         .into_iter()
-        .chain(std::iter::once(IPV4_MULTICAST))
-        .chain(SPECIAL_PURPOSE_NETS)
+        .map(kind(PreludeKind::Private))
+        .chain(std::iter::once((IPV4_MULTICAST, PreludeKind::Multicast)))
+        .chain(SPECIAL_PURPOSE_NETS.map(kind(PreludeKind::SpecialPurpose)))
 }
 
 /// The 6to4 addresses of non-public IPv4 addresses, one prefix per non-public IPv4 prefix
 /// (specs/06 §4.2): `10.0.0.0/8` gives `[2002:a00::]/24`.
-pub(crate) fn six_to_four_of_non_public() -> impl Iterator<Item = IpPrefix> {
+fn six_to_four_of_non_public() -> impl Iterator<Item = (IpPrefix, PreludeKind)> {
     listed_non_public()
-        .filter(|p| p.family() == AddressFamily::Ipv4)
-        .map(|p| SIX_TO_FOUR.embedding(p))
+        .filter(|(p, _)| p.family() == AddressFamily::Ipv4)
+        .map(|(p, _)| (SIX_TO_FOUR.embedding(p), PreludeKind::EmbedsNonPublic))
 }
 
-/// The addresses that are not "public" (specs/06 §4.3): Tor's private networks, IPv4
-/// multicast, the special-purpose ranges and the 6to4 addresses of all of those.
+/// Every prefix that is not "public" (specs/06 §4.3), with what the reject-private prelude
+/// says of it, in the prelude's order: Tor's private networks, IPv4 multicast, the
+/// special-purpose ranges and the 6to4 addresses of all of those. The prelude and
+/// [`is_public`] both read this one list.
+pub(crate) fn non_public_nets() -> impl Iterator<Item = (IpPrefix, PreludeKind)> {
+    listed_non_public().chain(six_to_four_of_non_public())
+}
+
+/// The non-public prefixes of `family`.
 pub(crate) fn non_public(family: AddressFamily) -> impl Iterator<Item = IpPrefix> {
-    listed_non_public()
-        .chain(six_to_four_of_non_public())
+    non_public_nets()
+        .map(|(p, _)| p)
         .filter(move |p| p.family() == family)
 }
 
@@ -389,7 +400,9 @@ mod tests {
             ]
         );
         // Every non-public IPv4 prefix has its 6to4 image.
-        let images: Vec<String> = six_to_four_of_non_public().map(|p| p.to_string()).collect();
+        let images: Vec<String> = six_to_four_of_non_public()
+            .map(|(p, _)| p.to_string())
+            .collect();
         assert_eq!(images.len(), 12);
         assert!(images.contains(&"[2002:a00::]/24".to_owned()), "{images:?}");
         assert!(

@@ -3,10 +3,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::addr::{
-    AddressFamily, IPV4_MULTICAST, IpPrefix, PRIVATE_NETS, SPECIAL_PURPOSE_NETS, non_public,
-    six_to_four_of_non_public, uncovered_address,
-};
+use crate::addr::{AddressFamily, IpPrefix, non_public, non_public_nets, uncovered_address};
 use crate::config::ExitPolicyConfig;
 use crate::err::{ParseWarning, PolicyError};
 use crate::parse::{self, SourceLine};
@@ -88,19 +85,9 @@ impl RelayExitPolicy {
                 ports: PortRange::ALL,
                 origin: Origin::Prelude(kind),
             };
-            let mut all: Vec<Rule> = PRIVATE_NETS
-                .iter()
-                .map(|&p| prelude(p, PreludeKind::Private))
+            let mut all: Vec<Rule> = non_public_nets()
+                .map(|(p, kind)| prelude(p, kind))
                 .collect();
-            all.push(prelude(IPV4_MULTICAST, PreludeKind::Multicast));
-            all.extend(
-                SPECIAL_PURPOSE_NETS
-                    .iter()
-                    .map(|&p| prelude(p, PreludeKind::SpecialPurpose)),
-            );
-            all.extend(
-                six_to_four_of_non_public().map(|p| prelude(p, PreludeKind::EmbedsNonPublic)),
-            );
             all.extend(
                 own_addresses
                     .iter()
