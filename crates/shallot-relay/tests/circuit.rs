@@ -213,17 +213,7 @@ async fn exit_answers_each_failure_with_its_end_reason() {
 
 /// The TCP socket address of a relay's first listen address.
 fn listen_socket(r: &shallot_relay::RelayHandle) -> std::net::SocketAddr {
-    use libp2p::multiaddr::Protocol;
-    let addr = &r.listen_addrs()[0];
-    let ip = addr.iter().find_map(|p| match p {
-        Protocol::Ip4(a) => Some(std::net::IpAddr::V4(a)),
-        _ => None,
-    });
-    let port = addr.iter().find_map(|p| match p {
-        Protocol::Tcp(port) => Some(port),
-        _ => None,
-    });
-    std::net::SocketAddr::new(ip.unwrap(), port.unwrap())
+    shallot_directory::socket_of(&r.listen_addrs()[0]).expect("an IP listen address")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
