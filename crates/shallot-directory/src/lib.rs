@@ -37,7 +37,7 @@ pub use records::{
     DESCRIPTOR_KEY_PREFIX, RecordRefusal, descriptor_key, is_newer, peer_of_descriptor_key,
     validate_record,
 };
-pub use subnet::{Block, Subnet, canonical_ip};
+pub use subnet::{Block, HostKey, Subnet, canonical_ip};
 pub use view::{
     AddrSet, Admission, DEFAULT_MAX_RELAYS_PER_BLOCK, DEFAULT_MAX_RELAYS_PER_SUBNET,
     MAX_VIEW_RELAYS, NetworkView, SIGHTING_RETENTION_SECS, Sighting, ViewConfig, ViewEntry,

@@ -87,6 +87,30 @@ impl Block {
     }
 }
 
+/// The unit a per-address limit counts (specs/00 §4.4): one IPv4 address, or an IPv6 /64 (the
+/// smallest network a home or a server is given, so a host cannot pick a fresh IPv6 address
+/// per connection), of the canonical address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostKey {
+    /// An IPv4 address.
+    V4([u8; 4]),
+    /// The first eight octets of an IPv6 address.
+    V6([u8; 8]),
+}
+
+impl HostKey {
+    /// The address or /64 of `ip`.
+    pub fn of(ip: IpAddr) -> Self {
+        match canonical_ip(ip) {
+            IpAddr::V4(v4) => Self::V4(v4.octets()),
+            IpAddr::V6(v6) => {
+                let o = v6.octets();
+                Self::V6([o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]])
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +157,26 @@ mod tests {
         assert_eq!(
             Block::of(ip("2001:db8:1:2::1")),
             Block::V6([0x20, 0x01, 0x0d, 0xb8])
+        );
+    }
+
+    #[test]
+    fn a_host_key_is_an_ipv4_address_or_an_ipv6_slash_64() {
+        assert_eq!(
+            HostKey::of(ip("2001:db8:1:2::1")),
+            HostKey::of(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            HostKey::of(ip("2001:db8:1:2::1")),
+            HostKey::of(ip("2001:db8:1:3::1"))
+        );
+        assert_ne!(
+            HostKey::of(ip("198.51.100.7")),
+            HostKey::of(ip("198.51.100.8"))
+        );
+        assert_eq!(
+            HostKey::of(ip("::ffff:198.51.100.7")),
+            HostKey::V4([198, 51, 100, 7])
         );
     }
 }

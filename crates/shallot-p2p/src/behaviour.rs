@@ -1,6 +1,7 @@
 //! The composed libp2p behaviour and the swarm builder.
 
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::core::transport::timeout::TransportTimeout;
@@ -11,10 +12,12 @@ use libp2p::{
     StreamProtocol, Swarm, connection_limits, identify, kad, noise, request_response, tcp, yamux,
 };
 
+use crate::address_limits::{AddressLimits, PeerAddresses};
 use crate::config::{NodeConfig, Role, TransportConfig};
 use crate::dircodec::{DIR_PROTOCOL, DirCodec};
 use crate::err::P2pError;
 use crate::memnet::{MemoryTransport, vouched};
+use crate::node::{Directory, NodeStats};
 
 /// The circuit stream protocol (specs/01): one stream per circuit hop.
 pub const CIRCUIT_PROTOCOL: StreamProtocol = StreamProtocol::new("/shallot/circuit/1.0.0");
@@ -37,8 +40,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Directory streams open at once per connection (inbound and outbound).
 pub const MAX_DIR_STREAMS: usize = 16;
 
+/// The composed behaviour. The per-address limits come first: a connection they deny is never
+/// counted by the global limits (libp2p asks the fields in order and stops at a denial).
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    pub(crate) address_limits: AddressLimits,
     pub(crate) limits: connection_limits::Behaviour,
     pub(crate) kad: kad::Behaviour<MemoryStore>,
     pub(crate) identify: identify::Behaviour,
@@ -46,9 +52,17 @@ pub(crate) struct Behaviour {
     pub(crate) dir: request_response::Behaviour<DirCodec>,
 }
 
+/// What the behaviour shares with the rest of the node.
+pub(crate) struct Shared {
+    pub(crate) directory: Option<Directory>,
+    pub(crate) stats: Arc<NodeStats>,
+    pub(crate) peers: PeerAddresses,
+}
+
 pub(crate) fn build_swarm(
     keypair: libp2p::identity::Keypair,
     config: &NodeConfig,
+    shared: &Shared,
 ) -> Result<Swarm<Behaviour>, P2pError> {
     let transport_err = |e: &dyn std::fmt::Display| P2pError::Transport(e.to_string());
     let idle = config.idle_connection_timeout;
@@ -71,7 +85,7 @@ pub(crate) fn build_swarm(
                 )
             })
             .map_err(|e| transport_err(&e))?
-            .with_behaviour(|key| behaviour(key, config))
+            .with_behaviour(|key| behaviour(key, config, shared))
             .map_err(|e| transport_err(&e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build(),
@@ -88,7 +102,7 @@ pub(crate) fn build_swarm(
                         .timeout(CONNECT_TIMEOUT))
                 })
                 .map_err(|e| transport_err(&e))?
-                .with_behaviour(|key| behaviour(key, config))
+                .with_behaviour(|key| behaviour(key, config, shared))
                 .map_err(|e| transport_err(&e))?
                 .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
                 .build()
@@ -102,7 +116,7 @@ pub(crate) fn build_swarm(
                     TransportTimeout::new(vouched(transport), CONNECT_TIMEOUT)
                 })
                 .map_err(|e| transport_err(&e))?
-                .with_behaviour(|key| behaviour(key, config))
+                .with_behaviour(|key| behaviour(key, config, shared))
                 .map_err(|e| transport_err(&e))?
                 .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
                 .build()
@@ -127,7 +141,7 @@ fn record_store(local: libp2p::PeerId) -> MemoryStore {
     )
 }
 
-fn behaviour(key: &libp2p::identity::Keypair, config: &NodeConfig) -> Behaviour {
+fn behaviour(key: &libp2p::identity::Keypair, config: &NodeConfig, shared: &Shared) -> Behaviour {
     let local = key.public().to_peer_id();
     let store = record_store(local);
     let mut kad_config = kad::Config::new(KAD_PROTOCOL);
@@ -182,6 +196,12 @@ fn behaviour(key: &libp2p::identity::Keypair, config: &NodeConfig) -> Behaviour 
             .with_max_concurrent_streams(MAX_DIR_STREAMS),
     );
     Behaviour {
+        address_limits: AddressLimits::new(
+            &config.limits,
+            shared.directory.clone(),
+            Arc::clone(&shared.stats),
+            shared.peers.clone(),
+        ),
         limits,
         kad,
         identify,

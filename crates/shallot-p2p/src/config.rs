@@ -27,7 +27,20 @@ pub struct ConnectionLimits {
     pub max_established_incoming: u32,
     /// Established connections with one peer.
     pub max_established_per_peer: u32,
+    /// Inbound connections still in their handshake from one IPv4 address or IPv6 /64.
+    pub max_pending_incoming_per_address: u32,
+    /// Established inbound connections from one IPv4 address or IPv6 /64, relays listed in
+    /// the directory store left out.
+    pub max_established_incoming_per_address: u32,
 }
+
+/// Default [`ConnectionLimits::max_pending_incoming_per_address`]: an eighth of the total, so
+/// that one address holding every slot it may still leaves most of them to others, and well
+/// above what one host needs (a handshake takes a round trip or two).
+pub const DEFAULT_MAX_PENDING_INCOMING_PER_ADDRESS: u32 = 16;
+/// Default [`ConnectionLimits::max_established_incoming_per_address`]: Tor's
+/// `DoSConnectionMaxConcurrentCount`, which leaves room for many users behind one NAT.
+pub const DEFAULT_MAX_ESTABLISHED_INCOMING_PER_ADDRESS: u32 = 100;
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
@@ -37,6 +50,8 @@ impl Default for ConnectionLimits {
             // Each side may have dialed the other, and a probe or a stream at a signed address
             // needs a connection of its own.
             max_established_per_peer: 4,
+            max_pending_incoming_per_address: DEFAULT_MAX_PENDING_INCOMING_PER_ADDRESS,
+            max_established_incoming_per_address: DEFAULT_MAX_ESTABLISHED_INCOMING_PER_ADDRESS,
         }
     }
 }

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod address_limits;
 mod behaviour;
 mod bootstrap;
 mod config;
@@ -8,13 +9,15 @@ mod err;
 mod memnet;
 mod node;
 
+pub use address_limits::PeerAddresses;
 pub use behaviour::{
     AGENT_VERSION, CIRCUIT_PROTOCOL, CONNECT_TIMEOUT, DIR_REQUEST_TIMEOUT, IDENTIFY_PROTOCOL,
     KAD_PROTOCOL, MAX_DIR_STREAMS, MAX_KAD_PACKET, MAX_STORED_RECORDS,
 };
 pub use bootstrap::{BootstrapDial, BootstrapPeerStatus, DialFailure};
 pub use config::{
-    ConnectionLimits, DEFAULT_KAD_BOOTSTRAP_INTERVAL, DEFAULT_MAX_WALKS, DEFAULT_PROBE_INTERVAL,
+    ConnectionLimits, DEFAULT_KAD_BOOTSTRAP_INTERVAL, DEFAULT_MAX_ESTABLISHED_INCOMING_PER_ADDRESS,
+    DEFAULT_MAX_PENDING_INCOMING_PER_ADDRESS, DEFAULT_MAX_WALKS, DEFAULT_PROBE_INTERVAL,
     DEFAULT_SOURCES_PER_REFRESH, DEFAULT_SYNC_INTERVAL, DirConfig, NodeConfig, Role,
     TransportConfig,
 };

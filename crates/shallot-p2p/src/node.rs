@@ -32,7 +32,8 @@ use shallot_directory::{
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, trace, warn};
 
-use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, build_swarm};
+use crate::address_limits::PeerAddresses;
+use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, Shared, build_swarm};
 use crate::bootstrap::{BootstrapDial, BootstrapPeerStatus, BootstrapTable, classify};
 use crate::config::{DirConfig, NodeConfig, Role};
 use crate::err::P2pError;
@@ -103,6 +104,8 @@ pub struct NodeStats {
     pub probes_reached: AtomicU64,
     /// Probes that did not.
     pub probes_failed: AtomicU64,
+    /// Inbound connections denied by a per-address limit (address_limits.rs).
+    pub connections_refused_by_address: AtomicU64,
 }
 
 impl NodeStats {
@@ -189,6 +192,12 @@ impl Directory {
     /// The store's entry of `peer`: its descriptor and the addresses this relay proved.
     pub fn get(&self, peer: &PeerId) -> Option<StoreEntry> {
         self.read().get(peer).cloned()
+    }
+
+    /// Whether `peer` is a listed relay: in the store with at least one address this relay
+    /// proved.
+    pub fn lists(&self, peer: &PeerId) -> bool {
+        self.read().get(peer).is_some_and(|e| !e.proven.is_empty())
     }
 
     /// Descriptors held.
@@ -281,6 +290,7 @@ pub struct Node {
     dir_config: DirConfig,
     directory: Option<Directory>,
     bootstrap: BootstrapTable,
+    peer_addresses: PeerAddresses,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -307,7 +317,23 @@ impl Node {
         config: NodeConfig,
     ) -> Result<Self, P2pError> {
         let peer_id = keypair.public().to_peer_id();
-        let mut swarm = build_swarm(keypair, &config)?;
+        let stats = Arc::new(NodeStats::default());
+        let directory = (config.role == Role::Relay).then(|| {
+            config
+                .shared_directory
+                .clone()
+                .unwrap_or_else(|| Directory::new(StoreConfig::default(), rand_u64()))
+        });
+        let peer_addresses = PeerAddresses::default();
+        let mut swarm = build_swarm(
+            keypair,
+            &config,
+            &Shared {
+                directory: directory.clone(),
+                stats: Arc::clone(&stats),
+                peers: peer_addresses.clone(),
+            },
+        )?;
         let mut listeners = Vec::new();
         for addr in &config.listen_addrs {
             let id = swarm
@@ -343,13 +369,6 @@ impl Node {
             let _ = swarm.behaviour_mut().kad.bootstrap();
         }
         let control = swarm.behaviour().stream.new_control();
-        let stats = Arc::new(NodeStats::default());
-        let directory = (config.role == Role::Relay).then(|| {
-            config
-                .shared_directory
-                .clone()
-                .unwrap_or_else(|| Directory::new(StoreConfig::default(), rand_u64()))
-        });
         let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
         let task = tokio::spawn(
             SwarmTask {
@@ -387,6 +406,7 @@ impl Node {
             dir_config: config.directory,
             directory,
             bootstrap: bootstrap_table,
+            peer_addresses,
             task,
         })
     }
@@ -411,6 +431,11 @@ impl Node {
     /// A handle for opening and accepting circuit streams (libp2p-stream). Clone one per task.
     pub fn stream_control(&self) -> libp2p_stream::Control {
         self.control.clone()
+    }
+
+    /// The address each connected peer is connected from.
+    pub fn peer_addresses(&self) -> &PeerAddresses {
+        &self.peer_addresses
     }
 
     /// Counters of refused and stored records.
