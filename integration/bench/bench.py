@@ -274,8 +274,8 @@ def measure_shallot(a, work, url, res):
 
 
 def measure_idle_circuits(a, work, res):
-    """One relay process with limits raised for the bench (2,000 circuits per peer, CREATE
-    burst 2,000), and the helper holding a.idle one-hop circuits to it."""
+    """One relay process with limits raised for the bench (2,000 circuits per peer and per
+    address, CREATE burst 2,000), and the helper holding a.idle one-hop circuits to it."""
     d = os.path.join(work, "idle-relay")
     os.makedirs(d, exist_ok=True)
     subprocess.run([SHALLOT, "keygen", "--dir", d], check=True, capture_output=True)
@@ -284,7 +284,9 @@ def measure_idle_circuits(a, work, res):
     with open(cfg, "w") as f:
         f.write(f'data_dir = "{d}"\nlisten = ["/ip4/127.0.9.1/tcp/{port}"]\n'
                 f"max_circuits = 4096\nmax_circuits_per_peer = 2000\n"
-                f"[create_rate_per_peer]\nper_second = 2000\nburst = 2000\n")
+                f"max_circuits_per_address = 2000\n"
+                f"[create_rate_per_peer]\nper_second = 2000\nburst = 2000\n"
+                f"[create_rate_per_address]\nper_second = 2000\nburst = 2000\n")
     relay = start([SHALLOT, "relay", "--config", cfg, "--stop-with-stdin"],
                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                   stderr=open(os.path.join(d, "log.txt"), "w"))

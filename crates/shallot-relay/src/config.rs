@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use shallot_directory::{
     DESCRIPTOR_LIFETIME_SECS, MAX_ADDRS, MAX_CLOCK_SKEW_SECS, MAX_DESCRIPTOR_LIFETIME_SECS,
 };
-use shallot_p2p::{Multiaddr, PeerId};
+use shallot_p2p::{Multiaddr, PeerId, TransportConfig};
 
 use crate::err::RelayError;
 
@@ -27,6 +27,15 @@ pub const DEFAULT_MAX_CIRCUITS: usize = 8192;
 /// Default [`RelayConfig::max_circuits_per_peer`]. A middle relay sees a guard as one peer that
 /// carries many clients' circuits, so this is well above what one client needs.
 pub const DEFAULT_MAX_CIRCUITS_PER_PEER: usize = 512;
+/// Default [`RelayConfig::max_circuits_per_address`]: room for the circuits of many clients
+/// behind one NAT (a client holds a few dozen), a thirty-second of the default total.
+pub const DEFAULT_MAX_CIRCUITS_PER_ADDRESS: usize = 256;
+/// Default [`RelayConfig::create_rate_per_address`]: Tor's `DoSCircuitCreationRate` (3 a
+/// second) and `DoSCircuitCreationBurst` (90).
+pub const DEFAULT_CREATE_RATE_PER_ADDRESS: CreateRate = CreateRate {
+    per_second: 3,
+    burst: 90,
+};
 /// Default [`CreateRate::per_second`].
 pub const DEFAULT_CREATE_RATE_PER_SECOND: u32 = 20;
 /// Default [`CreateRate::burst`].
@@ -43,7 +52,7 @@ pub const DEFAULT_EXTEND_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_ONION_KEY_ROTATION_SECS: u64 = 7 * 24 * 3600;
 
 /// How fast one peer may open circuits: a token bucket (specs/00 §4.2 item 4).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRate {
     /// CREATEs per second a peer may sustain. Default [`DEFAULT_CREATE_RATE_PER_SECOND`].
@@ -114,13 +123,23 @@ pub struct RelayConfig {
     /// Circuits this relay holds at once, in total. Default [`DEFAULT_MAX_CIRCUITS`].
     #[serde(default = "default_max_circuits")]
     pub max_circuits: usize,
-    /// Circuits one previous-hop peer may hold here at once. Default
-    /// [`DEFAULT_MAX_CIRCUITS_PER_PEER`].
+    /// Circuits one previous-hop relay (listed in this relay's directory store) may hold
+    /// here at once. Default [`DEFAULT_MAX_CIRCUITS_PER_PEER`].
     #[serde(default = "default_max_circuits_per_peer")]
     pub max_circuits_per_peer: usize,
-    /// How fast one peer may open circuits. Default: [`CreateRate::default`].
+    /// How fast one previous-hop relay may open circuits. Default: [`CreateRate::default`].
     #[serde(default)]
     pub create_rate_per_peer: CreateRate,
+    /// Circuits the peers connected from one IPv4 address or IPv6 /64 (relays left out) may
+    /// hold here at once, whatever their PeerIds. Default
+    /// [`DEFAULT_MAX_CIRCUITS_PER_ADDRESS`].
+    #[serde(default = "default_max_circuits_per_address")]
+    pub max_circuits_per_address: usize,
+    /// How fast the peers connected from one address (relays left out) may open circuits,
+    /// together. Default [`DEFAULT_CREATE_RATE_PER_ADDRESS`]; a value left out of the table
+    /// takes [`CreateRate`]'s default.
+    #[serde(default = "default_create_rate_per_address")]
+    pub create_rate_per_address: CreateRate,
     /// Seconds a new circuit stream may take to deliver its preamble and first cell. Default
     /// [`DEFAULT_HANDSHAKE_TIMEOUT_SECS`].
     #[serde(default = "default_handshake_timeout_secs")]
@@ -144,6 +163,10 @@ pub struct RelayConfig {
     /// [`DEFAULT_ONION_KEY_ROTATION_SECS`].
     #[serde(default = "default_onion_key_rotation_secs")]
     pub onion_key_rotation_secs: u64,
+    /// How the relay's node reaches others: the system's network, or an in-memory network in
+    /// tests. Not read from files.
+    #[serde(skip)]
+    pub transport: TransportConfig,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -176,6 +199,14 @@ fn default_max_circuits() -> usize {
 
 fn default_max_circuits_per_peer() -> usize {
     DEFAULT_MAX_CIRCUITS_PER_PEER
+}
+
+fn default_max_circuits_per_address() -> usize {
+    DEFAULT_MAX_CIRCUITS_PER_ADDRESS
+}
+
+fn default_create_rate_per_address() -> CreateRate {
+    DEFAULT_CREATE_RATE_PER_ADDRESS
 }
 
 fn default_create_rate_per_second() -> u32 {
@@ -226,12 +257,15 @@ impl Default for RelayConfig {
             max_circuits: DEFAULT_MAX_CIRCUITS,
             max_circuits_per_peer: DEFAULT_MAX_CIRCUITS_PER_PEER,
             create_rate_per_peer: CreateRate::default(),
+            max_circuits_per_address: DEFAULT_MAX_CIRCUITS_PER_ADDRESS,
+            create_rate_per_address: DEFAULT_CREATE_RATE_PER_ADDRESS,
             handshake_timeout_secs: DEFAULT_HANDSHAKE_TIMEOUT_SECS,
             connect_timeout_secs: DEFAULT_CONNECT_TIMEOUT_SECS,
             resolve_timeout_secs: DEFAULT_RESOLVE_TIMEOUT_SECS,
             extend_timeout_secs: DEFAULT_EXTEND_TIMEOUT_SECS,
             descriptor_lifetime_secs: DESCRIPTOR_LIFETIME_SECS,
             onion_key_rotation_secs: DEFAULT_ONION_KEY_ROTATION_SECS,
+            transport: TransportConfig::default(),
         }
     }
 }
@@ -299,6 +333,18 @@ impl RelayConfig {
             (
                 "create_rate_per_peer.burst",
                 u64::from(self.create_rate_per_peer.burst),
+            ),
+            (
+                "max_circuits_per_address",
+                self.max_circuits_per_address as u64,
+            ),
+            (
+                "create_rate_per_address.per_second",
+                u64::from(self.create_rate_per_address.per_second),
+            ),
+            (
+                "create_rate_per_address.burst",
+                u64::from(self.create_rate_per_address.burst),
             ),
             ("handshake_timeout_secs", self.handshake_timeout_secs),
             ("connect_timeout_secs", self.connect_timeout_secs),
@@ -472,6 +518,8 @@ mod tests {
             "listen = []",
             "max_circuits = 0",
             "create_rate_per_peer = { per_second = 0, burst = 1 }",
+            "max_circuits_per_address = 0",
+            "create_rate_per_address = { per_second = 1, burst = 0 }",
             "bootstrap = [\"/ip4/127.0.0.1/tcp/1\"]",
             "descriptor_lifetime_secs = 10",
             "descriptor_lifetime_secs = 100000",

@@ -1,57 +1,88 @@
-//! Admission limits against hostile peers: circuits in total, circuits per peer, CREATE rate per
-//! peer (token bucket), and handshakes in progress (specs/00 §4.2 item 4).
+//! Admission limits against hostile peers: circuits in total, and per source circuits, CREATE
+//! rate (token bucket) and handshakes in progress (specs/00 §4.4).
 //!
-//! A "peer" is the previous hop's libp2p PeerId, the only name a circuit stream carries. A
-//! client can make new PeerIds for free, so the per-peer limits slow down one identity, and the
-//! total limits (circuits, handshakes) are what bound the relay's memory.
+//! A circuit's *source* is where its previous hop connects from. A relay listed in this relay's
+//! directory store is a source by its PeerId: it carries many clients' circuits, and it proved
+//! its address. Any other peer is a source by its address (an IPv4 address or an IPv6 /64):
+//! a client can make PeerIds for free, but not addresses, so fresh identities on one host share
+//! one budget. The total limits (circuits, handshakes) are what bound the relay as a whole.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
+use shallot_directory::HostKey;
 use shallot_p2p::PeerId;
 
-use crate::config::RelayConfig;
+use crate::config::{CreateRate, RelayConfig};
 
 /// Circuit streams whose preamble and first cell are still being read, in total. More are
 /// closed at once, unread.
 pub const MAX_PENDING_HANDSHAKES: usize = 256;
-/// Circuit streams one peer may have in that state.
-pub const MAX_PENDING_HANDSHAKES_PER_PEER: usize = 16;
-/// Peers the limiter remembers; idle entries beyond it are forgotten (they come back with a
+/// Circuit streams one source may have in that state: a sixteenth of the total, so that
+/// sixteen addresses are needed to hold every slot.
+pub const MAX_PENDING_HANDSHAKES_PER_SOURCE: usize = 16;
+/// Sources the limiter remembers; idle entries beyond it are forgotten (they come back with a
 /// full bucket, which costs at most one burst).
-pub const MAX_PEER_ENTRIES: usize = 4096;
+pub const MAX_SOURCE_ENTRIES: usize = 4096;
+
+/// Where a circuit comes from, as the limits count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Source {
+    /// A relay listed in the directory store, by its PeerId.
+    Relay(PeerId),
+    /// Any other peer, by the address it is connected from.
+    Host(HostKey),
+}
 
 /// Why a circuit was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
     /// `max_circuits` reached.
     Total,
-    /// `max_circuits_per_peer` reached for this peer.
-    PerPeer,
-    /// The peer's CREATE bucket is empty.
+    /// The source holds its most circuits (`max_circuits_per_peer` for a relay,
+    /// `max_circuits_per_address` for an address).
+    PerSource,
+    /// The source's CREATE bucket is empty.
     Rate,
-    /// Too many handshakes in progress (in total or for this peer).
+    /// Too many handshakes in progress (in total or for this source).
     Handshakes,
 }
 
 #[derive(Debug)]
-struct PeerState {
+struct SourceState {
     circuits: usize,
     pending: usize,
     tokens: f64,
     refilled: Instant,
 }
 
+/// The limits of one kind of source.
+#[derive(Debug, Clone, Copy)]
+struct SourceLimits {
+    max_circuits: usize,
+    rate: f64,
+    burst: f64,
+}
+
+impl SourceLimits {
+    fn new(max_circuits: usize, rate: CreateRate) -> Self {
+        Self {
+            max_circuits,
+            rate: f64::from(rate.per_second),
+            burst: f64::from(rate.burst),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     max_circuits: usize,
-    max_per_peer: usize,
-    rate: f64,
-    burst: f64,
+    relay: SourceLimits,
+    host: SourceLimits,
     circuits: usize,
     pending: usize,
-    peers: HashMap<PeerId, PeerState>,
+    sources: HashMap<Source, SourceState>,
 }
 
 /// Shared admission state; cheap to clone.
@@ -64,14 +95,14 @@ pub(crate) struct Limiter {
 #[derive(Debug)]
 pub(crate) struct CircuitSlot {
     limiter: Limiter,
-    peer: PeerId,
+    source: Source,
 }
 
 /// A handshake's place in the limits; released on drop.
 #[derive(Debug)]
 pub(crate) struct HandshakeSlot {
     limiter: Limiter,
-    peer: PeerId,
+    source: Source,
 }
 
 impl Limiter {
@@ -79,12 +110,14 @@ impl Limiter {
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 max_circuits: config.max_circuits,
-                max_per_peer: config.max_circuits_per_peer,
-                rate: f64::from(config.create_rate_per_peer.per_second),
-                burst: f64::from(config.create_rate_per_peer.burst),
+                relay: SourceLimits::new(config.max_circuits_per_peer, config.create_rate_per_peer),
+                host: SourceLimits::new(
+                    config.max_circuits_per_address,
+                    config.create_rate_per_address,
+                ),
                 circuits: 0,
                 pending: 0,
-                peers: HashMap::new(),
+                sources: HashMap::new(),
             })),
         }
     }
@@ -102,39 +135,38 @@ impl Limiter {
     /// A slot for reading a new stream's preamble and first cell.
     pub(crate) fn begin_handshake(
         &self,
-        peer: PeerId,
+        source: Source,
         now: Instant,
     ) -> Result<HandshakeSlot, Refusal> {
         let mut g = self.lock();
         if g.pending >= MAX_PENDING_HANDSHAKES {
             return Err(Refusal::Handshakes);
         }
-        let burst = g.burst;
-        let state = g.entry(peer, burst, now);
-        if state.pending >= MAX_PENDING_HANDSHAKES_PER_PEER {
+        let state = g.entry(source, now);
+        if state.pending >= MAX_PENDING_HANDSHAKES_PER_SOURCE {
             return Err(Refusal::Handshakes);
         }
         state.pending += 1;
         g.pending += 1;
         Ok(HandshakeSlot {
             limiter: self.clone(),
-            peer,
+            source,
         })
     }
 
-    /// Admits a circuit from `peer` (after its CREATE arrived, before the handshake's work):
-    /// checks the total, the per-peer count and takes a token from the peer's bucket.
-    pub(crate) fn admit(&self, peer: PeerId, now: Instant) -> Result<CircuitSlot, Refusal> {
+    /// Admits a circuit from `source` (after its CREATE arrived, before the handshake's work):
+    /// checks the total, the source's count and takes a token from the source's bucket.
+    pub(crate) fn admit(&self, source: Source, now: Instant) -> Result<CircuitSlot, Refusal> {
         let mut g = self.lock();
         if g.circuits >= g.max_circuits {
             return Err(Refusal::Total);
         }
-        let (max_per_peer, rate, burst) = (g.max_per_peer, g.rate, g.burst);
-        let state = g.entry(peer, burst, now);
-        if state.circuits >= max_per_peer {
-            return Err(Refusal::PerPeer);
+        let limits = g.limits_of(source);
+        let state = g.entry(source, now);
+        if state.circuits >= limits.max_circuits {
+            return Err(Refusal::PerSource);
         }
-        state.refill(rate, burst, now);
+        state.refill(limits, now);
         if state.tokens < 1.0 {
             return Err(Refusal::Rate);
         }
@@ -143,17 +175,25 @@ impl Limiter {
         g.circuits += 1;
         Ok(CircuitSlot {
             limiter: self.clone(),
-            peer,
+            source,
         })
     }
 }
 
 impl Inner {
-    fn entry(&mut self, peer: PeerId, burst: f64, now: Instant) -> &mut PeerState {
-        if !self.peers.contains_key(&peer) && self.peers.len() >= MAX_PEER_ENTRIES {
+    fn limits_of(&self, source: Source) -> SourceLimits {
+        match source {
+            Source::Relay(_) => self.relay,
+            Source::Host(_) => self.host,
+        }
+    }
+
+    fn entry(&mut self, source: Source, now: Instant) -> &mut SourceState {
+        if !self.sources.contains_key(&source) && self.sources.len() >= MAX_SOURCE_ENTRIES {
             self.prune(now);
         }
-        self.peers.entry(peer).or_insert(PeerState {
+        let burst = self.limits_of(source).burst;
+        self.sources.entry(source).or_insert(SourceState {
             circuits: 0,
             pending: 0,
             tokens: burst,
@@ -161,25 +201,29 @@ impl Inner {
         })
     }
 
-    /// Forgets idle peers: first those whose bucket is full again, then any idle one.
+    /// Forgets idle sources: first those whose bucket is full again, then any idle one.
     fn prune(&mut self, now: Instant) {
-        let (rate, burst) = (self.rate, self.burst);
-        self.peers.retain(|_, s| {
-            s.refill(rate, burst, now);
-            !s.idle() || s.tokens < burst
+        let (relay, host) = (self.relay, self.host);
+        self.sources.retain(|source, s| {
+            let limits = match source {
+                Source::Relay(_) => relay,
+                Source::Host(_) => host,
+            };
+            s.refill(limits, now);
+            !s.idle() || s.tokens < limits.burst
         });
-        if self.peers.len() >= MAX_PEER_ENTRIES {
-            self.peers.retain(|_, s| !s.idle());
+        if self.sources.len() >= MAX_SOURCE_ENTRIES {
+            self.sources.retain(|_, s| !s.idle());
         }
     }
 
-    fn release(&mut self, peer: &PeerId, circuit: bool) {
+    fn release(&mut self, source: &Source, circuit: bool) {
         if circuit {
             self.circuits = self.circuits.saturating_sub(1);
         } else {
             self.pending = self.pending.saturating_sub(1);
         }
-        if let Some(s) = self.peers.get_mut(peer) {
+        if let Some(s) = self.sources.get_mut(source) {
             if circuit {
                 s.circuits = s.circuits.saturating_sub(1);
             } else {
@@ -189,27 +233,34 @@ impl Inner {
     }
 }
 
-impl PeerState {
+impl SourceState {
     fn idle(&self) -> bool {
         self.circuits == 0 && self.pending == 0
     }
 
-    fn refill(&mut self, rate: f64, burst: f64, now: Instant) {
+    fn refill(&mut self, limits: SourceLimits, now: Instant) {
         let dt = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + dt * rate).min(burst);
+        self.tokens = (self.tokens + dt * limits.rate).min(limits.burst);
         self.refilled = now;
     }
 }
 
 impl Drop for CircuitSlot {
     fn drop(&mut self) {
-        self.limiter.lock().release(&self.peer, true);
+        self.limiter.lock().release(&self.source, true);
+    }
+}
+
+impl HandshakeSlot {
+    /// The source the handshake is counted against.
+    pub(crate) fn source(&self) -> Source {
+        self.source
     }
 }
 
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
-        self.limiter.lock().release(&self.peer, false);
+        self.limiter.lock().release(&self.source, false);
     }
 }
 
@@ -221,29 +272,39 @@ mod tests {
     use super::*;
     use crate::config::CreateRate;
 
-    fn peer() -> PeerId {
-        libp2p::identity::Keypair::generate_ed25519()
-            .public()
-            .to_peer_id()
+    fn relay() -> Source {
+        Source::Relay(
+            libp2p::identity::Keypair::generate_ed25519()
+                .public()
+                .to_peer_id(),
+        )
     }
 
-    fn limiter(total: usize, per_peer: usize, per_second: u32, burst: u32) -> Limiter {
+    fn host(last: u8) -> Source {
+        Source::Host(HostKey::of(std::net::Ipv4Addr::new(192, 0, 2, last).into()))
+    }
+
+    /// Relays and hosts get the same limits: `per_source` circuits, `per_second`/`burst`.
+    fn limiter(total: usize, per_source: usize, per_second: u32, burst: u32) -> Limiter {
+        let rate = CreateRate { per_second, burst };
         Limiter::new(&RelayConfig {
             max_circuits: total,
-            max_circuits_per_peer: per_peer,
-            create_rate_per_peer: CreateRate { per_second, burst },
+            max_circuits_per_peer: per_source,
+            create_rate_per_peer: rate,
+            max_circuits_per_address: per_source,
+            create_rate_per_address: rate,
             ..RelayConfig::default()
         })
     }
 
     #[test]
-    fn per_peer_and_total_limits_hold_and_release() {
+    fn per_source_and_total_limits_hold_and_release() {
         let l = limiter(3, 2, 1000, 1000);
         let now = Instant::now();
-        let (a, b) = (peer(), peer());
+        let (a, b) = (host(1), relay());
         let a1 = l.admit(a, now).unwrap();
         let _a2 = l.admit(a, now).unwrap();
-        assert_eq!(l.admit(a, now).unwrap_err(), Refusal::PerPeer);
+        assert_eq!(l.admit(a, now).unwrap_err(), Refusal::PerSource);
         let _b1 = l.admit(b, now).unwrap();
         assert_eq!(l.admit(b, now).unwrap_err(), Refusal::Total);
         drop(a1);
@@ -252,14 +313,32 @@ mod tests {
     }
 
     #[test]
+    fn relays_and_addresses_have_their_own_limits() {
+        let l = Limiter::new(&RelayConfig {
+            max_circuits: 100,
+            max_circuits_per_peer: 5,
+            max_circuits_per_address: 2,
+            ..RelayConfig::default()
+        });
+        let now = Instant::now();
+        let a = host(1);
+        let held: Vec<_> = (0..2).map(|_| l.admit(a, now).unwrap()).collect();
+        assert_eq!(l.admit(a, now).unwrap_err(), Refusal::PerSource);
+        let r = relay();
+        let relayed: Vec<_> = (0..5).map(|_| l.admit(r, now).unwrap()).collect();
+        assert_eq!(l.admit(r, now).unwrap_err(), Refusal::PerSource);
+        assert_eq!(held.len() + relayed.len(), l.circuits());
+    }
+
+    #[test]
     fn create_rate_is_a_token_bucket() {
         let l = limiter(100, 100, 2, 3);
         let t0 = Instant::now();
-        let a = peer();
+        let a = host(1);
         let mut slots: Vec<_> = (0..3).map(|_| l.admit(a, t0).unwrap()).collect();
         assert_eq!(l.admit(a, t0).unwrap_err(), Refusal::Rate);
-        // Another peer has its own bucket.
-        slots.push(l.admit(peer(), t0).unwrap());
+        // Another source has its own bucket.
+        slots.push(l.admit(host(2), t0).unwrap());
         // Half a second later: one token (2 per second).
         let t1 = t0 + Duration::from_millis(500);
         slots.push(l.admit(a, t1).unwrap());
@@ -273,32 +352,32 @@ mod tests {
     }
 
     #[test]
-    fn handshakes_are_bounded_per_peer_and_in_total() {
+    fn handshakes_are_bounded_per_source_and_in_total() {
         let l = limiter(10, 10, 10, 10);
         let now = Instant::now();
-        let a = peer();
-        let mut held: Vec<_> = (0..MAX_PENDING_HANDSHAKES_PER_PEER)
+        let a = host(1);
+        let mut held: Vec<_> = (0..MAX_PENDING_HANDSHAKES_PER_SOURCE)
             .map(|_| l.begin_handshake(a, now).unwrap())
             .collect();
         assert_eq!(l.begin_handshake(a, now).unwrap_err(), Refusal::Handshakes);
         held.pop();
         held.push(l.begin_handshake(a, now).unwrap());
         while held.len() < MAX_PENDING_HANDSHAKES {
-            held.push(l.begin_handshake(peer(), now).unwrap());
+            held.push(l.begin_handshake(relay(), now).unwrap());
         }
         assert_eq!(
-            l.begin_handshake(peer(), now).unwrap_err(),
+            l.begin_handshake(relay(), now).unwrap_err(),
             Refusal::Handshakes
         );
     }
 
     #[test]
-    fn the_peer_table_is_bounded() {
+    fn the_source_table_is_bounded() {
         let l = limiter(10, 10, 1, 1);
         let now = Instant::now();
-        for _ in 0..MAX_PEER_ENTRIES + 10 {
-            drop(l.begin_handshake(peer(), now).unwrap());
+        for _ in 0..MAX_SOURCE_ENTRIES + 10 {
+            drop(l.begin_handshake(relay(), now).unwrap());
         }
-        assert!(l.lock().peers.len() <= MAX_PEER_ENTRIES);
+        assert!(l.lock().sources.len() <= MAX_SOURCE_ENTRIES);
     }
 }

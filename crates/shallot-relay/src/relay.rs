@@ -13,7 +13,7 @@ use libp2p::identity::ed25519;
 use shallot_cell::{DestroyReason, LINK_CELL_LEN, LinkCell, Preamble};
 use shallot_crypto::{OnionKeyRing, OnionPublicKey};
 use shallot_directory::{
-    Descriptor, MAX_ADDRS, PROTOCOL_CIRCUIT_V1, REPUBLISH_INTERVAL_SECS, RelayFlags,
+    Descriptor, HostKey, MAX_ADDRS, PROTOCOL_CIRCUIT_V1, REPUBLISH_INTERVAL_SECS, RelayFlags,
     SignedDescriptor, ip_of, socket_of,
 };
 use shallot_exit_policy::AddressFamily;
@@ -28,7 +28,7 @@ use crate::config::RelayConfig;
 use crate::err::RelayError;
 use crate::exit::Exit;
 use crate::keys;
-use crate::limits::{HandshakeSlot, Limiter, Refusal};
+use crate::limits::{HandshakeSlot, Limiter, Refusal, Source};
 use crate::link::{self, Link, LinkReader, Stream};
 use crate::safelog::Sensitive;
 
@@ -80,9 +80,11 @@ pub struct RelayStats {
     pub refused_timeout: Counter,
     /// Circuits refused because the relay holds `max_circuits`.
     pub refused_total_limit: Counter,
-    /// Circuits refused because the peer holds `max_circuits_per_peer`.
+    /// Circuits refused because the previous-hop relay holds `max_circuits_per_peer`.
     pub refused_peer_limit: Counter,
-    /// Circuits refused by the peer's CREATE rate.
+    /// Circuits refused because the peers of one address hold `max_circuits_per_address`.
+    pub refused_address_limit: Counter,
+    /// Circuits refused by the source's CREATE rate.
     pub refused_rate_limit: Counter,
     /// Circuit streams closed unread because too many handshakes were in progress.
     pub refused_handshakes: Counter,
@@ -123,6 +125,17 @@ pub(crate) struct Context {
 }
 
 impl Context {
+    /// Where a circuit from `peer` comes from, as the limits count it: a listed relay by its
+    /// PeerId, any other peer by the address it is connected from. `None` once the peer has
+    /// no connection (its stream is dead too).
+    pub(crate) fn source_of(&self, peer: &PeerId) -> Option<Source> {
+        if self.node.directory().is_some_and(|d| d.lists(peer)) {
+            return Some(Source::Relay(*peer));
+        }
+        let ip = self.node.peer_addresses().ip_of(peer)?;
+        Some(Source::Host(HostKey::of(ip)))
+    }
+
     /// Whether a relay listens at `addr`: this relay (at a listen or announced address; one
     /// listening on an unspecified address at that port on loopback or any of its own
     /// addresses) or a relay in its directory store. specs/06 §6.1.
@@ -188,6 +201,7 @@ impl Relay {
             let mut node =
                 NodeConfig::new(Role::Relay, config.listen.clone(), config.bootstrap.clone());
             node.directory.allow_private_addrs = config.allow_private_addresses;
+            node.transport = config.transport.clone();
             node
         })
         .await?;
@@ -381,11 +395,18 @@ async fn accept_loop(
         tokio::select! {
             next = incoming.next() => {
                 let Some((peer, stream)) = next else { break };
-                match ctx.limiter.begin_handshake(peer, std::time::Instant::now()) {
-                    Ok(slot) => {
+                let admitted = ctx.source_of(&peer).map(|source| {
+                    ctx.limiter.begin_handshake(source, std::time::Instant::now())
+                });
+                match admitted {
+                    Some(Ok(slot)) => {
                         tasks.spawn(serve(Arc::clone(&ctx), peer, stream, slot, shutdown.clone()));
                     }
-                    Err(_) => {
+                    None => {
+                        // The peer's connection is gone: so is the stream.
+                        ctx.stats.refused_malformed.inc();
+                    }
+                    Some(Err(_)) => {
                         // Dropping the stream closes it, unread.
                         ctx.stats.refused_handshakes.inc();
                     }
@@ -457,12 +478,18 @@ async fn serve(
             return;
         }
     };
-    let slot = match ctx.limiter.admit(peer, std::time::Instant::now()) {
+    let slot = match ctx
+        .limiter
+        .admit(handshake.source(), std::time::Instant::now())
+    {
         Ok(slot) => slot,
         Err(refusal) => {
             let counter = match refusal {
                 Refusal::Total => &ctx.stats.refused_total_limit,
-                Refusal::PerPeer => &ctx.stats.refused_peer_limit,
+                Refusal::PerSource => match handshake.source() {
+                    Source::Relay(_) => &ctx.stats.refused_peer_limit,
+                    Source::Host(_) => &ctx.stats.refused_address_limit,
+                },
                 Refusal::Rate => &ctx.stats.refused_rate_limit,
                 Refusal::Handshakes => &ctx.stats.refused_handshakes,
             };

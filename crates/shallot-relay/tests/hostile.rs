@@ -1,5 +1,5 @@
 //! A relay against hostile peers: garbage on circuit streams, silent streams, and the limits
-//! on circuits per peer, CREATE rate and total circuits. Each refusal must be clean (a DESTROY
+//! on circuits per address, CREATE rate and total circuits. Each refusal must be clean (a DESTROY
 //! or a plain close, counted) and must not disturb the relay's other circuits. These tests skip
 //! the DHT: the client is told the relay's address directly.
 
@@ -190,30 +190,34 @@ const REFUSED: BuildFailure = BuildFailure::Destroyed {
     reason: DestroyReason::ResourceLimit,
 };
 
+/// The clients of these tests all connect from 127.0.0.1, and none is a relay: the limits
+/// that apply are those of one address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_per_peer_circuit_limit_refuses_cleanly() {
-    let (relays, _dir) = one_exit(|c| c.max_circuits_per_peer = 2).await;
+async fn the_per_address_circuit_limit_refuses_cleanly() {
+    let (relays, _dir) = one_exit(|c| c.max_circuits_per_address = 2).await;
     let relay = &relays.handles[0];
     let a = direct_client(&[relay]).await;
     let first = connect(&a, relay).await.unwrap();
     let _second = connect(&a, relay).await.unwrap();
     let refused = connect(&a, relay).await.err();
     assert_eq!(refused, Some(REFUSED));
-    assert_eq!(relay.stats().refused_peer_limit.get(), 1);
-    // Another peer is not affected.
+    assert_eq!(relay.stats().refused_address_limit.get(), 1);
+    // A fresh PeerId on the same address does not get around it.
     let b = direct_client(&[relay]).await;
-    let _other = connect(&b, relay).await.unwrap();
-    // Closing a circuit frees its slot.
+    assert_eq!(connect(&b, relay).await.err(), Some(REFUSED));
+    assert_eq!(relay.stats().refused_address_limit.get(), 2);
+    assert_eq!(relay.stats().refused_peer_limit.get(), 0);
+    // Closing a circuit frees its slot, for any peer of the address.
     step("DESTROY", first.close()).await;
-    wait_for("the slot is freed", || relay.open_circuits() == 2).await;
-    let _again = connect(&a, relay).await.unwrap();
-    assert_eq!(relay.stats().refused_peer_limit.get(), 1);
+    wait_for("the slot is freed", || relay.open_circuits() == 1).await;
+    let _again = connect(&b, relay).await.unwrap();
+    assert_eq!(relay.stats().refused_address_limit.get(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_create_rate_limit_refuses_cleanly() {
     let (relays, _dir) = one_exit(|c| {
-        c.create_rate_per_peer = CreateRate {
+        c.create_rate_per_address = CreateRate {
             per_second: 1,
             burst: 2,
         };

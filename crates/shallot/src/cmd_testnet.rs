@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use shallot_client::ClientConfig;
 use shallot_p2p::{Multiaddr, Protocol};
-use shallot_relay::RelayConfig;
+use shallot_relay::{CreateRate, RelayConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, ChildStdin, Command};
@@ -152,6 +152,10 @@ async fn run_network(
             exit_policy_reject_private: false,
             allow_private_addresses: true,
             dns_upstreams: args.dns_upstream.into_iter().collect(),
+            // Every client of the local network connects from 127.0.0.1, one address: give
+            // them together what a relay gives one relay.
+            max_circuits_per_address: shallot_relay::DEFAULT_MAX_CIRCUITS_PER_PEER,
+            create_rate_per_address: CreateRate::default(),
             ..RelayConfig::default()
         };
         let config_path = relay_dir.join("relay.toml");

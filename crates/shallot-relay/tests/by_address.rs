@@ -1,0 +1,179 @@
+//! One host with many PeerIds against a relay (issue: PeerIds cost nothing): the relay's
+//! limits count the address a peer connects from, so sixty-four fresh identities on one address
+//! get what one address gets, and a client on another address is served. The nodes run on an
+//! in-memory network, where each dials from its own address (on loopback TCP every peer would
+//! be 127.0.0.1).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use common::{build_circuit, hop_of_relay, init_tracing, step};
+use shallot_cell::DestroyReason;
+use shallot_client::{BuildFailure, CircuitHandle};
+use shallot_p2p::{
+    CIRCUIT_PROTOCOL, MemoryNet, Multiaddr, Node, NodeConfig, Role, TransportConfig,
+    identity::Keypair,
+};
+use shallot_relay::{
+    CreateRate, DEFAULT_MAX_CIRCUITS_PER_ADDRESS, MAX_PENDING_HANDSHAKES,
+    MAX_PENDING_HANDSHAKES_PER_SOURCE, Relay, RelayConfig, RelayHandle,
+};
+
+/// Identities the attacker makes on its one address.
+const IDENTITIES: usize = 64;
+/// Silent streams each identity opens: together they would hold every pending handshake
+/// slot four times over, were the slots counted per PeerId.
+const SILENT_STREAMS_PER_IDENTITY: usize = 16;
+/// Circuits each identity tries to hold: together far above the relay's total.
+const CIRCUITS_PER_IDENTITY: usize = 512;
+
+const RELAY_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const ATTACKER_IP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
+const HONEST_IP: Ipv4Addr = Ipv4Addr::new(10, 8, 0, 1);
+
+/// A relay on `net`, alone (no DHT: clients are told its address).
+async fn relay_on(
+    net: &MemoryNet,
+    tweak: impl FnOnce(&mut RelayConfig),
+) -> (RelayHandle, tempfile::TempDir) {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = RelayConfig {
+        data_dir: dir.path().to_owned(),
+        listen: vec![format!("/ip4/{RELAY_IP}/tcp/0").parse().unwrap()],
+        allow_private_addresses: true,
+        safe_logging: false,
+        handshake_timeout_secs: 10,
+        transport: TransportConfig::Memory {
+            net: net.clone(),
+            ip: IpAddr::V4(RELAY_IP),
+        },
+        ..RelayConfig::default()
+    };
+    tweak(&mut config);
+    (Relay::start(config).await.expect("start relay"), dir)
+}
+
+/// A client node on `net` dialing from `ip`, told `relay`'s address.
+async fn client_at(net: &MemoryNet, ip: Ipv4Addr, relay: &RelayHandle) -> Node {
+    let mut config = NodeConfig::new(Role::Client, Vec::new(), Vec::new());
+    config.transport = TransportConfig::Memory {
+        net: net.clone(),
+        ip: IpAddr::V4(ip),
+    };
+    let node = Node::start(Keypair::generate_ed25519(), config)
+        .await
+        .expect("start client");
+    let addr: &Multiaddr = &relay.listen_addrs()[0];
+    node.add_address(relay.peer_id(), addr.clone())
+        .await
+        .unwrap();
+    node
+}
+
+async fn one_hop(client: &Node, relay: &RelayHandle) -> Result<CircuitHandle, BuildFailure> {
+    build_circuit(client, vec![hop_of_relay(relay)]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_streams_from_many_identities_on_one_address_leave_others_served() {
+    let net = MemoryNet::new();
+    let (relay, _dir) = relay_on(&net, |_| {}).await;
+    let mut attackers = Vec::new();
+    let mut silent = Vec::new();
+    for _ in 0..IDENTITIES {
+        let node = client_at(&net, ATTACKER_IP, &relay).await;
+        let mut control = node.stream_control();
+        for _ in 0..SILENT_STREAMS_PER_IDENTITY {
+            // Opened and never written: each holds a handshake slot until the relay's
+            // handshake timeout, unless the relay refuses it at once.
+            if let Ok(s) = step(
+                "open a silent stream",
+                control.open_stream(relay.peer_id(), CIRCUIT_PROTOCOL),
+            )
+            .await
+            {
+                silent.push(s);
+            }
+        }
+        attackers.push(node);
+    }
+    let opened = IDENTITIES * SILENT_STREAMS_PER_IDENTITY;
+    // The streams reach the relay's accept loop a little after they open: give it a moment
+    // (bounded) to see them all before the honest client comes.
+    let all_but_one_address = (opened - MAX_PENDING_HANDSHAKES_PER_SOURCE) as u64;
+    for _ in 0..100 {
+        if relay.stats().refused_handshakes.get() >= all_but_one_address {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let honest = client_at(&net, HONEST_IP, &relay).await;
+    let built = one_hop(&honest, &relay).await;
+    assert!(
+        built.is_ok(),
+        "an honest CREATE from another address, while {opened} silent streams from {IDENTITIES} \
+         identities on one address are open: {built:?} (refused for handshakes: {})",
+        relay.stats().refused_handshakes.get()
+    );
+    assert!(
+        relay.stats().refused_handshakes.get() >= all_but_one_address,
+        "the attacker's address held more than {MAX_PENDING_HANDSHAKES_PER_SOURCE} handshakes"
+    );
+    assert!(
+        opened > MAX_PENDING_HANDSHAKES,
+        "the attack is big enough to matter"
+    );
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_circuits_from_many_identities_on_one_address_stay_under_its_bound() {
+    let net = MemoryNet::new();
+    // The rate is opened wide so that the bound on circuits is what this test meets.
+    let (relay, _dir) = relay_on(&net, |c| {
+        c.create_rate_per_address = CreateRate {
+            per_second: 100_000,
+            burst: 100_000,
+        };
+    })
+    .await;
+    let refused = BuildFailure::Destroyed {
+        hops_built: 0,
+        reason: DestroyReason::ResourceLimit,
+    };
+    let mut held = Vec::new();
+    let mut attackers = Vec::new();
+    for _ in 0..IDENTITIES {
+        let node = client_at(&net, ATTACKER_IP, &relay).await;
+        for _ in 0..CIRCUITS_PER_IDENTITY {
+            match one_hop(&node, &relay).await {
+                Ok(c) => held.push(c),
+                Err(e) => {
+                    assert_eq!(e, refused);
+                    break;
+                }
+            }
+        }
+        attackers.push(node);
+    }
+    assert!(
+        held.len() <= DEFAULT_MAX_CIRCUITS_PER_ADDRESS,
+        "{IDENTITIES} identities on one address hold {} idle circuits, over the bound of {}",
+        held.len(),
+        DEFAULT_MAX_CIRCUITS_PER_ADDRESS
+    );
+    assert_eq!(held.len(), DEFAULT_MAX_CIRCUITS_PER_ADDRESS);
+    assert!(relay.stats().refused_address_limit.get() >= IDENTITIES as u64 - 1);
+    let honest = client_at(&net, HONEST_IP, &relay).await;
+    let built = one_hop(&honest, &relay).await;
+    assert!(
+        built.is_ok(),
+        "an honest client on another address: {built:?}"
+    );
+    assert_eq!(relay.open_circuits(), held.len() + 1);
+}
