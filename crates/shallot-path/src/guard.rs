@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use libp2p_identity::PeerId;
 use rand::Rng;
 
+use crate::bias::{BiasState, PathBias};
 use crate::err::PathError;
 use crate::relays::RelayIndex;
 use crate::state;
@@ -26,6 +27,10 @@ pub const GUARD_STATE_FILE: &str = "guards.state";
 
 /// A success is written to the state file at most this often (a reset failure streak always is).
 const SUCCESS_WRITE_INTERVAL_SECS: u64 = 3600;
+/// Path-bias counts are written to the state file after this many changes at most (a change
+/// of state always is): a crash loses at most this many observations, and a build does not
+/// cost a write.
+pub const PATH_BIAS_WRITE_EVERY: u32 = 16;
 
 /// One pinned guard and what this client knows about it. Nothing here comes from the guard's
 /// own descriptor except its identity (specs/05 §5.4).
@@ -39,6 +44,7 @@ pub struct Guard {
     pub(crate) failing_since: Option<u64>,
     pub(crate) last_failure: Option<u64>,
     pub(crate) last_success: Option<u64>,
+    pub(crate) bias: PathBias,
 }
 
 impl Guard {
@@ -52,6 +58,7 @@ impl Guard {
             failing_since: None,
             last_failure: None,
             last_success: None,
+            bias: PathBias::default(),
         }
     }
 
@@ -79,6 +86,11 @@ impl Guard {
     /// Consecutive failures, at most [`GUARD_MAX_FAILURES`].
     pub fn failures(&self) -> u8 {
         self.failures
+    }
+
+    /// Its path-bias counts and state (specs/05 §5.6).
+    pub fn path_bias(&self) -> &PathBias {
+        &self.bias
     }
 
     /// Whether the last attempt failed less than [`GUARD_RETRY_DELAY_SECS`] ago.
@@ -114,6 +126,8 @@ pub struct GuardChanges {
 pub struct GuardSet {
     guards: Vec<Guard>,
     state_path: Option<PathBuf>,
+    /// Path-bias changes since the state file was last written.
+    unsaved_bias: u32,
 }
 
 impl GuardSet {
@@ -130,6 +144,7 @@ impl GuardSet {
         Ok(Self {
             guards,
             state_path: Some(path),
+            unsaved_bias: 0,
         })
     }
 
@@ -278,12 +293,14 @@ impl GuardSet {
         Some((oldest[rng.random_range(0..oldest.len())], true))
     }
 
-    /// The pinned guards that are in the view, as relay indices in the order a path tries
-    /// them (specs/05 §5.5): set order, guards backing off after a failure last.
+    /// The pinned guards that are in the view and not disabled by path bias, as relay indices
+    /// in the order a path tries them (specs/05 §5.5): set order, guards backing off after a
+    /// failure last.
     pub(crate) fn usable(&self, relays: &RelayIndex<'_>, now: u64) -> Vec<(usize, bool)> {
         let listed = self
             .guards
             .iter()
+            .filter(|g| g.bias.state != BiasState::Disabled)
             .filter_map(|g| relays.position(&g.peer).map(|i| (g, i)));
         let (ready, waiting): (Vec<_>, Vec<_>) = listed.partition(|(g, _)| !g.backing_off(now));
         ready
@@ -327,7 +344,55 @@ impl GuardSet {
         Ok(true)
     }
 
-    fn save(&self) -> Result<(), PathError> {
+    /// specs/05 §5.6: a circuit through guard `peer` got past it (its CREATED came back) and
+    /// then was `built` or failed at a later hop, whatever the reason given. Returns the
+    /// guard's new path-bias state if it changed (`None` also when `peer` is not pinned).
+    pub fn record_circuit(
+        &mut self,
+        peer: &PeerId,
+        built: bool,
+    ) -> Result<Option<BiasState>, PathError> {
+        self.record_bias(peer, |bias| bias.record_circuit(built))
+    }
+
+    /// specs/05 §5.6: a circuit through guard `peer` was given its first stream.
+    pub fn record_use_attempt(&mut self, peer: &PeerId) -> Result<Option<BiasState>, PathError> {
+        self.record_bias(peer, PathBias::record_use_attempt)
+    }
+
+    /// specs/05 §5.6: the exit answered a stream on a circuit through guard `peer` that
+    /// [`Self::record_use_attempt`] counted.
+    pub fn record_use_success(&mut self, peer: &PeerId) -> Result<Option<BiasState>, PathError> {
+        self.record_bias(peer, PathBias::record_use_success)
+    }
+
+    fn record_bias(
+        &mut self,
+        peer: &PeerId,
+        record: impl FnOnce(&mut PathBias) -> Option<BiasState>,
+    ) -> Result<Option<BiasState>, PathError> {
+        let Some(guard) = self.guards.iter_mut().find(|g| &g.peer == peer) else {
+            return Ok(None);
+        };
+        let change = record(&mut guard.bias);
+        self.unsaved_bias += 1;
+        if change.is_some() || self.unsaved_bias >= PATH_BIAS_WRITE_EVERY {
+            self.save()?;
+        }
+        Ok(change)
+    }
+
+    /// Writes the state file now if path-bias counts changed since it was last written (at
+    /// shutdown).
+    pub fn flush(&mut self) -> Result<(), PathError> {
+        if self.unsaved_bias > 0 {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    fn save(&mut self) -> Result<(), PathError> {
+        self.unsaved_bias = 0;
         match &self.state_path {
             Some(path) => state::store(path, &self.guards),
             None => Ok(()),
@@ -620,6 +685,83 @@ mod tests {
         let stranger = PeerId::random();
         assert!(!selector.mark_guard_failed(&stranger, NOW).expect("mark"));
         assert!(!selector.mark_guard_succeeded(&stranger, NOW).expect("mark"));
+    }
+
+    #[test]
+    fn a_guard_disabled_by_path_bias_is_skipped_kept_pinned_and_remembered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (view, _) = view_of(&ten_relays(OLD));
+        let relays = RelayIndex::new(&view);
+        let mut selector = PathSelector::open(dir.path()).expect("open");
+        let mut rng = rng(30);
+        let first = selector
+            .select_path(&relays, ExitTarget::Any, NOW, &mut rng)
+            .expect("path")
+            .peers()[0];
+        let pinned = peers(selector.guards());
+        let mut changes = Vec::new();
+        for _ in 0..crate::PATH_BIAS_MIN_CIRCS {
+            changes.extend(selector.record_circuit(&first, false).expect("record"));
+        }
+        assert_eq!(changes, vec![BiasState::Disabled]);
+        let next = selector
+            .select_path(&relays, ExitTarget::Any, NOW + 1, &mut rng)
+            .expect("path")
+            .peers()[0];
+        assert_eq!(next, pinned[1], "the next pinned guard, not a new one");
+        assert_eq!(peers(selector.guards()), pinned);
+        // A relay that is not pinned has no record.
+        assert_eq!(
+            selector
+                .record_circuit(&PeerId::random(), false)
+                .expect("record"),
+            None
+        );
+        drop(selector);
+        let mut restarted = PathSelector::open(dir.path()).expect("reopen");
+        let bias = *restarted.guards().guards()[0].path_bias();
+        assert_eq!(bias.state(), BiasState::Disabled);
+        assert_eq!(bias.circ_attempts(), crate::PATH_BIAS_MIN_CIRCS);
+        let again = restarted
+            .select_path(&relays, ExitTarget::Any, NOW + 2, &mut rng)
+            .expect("path")
+            .peers()[0];
+        assert_eq!(again, pinned[1]);
+        // Every pinned guard disabled: no path, and no new guard either.
+        for guard in &pinned[1..] {
+            for _ in 0..crate::PATH_BIAS_MIN_CIRCS {
+                restarted.record_circuit(guard, false).expect("record");
+            }
+        }
+        let err = restarted
+            .select_path(&relays, ExitTarget::Any, NOW + 3, &mut rng)
+            .expect_err("no usable guard");
+        assert!(matches!(err, crate::PathError::NoUsableGuard), "{err}");
+        assert_eq!(peers(restarted.guards()), pinned);
+    }
+
+    #[test]
+    fn path_bias_counts_reach_the_file_in_batches_and_at_flush() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (view, _) = view_of(&ten_relays(OLD));
+        let mut set = GuardSet::open(dir.path()).expect("open");
+        set.update(&RelayIndex::new(&view), NOW, &mut rng(31))
+            .expect("update");
+        let guard = *set.guards()[0].peer();
+        let on_disk = || {
+            GuardSet::open(dir.path()).expect("reopen").guards()[0]
+                .path_bias()
+                .circ_attempts()
+        };
+        for _ in 0..PATH_BIAS_WRITE_EVERY - 1 {
+            set.record_circuit(&guard, true).expect("record");
+        }
+        assert_eq!(on_disk(), 0, "not written yet");
+        set.record_circuit(&guard, true).expect("record");
+        assert_eq!(on_disk(), PATH_BIAS_WRITE_EVERY);
+        set.record_circuit(&guard, true).expect("record");
+        set.flush().expect("flush");
+        assert_eq!(on_disk(), PATH_BIAS_WRITE_EVERY + 1);
     }
 
     #[test]

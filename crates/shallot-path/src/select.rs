@@ -6,6 +6,7 @@ use libp2p_identity::PeerId;
 use rand::Rng;
 use shallot_directory::ViewEntry;
 
+use crate::bias::BiasState;
 use crate::err::{PathError, Role};
 use crate::guard::{GuardChanges, GuardSet};
 use crate::relays::{RelayIndex, path_subnets};
@@ -120,6 +121,31 @@ impl PathSelector {
     /// Records that building through guard `peer` succeeded.
     pub fn mark_guard_succeeded(&mut self, peer: &PeerId, now: u64) -> Result<bool, PathError> {
         self.guards.mark_succeeded(peer, now)
+    }
+
+    /// Records a circuit through guard `peer` that got past it, `built` or not (specs/05
+    /// §5.6); returns the guard's new path-bias state if it changed.
+    pub fn record_circuit(
+        &mut self,
+        peer: &PeerId,
+        built: bool,
+    ) -> Result<Option<BiasState>, PathError> {
+        self.guards.record_circuit(peer, built)
+    }
+
+    /// Records that a circuit through guard `peer` was given its first stream (§5.6).
+    pub fn record_use_attempt(&mut self, peer: &PeerId) -> Result<Option<BiasState>, PathError> {
+        self.guards.record_use_attempt(peer)
+    }
+
+    /// Records that the exit answered a stream on such a circuit (§5.6).
+    pub fn record_use_success(&mut self, peer: &PeerId) -> Result<Option<BiasState>, PathError> {
+        self.guards.record_use_success(peer)
+    }
+
+    /// Writes path-bias counts not yet in the state file (at shutdown).
+    pub fn flush(&mut self) -> Result<(), PathError> {
+        self.guards.flush()
     }
 
     /// Chooses a path for `target` at `now` (UNIX seconds), specs/05 §8: updates the guards,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use libp2p_identity::PeerId;
 
+use crate::bias::BiasState;
 use crate::err::PathError;
 use crate::guard::{GUARD_MAX_FAILURES, Guard, NUM_GUARDS};
 
@@ -27,7 +28,8 @@ pub(crate) fn encode(guards: &[Guard]) -> String {
     for g in guards.iter().take(NUM_GUARDS) {
         out.push_str(&format!(
             "guard {} added={} provisional={} unlisted-since={} failures={} failing-since={} \
-             last-failure={} last-success={}\n",
+             last-failure={} last-success={} pb-attempts={} pb-built={} pb-use-attempts={} \
+             pb-use-succeeded={} pb-state={}\n",
             g.peer,
             g.added_at,
             u8::from(g.provisional),
@@ -36,6 +38,11 @@ pub(crate) fn encode(guards: &[Guard]) -> String {
             opt(g.failing_since),
             opt(g.last_failure),
             opt(g.last_success),
+            g.bias.circ_attempts,
+            g.bias.circ_built,
+            g.bias.use_attempts,
+            g.bias.use_succeeded,
+            g.bias.state.as_str(),
         ));
     }
     out
@@ -108,6 +115,19 @@ pub(crate) fn decode(text: &str) -> Result<Vec<Guard>, (usize, &'static str)> {
                 "last-success" => {
                     guard.last_success = optional(value).ok_or((n, "bad last-success"))?;
                 }
+                "pb-attempts" => {
+                    guard.bias.circ_attempts = count(value).ok_or((n, "bad pb-attempts"))?
+                }
+                "pb-built" => guard.bias.circ_built = count(value).ok_or((n, "bad pb-built"))?,
+                "pb-use-attempts" => {
+                    guard.bias.use_attempts = count(value).ok_or((n, "bad pb-use-attempts"))?;
+                }
+                "pb-use-succeeded" => {
+                    guard.bias.use_succeeded = count(value).ok_or((n, "bad pb-use-succeeded"))?;
+                }
+                "pb-state" => {
+                    guard.bias.state = BiasState::parse(value).ok_or((n, "bad pb-state"))?;
+                }
                 // specs/05 §6.2: unknown fields are ignored.
                 _ => {}
             }
@@ -115,6 +135,9 @@ pub(crate) fn decode(text: &str) -> Result<Vec<Guard>, (usize, &'static str)> {
         if !added {
             return Err((n, "guard line without added="));
         }
+        // A hand-edited file may claim more successes than attempts: they are read as all.
+        guard.bias.circ_built = guard.bias.circ_built.min(guard.bias.circ_attempts);
+        guard.bias.use_succeeded = guard.bias.use_succeeded.min(guard.bias.use_attempts);
         if guards.iter().any(|g| g.peer == guard.peer) {
             return Err((n, "guard listed twice"));
         }
@@ -134,6 +157,11 @@ fn number(s: &str) -> Option<u64> {
         return None;
     }
     s.parse().ok()
+}
+
+/// A path-bias count: a number, saturated at `u32::MAX`.
+fn count(s: &str) -> Option<u32> {
+    number(s).map(|v| u32::try_from(v).unwrap_or(u32::MAX))
 }
 
 fn optional(s: &str) -> Option<Option<u64>> {
@@ -227,6 +255,11 @@ mod tests {
         b.failures = 3;
         b.failing_since = Some(1_800_000_300);
         b.last_failure = Some(1_800_000_400);
+        b.bias.circ_attempts = 40;
+        b.bias.circ_built = 9;
+        b.bias.use_attempts = 7;
+        b.bias.use_succeeded = 7;
+        b.bias.state = BiasState::Disabled;
         vec![a, b]
     }
 
@@ -253,6 +286,15 @@ mod tests {
         let read = decode(&text).expect("decode");
         assert_eq!(read[0].failures, GUARD_MAX_FAILURES);
         assert_eq!(read[0].last_success, None);
+        // A file of the version before path bias: counts start at zero, the guard is ok.
+        assert_eq!(read[0].bias, crate::PathBias::default());
+        // More successes than attempts are read as all.
+        let text = format!("{GUARD_STATE_HEADER}\nguard {peer} added=5 pb-attempts=3 pb-built=9\n");
+        let read = decode(&text).expect("decode");
+        assert_eq!(
+            (read[0].bias.circ_attempts, read[0].bias.circ_built),
+            (3, 3)
+        );
     }
 
     #[test]
@@ -283,6 +325,14 @@ mod tests {
             ),
             (
                 format!("{GUARD_STATE_HEADER}\nguard {peer} added=1 failures\n"),
+                2,
+            ),
+            (
+                format!("{GUARD_STATE_HEADER}\nguard {peer} added=1 pb-state=fine\n"),
+                2,
+            ),
+            (
+                format!("{GUARD_STATE_HEADER}\nguard {peer} added=1 pb-attempts=-1\n"),
                 2,
             ),
             (
