@@ -178,6 +178,7 @@ impl Client {
                 bootstrap: *progress.borrow(),
                 bootstrap_peers: node.bootstrap_status(),
                 circuits: circuits.circuits(),
+                guards: circuits.guards(),
             });
             tasks.push(tokio::spawn(metrics::serve(
                 listener,

@@ -22,7 +22,8 @@ use tracing::debug;
 
 #[cfg(test)]
 use shallot_p2p::BootstrapDial;
-use shallot_p2p::BootstrapPeerStatus;
+use shallot_p2p::{BootstrapPeerStatus, PeerId};
+use shallot_path::{BiasState, PathBias};
 
 use crate::client::Bootstrap;
 use crate::pool::CircuitSummary;
@@ -49,6 +50,14 @@ const METRICS_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Labels = [(&'static str, &'static str); 1];
 
+/// Every path-bias state, for the `shallot_guards` gauge.
+const BIAS_STATES: [BiasState; 4] = [
+    BiasState::Ok,
+    BiasState::Notice,
+    BiasState::Warn,
+    BiasState::Disabled,
+];
+
 /// The client's metrics. Cloning shares them.
 #[derive(Clone, Debug)]
 pub(crate) struct Metrics {
@@ -69,6 +78,8 @@ pub(crate) struct Metrics {
     /// `shallot_bytes_total{direction="down"}`: bytes delivered to applications.
     pub(crate) bytes_down: Counter,
     failures: Family<Labels, Counter>,
+    /// `shallot_guards{path_bias=…}`: pinned guards in each path-bias state (specs/05 §5.6).
+    guards: Family<Labels, Gauge>,
     registry: Arc<Registry>,
 }
 
@@ -83,6 +94,7 @@ impl Metrics {
         let streams_open = Gauge::default();
         let bytes = Family::<Labels, Counter>::default();
         let failures = Family::<Labels, Counter>::default();
+        let guards = Family::<Labels, Gauge>::default();
         registry.register(
             "shallot_relays_known",
             "Relays in the client's verified view",
@@ -123,6 +135,16 @@ impl Metrics {
             "Circuits that failed to build or were destroyed, by reason",
             failures.clone(),
         );
+        registry.register(
+            "shallot_guards",
+            "Pinned guards by path-bias state (disabled ones are not used)",
+            guards.clone(),
+        );
+        for state in BIAS_STATES {
+            guards
+                .get_or_create(&[("path_bias", state.as_str())])
+                .set(0);
+        }
         let bytes_up = bytes.get_or_create(&[("direction", "up")]).clone();
         let bytes_down = bytes.get_or_create(&[("direction", "down")]).clone();
         Self {
@@ -135,6 +157,7 @@ impl Metrics {
             bytes_up,
             bytes_down,
             failures,
+            guards,
             registry: Arc::new(registry),
         }
     }
@@ -142,6 +165,16 @@ impl Metrics {
     /// Counts a circuit failure with `reason` (a fixed label: timeout, extend_failed, …).
     pub(crate) fn circuit_failure(&self, reason: &'static str) {
         self.failures.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// Sets `shallot_guards` from the pinned guards' records.
+    pub(crate) fn guard_states(&self, guards: &[(PeerId, PathBias)]) {
+        for state in BIAS_STATES {
+            let n = guards.iter().filter(|(_, b)| b.state() == state).count();
+            self.guards
+                .get_or_create(&[("path_bias", state.as_str())])
+                .set(n as i64);
+        }
     }
 
     /// The metrics in Prometheus text format.
@@ -166,6 +199,8 @@ pub(crate) struct Status {
     pub(crate) bootstrap_peers: Vec<BootstrapPeerStatus>,
     /// The circuits whose path is known.
     pub(crate) circuits: Vec<CircuitSummary>,
+    /// The pinned guards, first preferred, with their path-bias records.
+    pub(crate) guards: Vec<(PeerId, PathBias)>,
 }
 
 /// Where `GET /status` gets what it shows.
@@ -242,8 +277,10 @@ async fn answer(
 }
 
 /// The status as JSON: `{"bootstrap": {"percent", "summary", "peers": [{"addr", "state"}]},
-/// "circuits": [{"id", "hops" (guard first), "built", "streams", "age_secs"}]}`. PeerIds are
-/// base58 and ids numbers; the strings that could hold anything are escaped.
+/// "circuits": [{"id", "hops" (guard first), "built", "streams", "age_secs"}],
+/// "guards": [{"peer", "path_bias", "circ_attempts", "circ_built", "build_rate",
+/// "use_attempts", "use_succeeded", "use_rate"}]}` (rates `null` before the first count).
+/// PeerIds are base58 and ids numbers; the strings that could hold anything are escaped.
 fn render_status(status: &Status) -> String {
     let peers: Vec<String> = status
         .bootstrap_peers
@@ -277,9 +314,29 @@ fn render_status(status: &Status) -> String {
             )
         })
         .collect();
+    let rate = |r: Option<f64>| r.map_or_else(|| "null".to_owned(), |r| format!("{r:.3}"));
+    let guards: Vec<String> = status
+        .guards
+        .iter()
+        .map(|(peer, b)| {
+            format!(
+                "{{\"peer\": \"{peer}\", \"path_bias\": \"{}\", \"circ_attempts\": {}, \
+                 \"circ_built\": {}, \"build_rate\": {}, \"use_attempts\": {}, \
+                 \"use_succeeded\": {}, \"use_rate\": {}}}",
+                b.state().as_str(),
+                b.circ_attempts(),
+                b.circ_built(),
+                rate(b.build_rate()),
+                b.use_attempts(),
+                b.use_succeeded(),
+                rate(b.use_rate()),
+            )
+        })
+        .collect();
     format!(
-        "{{\"bootstrap\": {bootstrap}, \"circuits\": [{}]}}\n",
-        entries.join(", ")
+        "{{\"bootstrap\": {bootstrap}, \"circuits\": [{}], \"guards\": [{}]}}\n",
+        entries.join(", "),
+        guards.join(", ")
     )
 }
 
@@ -314,6 +371,10 @@ mod tests {
         m.bytes_up.inc_by(3);
         m.circuit_failure("timeout");
         m.build_seconds.observe(0.2);
+        m.guard_states(&[
+            (PeerId::random(), PathBias::default()),
+            (PeerId::random(), PathBias::default()),
+        ]);
         let text = m.render();
         for name in [
             "shallot_relays_known",
@@ -323,6 +384,8 @@ mod tests {
             "shallot_bytes_total{direction=\"up\"} 3",
             "shallot_bytes_total{direction=\"down\"} 0",
             "shallot_circuit_failures_total{reason=\"timeout\"} 1",
+            "shallot_guards{path_bias=\"ok\"} 2",
+            "shallot_guards{path_bias=\"disabled\"} 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
@@ -355,6 +418,7 @@ mod tests {
                 streams: 2,
                 age: Duration::from_secs(5),
             }],
+            guards: vec![(peer, PathBias::default())],
         });
         let task = tokio::spawn(serve(listener, m, status));
         let get = |path: &'static str| async move {
@@ -376,7 +440,10 @@ mod tests {
                 "{{\"bootstrap\": {{\"percent\": 10, \"summary\": \"asking the DHT for relays\", \
                  \"peers\": [{{\"addr\": \"/ip4/127.0.0.1/tcp/1/p2p/{peer}\", \"state\": \
                  \"connection refused\"}}]}}, \"circuits\": [{{\"id\": 3, \"hops\": [\"{peer}\", \
-                 \"{peer}\", \"{peer}\"], \"built\": true, \"streams\": 2, \"age_secs\": 5}}]}}\n"
+                 \"{peer}\", \"{peer}\"], \"built\": true, \"streams\": 2, \"age_secs\": 5}}], \
+                 \"guards\": [{{\"peer\": \"{peer}\", \"path_bias\": \"ok\", \"circ_attempts\": 0, \
+                 \"circ_built\": 0, \"build_rate\": null, \"use_attempts\": 0, \
+                 \"use_succeeded\": 0, \"use_rate\": null}}]}}\n"
             )),
             "{status}"
         );

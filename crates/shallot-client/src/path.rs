@@ -5,9 +5,10 @@
 use std::path::Path as FsPath;
 use std::sync::{Mutex, MutexGuard};
 
+use rand::Rng;
 use shallot_directory::{NetworkView, ViewEntry, WallClock};
 use shallot_p2p::PeerId;
-use shallot_path::{ExitTarget, PathError, PathSelector, RelayIndex};
+use shallot_path::{BiasState, ExitTarget, PathBias, PathError, PathSelector, RelayIndex};
 use tracing::{info, warn};
 
 /// Draws on the full view before a retry that must avoid some exits falls back to a view
@@ -61,23 +62,108 @@ impl Paths {
         port: Option<u16>,
         avoid_exits: &[PeerId],
     ) -> Result<Vec<ViewEntry>, PathError> {
+        self.select_with(view, port, avoid_exits, &mut rand::rng())
+    }
+
+    /// [`Self::select`] drawing from `rng` (seeded in tests).
+    pub(crate) fn select_with<R: Rng + ?Sized>(
+        &self,
+        view: &NetworkView,
+        port: Option<u16>,
+        avoid_exits: &[PeerId],
+        rng: &mut R,
+    ) -> Result<Vec<ViewEntry>, PathError> {
         let target = port.map_or(ExitTarget::Any, ExitTarget::Port);
         let now = self.clock.now();
-        let mut rng = rand::rng();
         let mut selector = self.lock();
         let relays = RelayIndex::new(view);
         // The exit is uniform among those that fit the first usable guard: redrawing keeps
         // that guard (specs/05 §5.5) when another exit fits it.
         for _ in 0..AVOID_DRAWS {
-            let path = selector.select_path(&relays, target, now, &mut rng)?;
+            let path = selector.select_path(&relays, target, now, rng)?;
             if !avoid_exits.contains(&path.exit().descriptor.peer_id()) {
                 return Ok(Vec::from(path.hops().map(ViewEntry::clone)));
             }
         }
         let pruned = view.without(avoid_exits);
         let relays = RelayIndex::new(&pruned);
-        let path = selector.select_path(&relays, target, now, &mut rng)?;
+        let path = selector.select_path(&relays, target, now, rng)?;
         Ok(Vec::from(path.hops().map(ViewEntry::clone)))
+    }
+
+    /// The pinned guards and their path-bias records, first preferred.
+    pub(crate) fn guard_bias(&self) -> Vec<(PeerId, PathBias)> {
+        let selector = self.lock();
+        selector
+            .guards()
+            .guards()
+            .iter()
+            .map(|g| (*g.peer(), *g.path_bias()))
+            .collect()
+    }
+
+    /// Records a circuit through `guard` that got past it and then was `built` or not
+    /// (specs/05 §5.6), and logs a change of the guard's path-bias state.
+    pub(crate) fn circuit_outcome(&self, guard: &PeerId, built: bool) {
+        let result = self.lock().record_circuit(guard, built);
+        self.report_bias(guard, result);
+    }
+
+    /// Records the first stream sent on a circuit through `guard` (§5.6).
+    pub(crate) fn use_attempted(&self, guard: &PeerId) {
+        let result = self.lock().record_use_attempt(guard);
+        self.report_bias(guard, result);
+    }
+
+    /// Records the exit's first answer on such a circuit (§5.6).
+    pub(crate) fn use_succeeded(&self, guard: &PeerId) {
+        let result = self.lock().record_use_success(guard);
+        self.report_bias(guard, result);
+    }
+
+    /// Writes path-bias counts not yet in the state file (at shutdown).
+    pub(crate) fn flush(&self) {
+        if let Err(err) = self.lock().flush() {
+            warn!(%err, "cannot record the guards' path-bias counts");
+        }
+    }
+
+    fn report_bias(&self, guard: &PeerId, result: Result<Option<BiasState>, PathError>) {
+        let state = match result {
+            Ok(Some(state)) => state,
+            Ok(None) => return,
+            Err(err) => {
+                warn!(%err, "cannot record the guard's path-bias counts");
+                return;
+            }
+        };
+        let bias = self
+            .guard_bias()
+            .into_iter()
+            .find(|(p, _)| p == guard)
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let (attempts, built) = (bias.circ_attempts(), bias.circ_built());
+        let (uses, answered) = (bias.use_attempts(), bias.use_succeeded());
+        match state {
+            BiasState::Disabled => warn!(
+                %guard, attempts, built, uses, answered,
+                "path bias: too few circuits through this guard work; it is not used again \
+                 (specs/05 §5.6)"
+            ),
+            BiasState::Warn => warn!(
+                %guard, attempts, built, uses, answered,
+                "path bias: fewer than half the circuits through this guard get built"
+            ),
+            BiasState::Notice => info!(
+                %guard, attempts, built, uses, answered,
+                "path bias: many circuits through this guard fail"
+            ),
+            BiasState::Ok => info!(
+                %guard, attempts, built, uses, answered,
+                "path bias: circuits through this guard work again"
+            ),
+        }
     }
 
     /// Records the outcome of a circuit build through `guard` (specs/05 §5.4): `false` when

@@ -21,8 +21,10 @@
 //! - **Build ahead**: a clean circuit is kept ready for each preemptive or recently used port
 //!   (at most [`MAX_CLEAN_CIRCUITS`]), within three quarters of the budget.
 //! - **Build outcomes**: a build that never got past the guard counts against it (specs/05
-//!   §5.4); a refused EXTEND names the relay that could not be reached, which new paths leave
-//!   out for [`UNREACHABLE_FOR`].
+//!   §5.4); one that got past it counts for or against it in path bias (§5.6), and so does
+//!   whether the circuit carried a stream. A refused EXTEND names the relay that could not be
+//!   reached, which only the retries of the stream the build was for leave out (§9.1 rule 7):
+//!   the pool keeps no list of relays to avoid, so no hop's word reaches another path.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -38,12 +40,6 @@ use crate::timeout::BuildTimes;
 pub(crate) const MAX_RECENT_PORTS: usize = 16;
 /// How long a port counts as recently used.
 pub(crate) const RECENT_PORT_TTL: Duration = Duration::from_secs(3600);
-/// How long a relay a circuit could not be extended to stays out of new paths. Long enough for
-/// a retry to go elsewhere, short enough that a relay that was only briefly away comes back
-/// before the next view refresh.
-pub(crate) const UNREACHABLE_FOR: Duration = Duration::from_secs(60);
-/// Most relays left out at once (a bound against a network that fails every extend).
-pub(crate) const MAX_UNREACHABLE: usize = 256;
 /// Most clean circuits kept ready at once.
 pub(crate) const MAX_CLEAN_CIRCUITS: usize = 6;
 /// A clean circuit nobody used is closed after this long.
@@ -91,6 +87,17 @@ pub(crate) enum Phase {
     Built,
 }
 
+/// How far a built circuit got in carrying streams, for path bias (specs/05 §5.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// No stream sent on it yet.
+    Unused,
+    /// A stream was sent; the exit has not answered one.
+    Attempted,
+    /// The exit answered a stream on it.
+    Answered,
+}
+
 /// A circuit of the pool. `C` is the manager's handle on it.
 #[derive(Debug)]
 struct Entry<C> {
@@ -112,6 +119,7 @@ struct Entry<C> {
     first_used: Option<Instant>,
     last_used: Instant,
     leases: usize,
+    used: Use,
 }
 
 impl<C> Entry<C> {
@@ -143,6 +151,8 @@ pub(crate) struct Request<'a> {
     pub(crate) avoid_exits: &'a [PeerId],
     /// Circuits it failed on before.
     pub(crate) avoid_circuits: &'a [CircuitId],
+    /// Relays a refused EXTEND of one of its own builds named (specs/05 §9.1 rule 7).
+    pub(crate) avoid_relays: &'a [PeerId],
     /// Its place in the queue, if it waits there.
     pub(crate) waiter: Option<WaiterId>,
 }
@@ -182,13 +192,17 @@ pub(crate) enum Decision<C> {
 }
 
 /// What a finished build means beyond the circuit itself.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, Default)]
 pub(crate) struct BuildVerdict {
-    /// The guard, and whether the build counts for (`true`) or against (`false`) it; `None`
-    /// when the build says nothing about the guard.
+    /// The guard, and whether the build counts for (`true`) or against (`false`) its
+    /// reachability (specs/05 §5.4); `None` when the build says nothing about it.
     pub(crate) guard: Option<(PeerId, bool)>,
-    /// The relay left out of new paths, if the failure named one.
-    pub(crate) unreachable: Option<PeerId>,
+    /// The guard, and whether the circuit was built (`true`) or failed after the guard
+    /// answered (`false`): a path-bias observation (specs/05 §5.6).
+    pub(crate) bias: Option<(PeerId, bool)>,
+    /// The relay a refused EXTEND named, which the retries of the stream this build was for
+    /// may leave out (specs/05 §9.1 rule 7), and nothing else.
+    pub(crate) named: Option<PeerId>,
 }
 
 /// A snapshot of one circuit, for status views and tests.
@@ -228,7 +242,6 @@ pub(crate) struct Pool<C> {
     next_waiter: WaiterId,
     /// Waiters to wake since the caller last asked.
     wake: Vec<WaiterId>,
-    unreachable: HashMap<PeerId, Instant>,
     recent_ports: HashMap<u16, Instant>,
     build_times: BuildTimes,
     first_built: bool,
@@ -243,7 +256,6 @@ impl<C: Clone> Pool<C> {
             queue: VecDeque::new(),
             next_waiter: 1,
             wake: Vec::new(),
-            unreachable: HashMap::new(),
             recent_ports: HashMap::new(),
             build_times,
             first_built: false,
@@ -257,6 +269,9 @@ impl<C: Clone> Pool<C> {
             && e.allows(req.port)
             && e.leases < MAX_STREAMS_PER_CIRCUIT
             && !req.avoid_circuits.contains(&e.id)
+            && (e.phase == Phase::Reserved && req.avoid_relays.is_empty()
+                || e.phase != Phase::Reserved
+                    && !e.path.iter().any(|p| req.avoid_relays.contains(p)))
             && match e.path.last() {
                 Some(exit) => !req.avoid_exits.contains(exit),
                 // Its exit is not chosen yet, and will not be chosen with this stream's
@@ -385,6 +400,7 @@ impl<C: Clone> Pool<C> {
             first_used: None,
             last_used: now,
             leases: 0,
+            used: Use::Unused,
         });
         id
     }
@@ -502,17 +518,10 @@ impl<C: Clone> Pool<C> {
         &mut self,
         id: CircuitId,
         result: Result<Duration, BuildFailure>,
-        now: Instant,
         update: impl FnOnce(&mut C),
     ) -> (BuildVerdict, Option<C>) {
         let Some(i) = self.index(id) else {
-            return (
-                BuildVerdict {
-                    guard: None,
-                    unreachable: None,
-                },
-                None,
-            );
+            return (BuildVerdict::default(), None);
         };
         let guard = self.entries[i].path.first().copied();
         match result {
@@ -527,30 +536,39 @@ impl<C: Clone> Pool<C> {
                 (
                     BuildVerdict {
                         guard: guard.map(|g| (g, true)),
-                        unreachable: None,
+                        bias: guard.map(|g| (g, true)),
+                        named: None,
                     },
                     None,
                 )
             }
             Err(failure) => {
                 // specs/05 §5.4: a build that never got past the guard (no link, or no CREATED
-                // from it) counts against the guard; any later failure says nothing about it.
-                let guard = guard
-                    .filter(|_| failure.hops_built() == 0)
-                    .map(|g| (g, false));
+                // from it) counts against the guard's reachability.
+                let past_guard = failure.hops_built() > 0;
+                let reach = guard.filter(|_| !past_guard).map(|g| (g, false));
+                // §5.6: one that got past it counts against it in path bias, whatever the
+                // reason given: the guard is in every such path and can fail any of them and
+                // blame the next hop. Our own bug counts against nobody.
+                let own_bug = matches!(failure, BuildFailure::Internal { .. });
+                let bias = guard.filter(|_| past_guard && !own_bug).map(|g| (g, false));
                 // A refused EXTEND names the relay the last hop could not reach. Any other
                 // failure could have happened anywhere on the path, so it names nobody.
-                let unreachable = match failure {
+                let named = match failure {
                     BuildFailure::ExtendRefused { hop, .. } if hop >= 2 => {
                         self.entries[i].path.get(hop - 1).copied()
                     }
                     _ => None,
                 };
-                if let Some(peer) = unreachable {
-                    self.mark_unreachable(peer, now);
-                }
                 let removed = self.remove(id);
-                (BuildVerdict { guard, unreachable }, removed)
+                (
+                    BuildVerdict {
+                        guard: reach,
+                        bias,
+                        named,
+                    },
+                    removed,
+                )
             }
         }
     }
@@ -681,19 +699,28 @@ impl<C: Clone> Pool<C> {
         Some((id, circuit, port))
     }
 
-    /// Leaves `peer` out of new paths for [`UNREACHABLE_FOR`] (at most [`MAX_UNREACHABLE`]
-    /// relays at once).
-    pub(crate) fn mark_unreachable(&mut self, peer: PeerId, now: Instant) {
-        self.unreachable.retain(|_, until| *until > now);
-        if self.unreachable.len() < MAX_UNREACHABLE || self.unreachable.contains_key(&peer) {
-            self.unreachable.insert(peer, now + UNREACHABLE_FOR);
+    /// A stream was sent on built circuit `id`: its guard, the first time (a path-bias use
+    /// attempt, specs/05 §5.6).
+    pub(crate) fn stream_sent(&mut self, id: CircuitId) -> Option<PeerId> {
+        let i = self.index(id)?;
+        let e = &mut self.entries[i];
+        if e.phase != Phase::Built || e.used != Use::Unused {
+            return None;
         }
+        e.used = Use::Attempted;
+        e.path.first().copied()
     }
 
-    /// The relays new paths leave out now.
-    pub(crate) fn unreachable(&mut self, now: Instant) -> Vec<PeerId> {
-        self.unreachable.retain(|_, until| *until > now);
-        self.unreachable.keys().copied().collect()
+    /// The exit answered a stream on circuit `id`: its guard, the first time after
+    /// [`Self::stream_sent`] (a path-bias use success).
+    pub(crate) fn stream_answered(&mut self, id: CircuitId) -> Option<PeerId> {
+        let i = self.index(id)?;
+        let e = &mut self.entries[i];
+        if e.used != Use::Attempted {
+            return None;
+        }
+        e.used = Use::Answered;
+        e.path.first().copied()
     }
 
     /// The build timeout for the next build, learned from recent ones.
@@ -761,6 +788,7 @@ mod tests {
             port,
             avoid_exits: &[],
             avoid_circuits: &[],
+            avoid_relays: &[],
             waiter: None,
         }
     }
@@ -809,17 +837,17 @@ mod tests {
             let Decision::Build { id, .. } = self.choose(req, now) else {
                 panic!("expected a build");
             };
-            let path = self.finish(id, exit, now);
+            let path = self.finish(id, exit);
             (id, path)
         }
 
         /// Gives reserved circuit `id` a fresh path and finishes its build.
-        fn finish(&mut self, id: CircuitId, exit: &str, now: Instant) -> Vec<PeerId> {
+        fn finish(&mut self, id: CircuitId, exit: &str) -> Vec<PeerId> {
             let path: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
             assert!(self.pool.path_chosen(id, path.clone(), Some(summary(exit))));
             let (verdict, removed) =
                 self.pool
-                    .build_finished(id, Ok(Duration::from_millis(3)), now, |_| {});
+                    .build_finished(id, Ok(Duration::from_millis(3)), |_| {});
             assert_eq!(verdict.guard, Some((path[0], true)));
             assert!(removed.is_none());
             path
@@ -901,7 +929,7 @@ mod tests {
             .build_ahead(&[80], |_| true, f.at(0), || 1)
             .expect("one built ahead");
         assert_eq!(port, Some(80));
-        f.finish(id, "accept 80", f.at(0));
+        f.finish(id, "accept 80");
         match f.choose(&req(&a, Some(80)), f.at(1)) {
             Decision::Use {
                 id: got,
@@ -1115,12 +1143,9 @@ mod tests {
             panic!("build");
         };
         f.pool.path_chosen(id, vec![PeerId::random()], None);
-        let (_, removed) = f.pool.build_finished(
-            id,
-            Err(BuildFailure::LinkClosed { hops_built: 1 }),
-            f.at(1),
-            |_| {},
-        );
+        let (_, removed) =
+            f.pool
+                .build_finished(id, Err(BuildFailure::LinkClosed { hops_built: 1 }), |_| {});
         assert_eq!(removed, Some(2));
         assert_eq!(f.pool.len(), 0);
     }
@@ -1171,14 +1196,53 @@ mod tests {
             };
             let path: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
             f.pool.path_chosen(id, path.clone(), None);
-            let (verdict, _) = f.pool.build_finished(id, Err(failure), f.at(0), |_| {});
+            let (verdict, _) = f.pool.build_finished(id, Err(failure), |_| {});
             let expected = against_guard.then_some((path[0], false));
             assert_eq!(verdict.guard, expected, "{failure:?}");
         }
     }
 
     #[test]
-    fn a_refused_extend_leaves_the_unreachable_relay_out_for_a_while() {
+    fn build_failures_past_the_guard_count_against_it_in_path_bias() {
+        let reason = DestroyReason::ResourceLimit;
+        let cases = [
+            (Ok(Duration::from_millis(3)), Some(true)),
+            (Err(BuildFailure::Dial), None),
+            (Err(BuildFailure::Timeout { hops_built: 0 }), None),
+            (
+                Err(BuildFailure::ExtendRefused { hop: 2, reason }),
+                Some(false),
+            ),
+            (
+                Err(BuildFailure::ExtendRefused { hop: 3, reason }),
+                Some(false),
+            ),
+            (
+                Err(BuildFailure::Destroyed {
+                    hops_built: 1,
+                    reason,
+                }),
+                Some(false),
+            ),
+            (Err(BuildFailure::LinkClosed { hops_built: 2 }), Some(false)),
+            (Err(BuildFailure::Timeout { hops_built: 2 }), Some(false)),
+            (Err(BuildFailure::Internal { hops_built: 2 }), None),
+        ];
+        for (result, built) in cases {
+            let mut f = Fixture::new(4);
+            let Decision::Build { id, .. } = f.choose(&req(&Isolation::None, Some(80)), f.at(0))
+            else {
+                panic!("build");
+            };
+            let path: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+            f.pool.path_chosen(id, path.clone(), None);
+            let (verdict, _) = f.pool.build_finished(id, result, |_| {});
+            assert_eq!(verdict.bias, built.map(|b| (path[0], b)), "{result:?}");
+        }
+    }
+
+    #[test]
+    fn a_refused_extend_names_the_next_relay_for_its_stream_alone() {
         let mut f = Fixture::new(4);
         let Decision::Build { id, .. } = f.choose(&req(&Isolation::None, Some(80)), f.at(0)) else {
             panic!("build");
@@ -1189,24 +1253,56 @@ mod tests {
             hop: 3,
             reason: DestroyReason::ConnectFailed,
         };
-        let (verdict, _) = f.pool.build_finished(id, Err(failure), f.at(0), |_| {});
+        let (verdict, _) = f.pool.build_finished(id, Err(failure), |_| {});
         assert_eq!(
-            verdict.unreachable,
+            verdict.named,
             Some(path[2]),
             "the exit could not be reached"
         );
-        assert_eq!(f.pool.unreachable(f.at(1)), vec![path[2]]);
-        let later = f.t0 + UNREACHABLE_FOR;
-        assert!(f.pool.unreachable(later).is_empty());
+        // Another stream's circuit through the named relay still serves it...
+        let a = iso("a");
+        let (through_named, _) = {
+            let Decision::Build { id, .. } = f.choose(&req(&a, Some(80)), f.at(1)) else {
+                panic!("build");
+            };
+            f.pool
+                .path_chosen(id, path.clone(), Some(summary("accept 1-65535")));
+            f.pool
+                .build_finished(id, Ok(Duration::from_millis(3)), |_| {});
+            (id, ())
+        };
+        assert_eq!(
+            used(&f.choose(&req(&a, Some(80)), f.at(2))),
+            Some(through_named)
+        );
+        // ...but not the stream whose build it refused, on its retry.
+        let retry = Request {
+            avoid_relays: &path[2..],
+            ..req(&a, Some(80))
+        };
+        assert!(matches!(f.choose(&retry, f.at(2)), Decision::Build { .. }));
+        // A reserved circuit's path is not known yet: the retry does not wait for it.
+        assert!(matches!(f.choose(&retry, f.at(2)), Decision::Build { .. }));
     }
 
     #[test]
-    fn the_unreachable_set_is_bounded() {
+    fn a_circuit_counts_one_use_attempt_and_one_use_success() {
         let mut f = Fixture::new(4);
-        for _ in 0..MAX_UNREACHABLE + 10 {
-            f.pool.mark_unreachable(PeerId::random(), f.at(0));
-        }
-        assert_eq!(f.pool.unreachable(f.at(1)).len(), MAX_UNREACHABLE);
+        let a = iso("a");
+        let Decision::Build { id, .. } = f.choose(&req(&a, Some(80)), f.at(0)) else {
+            panic!("build");
+        };
+        let path: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        f.pool.path_chosen(id, path.clone(), None);
+        assert_eq!(f.pool.stream_sent(id), None, "not built yet");
+        assert_eq!(f.pool.stream_answered(id), None, "nothing sent");
+        f.pool
+            .build_finished(id, Ok(Duration::from_millis(3)), |_| {});
+        assert_eq!(f.pool.stream_sent(id), Some(path[0]));
+        assert_eq!(f.pool.stream_sent(id), None, "once per circuit");
+        assert_eq!(f.pool.stream_answered(id), Some(path[0]));
+        assert_eq!(f.pool.stream_answered(id), None, "once per circuit");
+        assert_eq!(f.pool.stream_sent(99), None, "no such circuit");
     }
 
     #[test]
@@ -1222,7 +1318,7 @@ mod tests {
             .pool
             .build_ahead(&[443], |_| true, f.at(0), || 99)
             .expect("build ahead");
-        f.finish(clean, "accept 443", f.at(0));
+        f.finish(clean, "accept 443");
         let gone = path[1];
         assert_eq!(f.pool.retire_departed(|p| *p != gone), 1);
         assert!(
@@ -1252,7 +1348,7 @@ mod tests {
         let mut covered = Vec::new();
         while let Some((id, _, port)) = f.pool.build_ahead(&ports, |_| true, f.at(0), || 0) {
             covered.push(port);
-            f.finish(id, &format!("accept {}", port.expect("a port")), f.at(0));
+            f.finish(id, &format!("accept {}", port.expect("a port")));
         }
         assert_eq!(covered.len(), MAX_CLEAN_CIRCUITS);
         assert_eq!(covered, (1..=6).map(Some).collect::<Vec<_>>());
@@ -1298,7 +1394,7 @@ mod tests {
             f.pool.build_ahead(&[], |_| true, f.at(0), || 0).is_none(),
             "one at a time"
         );
-        f.finish(id, "accept 1-65535", f.at(0));
+        f.finish(id, "accept 1-65535");
         f.pool.closed(id);
         assert!(
             f.pool.build_ahead(&[], |_| true, f.at(1), || 0).is_none(),
