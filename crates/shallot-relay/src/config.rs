@@ -36,6 +36,14 @@ pub const DEFAULT_CREATE_RATE_PER_ADDRESS: CreateRate = CreateRate {
     per_second: 3,
     burst: 90,
 };
+/// Default [`RelayConfig::create_rate_total`]: what a relay spends on CREATE handshakes at
+/// most, whoever sends them. A handshake costs the relay two X25519 operations and some
+/// hashing, roughly a tenth of a millisecond of one core, so this is about a tenth of a core:
+/// the rest stays for the circuits it carries.
+pub const DEFAULT_CREATE_RATE_TOTAL: CreateRate = CreateRate {
+    per_second: 1000,
+    burst: 1000,
+};
 /// Default [`CreateRate::per_second`].
 pub const DEFAULT_CREATE_RATE_PER_SECOND: u32 = 20;
 /// Default [`CreateRate::burst`].
@@ -140,6 +148,12 @@ pub struct RelayConfig {
     /// takes [`CreateRate`]'s default.
     #[serde(default = "default_create_rate_per_address")]
     pub create_rate_per_address: CreateRate,
+    /// How fast the relay runs CREATE handshakes in all, shared round robin among sources so
+    /// that a flood from one waits behind itself (specs/00 §4.4). Default
+    /// [`DEFAULT_CREATE_RATE_TOTAL`]; a value left out of the table takes [`CreateRate`]'s
+    /// default.
+    #[serde(default = "default_create_rate_total")]
+    pub create_rate_total: CreateRate,
     /// Seconds a new circuit stream may take to deliver its preamble and first cell. Default
     /// [`DEFAULT_HANDSHAKE_TIMEOUT_SECS`].
     #[serde(default = "default_handshake_timeout_secs")]
@@ -209,6 +223,10 @@ fn default_create_rate_per_address() -> CreateRate {
     DEFAULT_CREATE_RATE_PER_ADDRESS
 }
 
+fn default_create_rate_total() -> CreateRate {
+    DEFAULT_CREATE_RATE_TOTAL
+}
+
 fn default_create_rate_per_second() -> u32 {
     DEFAULT_CREATE_RATE_PER_SECOND
 }
@@ -259,6 +277,7 @@ impl Default for RelayConfig {
             create_rate_per_peer: CreateRate::default(),
             max_circuits_per_address: DEFAULT_MAX_CIRCUITS_PER_ADDRESS,
             create_rate_per_address: DEFAULT_CREATE_RATE_PER_ADDRESS,
+            create_rate_total: DEFAULT_CREATE_RATE_TOTAL,
             handshake_timeout_secs: DEFAULT_HANDSHAKE_TIMEOUT_SECS,
             connect_timeout_secs: DEFAULT_CONNECT_TIMEOUT_SECS,
             resolve_timeout_secs: DEFAULT_RESOLVE_TIMEOUT_SECS,
@@ -345,6 +364,14 @@ impl RelayConfig {
             (
                 "create_rate_per_address.burst",
                 u64::from(self.create_rate_per_address.burst),
+            ),
+            (
+                "create_rate_total.per_second",
+                u64::from(self.create_rate_total.per_second),
+            ),
+            (
+                "create_rate_total.burst",
+                u64::from(self.create_rate_total.burst),
             ),
             ("handshake_timeout_secs", self.handshake_timeout_secs),
             ("connect_timeout_secs", self.connect_timeout_secs),

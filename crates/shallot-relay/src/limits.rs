@@ -16,11 +16,12 @@ use shallot_p2p::PeerId;
 
 use crate::config::{CreateRate, RelayConfig};
 
-/// Circuit streams whose preamble and first cell are still being read, in total. More are
-/// closed at once, unread.
-pub const MAX_PENDING_HANDSHAKES: usize = 256;
-/// Circuit streams one source may have in that state: a sixteenth of the total, so that
-/// sixteen addresses are needed to hold every slot.
+/// Circuit streams whose preamble and first cell are still being read, or whose CREATE waits
+/// for its turn in the handshake queue, in total. More are closed at once, unread. The queue
+/// itself holds at most `MAX_QUEUED_CREATES` and makes room for a newcomer, so sixty-four
+/// sources that send their CREATEs at once fill this only with streams that stay silent.
+pub const MAX_PENDING_HANDSHAKES: usize = 1024;
+/// Circuit streams one source may have in that state.
 pub const MAX_PENDING_HANDSHAKES_PER_SOURCE: usize = 16;
 /// Sources the limiter remembers; idle entries beyond it are forgotten (they come back with a
 /// full bucket, which costs at most one burst).

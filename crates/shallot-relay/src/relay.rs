@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::circuit::{CLOSE_GRACE, CircuitTask};
 use crate::config::RelayConfig;
+use crate::create_queue::CreateQueue;
 use crate::err::RelayError;
 use crate::exit::Exit;
 use crate::keys;
@@ -88,6 +89,9 @@ pub struct RelayStats {
     pub refused_rate_limit: Counter,
     /// Circuit streams closed unread because too many handshakes were in progress.
     pub refused_handshakes: Counter,
+    /// CREATEs whose turn in the handshake queue did not come within the handshake timeout, or
+    /// that lost their place in the full queue to a source with fewer waiting.
+    pub refused_create_queue: Counter,
     /// EXTENDs this relay tried.
     pub extends: Counter,
     /// EXTENDs that could not reach the next hop.
@@ -114,6 +118,7 @@ pub(crate) struct Context {
     pub(crate) keys: RwLock<OnionKeyRing>,
     pub(crate) exit: Option<Arc<Exit>>,
     pub(crate) limiter: Limiter,
+    pub(crate) create_queue: CreateQueue,
     pub(crate) stats: RelayStats,
     pub(crate) handshake_timeout: Duration,
     pub(crate) extend_timeout: Duration,
@@ -231,6 +236,10 @@ impl Relay {
             keys: RwLock::new(keys.onion),
             exit,
             limiter: Limiter::new(&config),
+            create_queue: CreateQueue::new(
+                config.create_rate_total,
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            ),
             stats: RelayStats::default(),
             handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
             extend_timeout: Duration::from_secs(config.extend_timeout_secs),
@@ -461,8 +470,9 @@ async fn serve(
     handshake: HandshakeSlot,
     shutdown: watch::Receiver<bool>,
 ) {
+    let deadline = tokio::time::Instant::now() + ctx.handshake_timeout;
     let (mut r, w) = link::split(stream, LINK_CELL_LEN);
-    let first = tokio::time::timeout(ctx.handshake_timeout, read_first(&mut r)).await;
+    let first = tokio::time::timeout_at(deadline, read_first(&mut r)).await;
     let (preamble, cell) = match first {
         Ok(Ok(first)) => first,
         Ok(Err(FirstError::Preamble)) => {
@@ -505,6 +515,17 @@ async fn serve(
             return refuse(&ctx, w, destroy).await;
         }
     };
+    let turn =
+        match tokio::time::timeout_at(deadline, ctx.create_queue.turn(handshake.source())).await {
+            Ok(Ok(turn)) => turn,
+            Ok(Err(_)) | Err(_) => {
+                ctx.stats.refused_create_queue.inc();
+                let destroy = LinkCell::Destroy(DestroyReason::ResourceLimit)
+                    .encode(cell.len())
+                    .ok();
+                return refuse(&ctx, w, destroy).await;
+            }
+        };
     drop(handshake);
     let accepted = {
         let keys = ctx.keys.read().unwrap_or_else(PoisonError::into_inner);
@@ -520,6 +541,7 @@ async fn serve(
             std::time::Instant::now(),
         )
     };
+    drop(turn);
     match accepted {
         Ok(circ) => {
             ctx.stats.circuits_accepted.inc();

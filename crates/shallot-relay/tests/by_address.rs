@@ -177,3 +177,81 @@ async fn idle_circuits_from_many_identities_on_one_address_stay_under_its_bound(
     );
     assert_eq!(relay.open_circuits(), held.len() + 1);
 }
+
+/// Identities of the CREATE flood, each on an address of its own.
+const FLOODERS: usize = 100;
+/// Builds each flooding identity keeps in flight.
+const FLOOD_IN_FLIGHT: usize = 4;
+/// How long the flood goes on.
+const FLOOD_FOR: Duration = Duration::from_secs(8);
+/// Honest builds made one after another while the flood goes on.
+const HONEST_BUILDS: usize = 10;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_flood_from_a_hundred_addresses_leaves_honest_builds_served() {
+    let net = MemoryNet::new();
+    let (relay, _dir) = relay_on(&net, |_| {}).await;
+    let relay = std::sync::Arc::new(relay);
+    let mut flooders = Vec::new();
+    for i in 0..FLOODERS {
+        let ip = Ipv4Addr::new(
+            10,
+            9,
+            u8::try_from(i / 200).unwrap(),
+            u8::try_from(i % 200 + 1).unwrap(),
+        );
+        flooders.push(std::sync::Arc::new(client_at(&net, ip, &relay).await));
+    }
+    let started = std::time::Instant::now();
+    let mut flood = Vec::new();
+    for node in &flooders {
+        for _ in 0..FLOOD_IN_FLIGHT {
+            let (node, relay) = (std::sync::Arc::clone(node), std::sync::Arc::clone(&relay));
+            flood.push(tokio::spawn(async move {
+                let mut sent = 0u64;
+                while started.elapsed() < FLOOD_FOR {
+                    // Built or refused, the circuit is dropped at once: what counts is the CREATE.
+                    let _ = one_hop(&node, &relay).await;
+                    sent += 1;
+                }
+                sent
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let honest = client_at(&net, HONEST_IP, &relay).await;
+    let mut latencies = Vec::new();
+    for i in 0..HONEST_BUILDS {
+        let t = std::time::Instant::now();
+        let built = one_hop(&honest, &relay).await;
+        assert!(
+            built.is_ok(),
+            "honest build {i} during a CREATE flood from {FLOODERS} addresses: {built:?} \
+             (queue refusals {}, rate refusals {})",
+            relay.stats().refused_create_queue.get(),
+            relay.stats().refused_rate_limit.get()
+        );
+        latencies.push(t.elapsed());
+    }
+    let mut sent = 0;
+    for f in flood {
+        sent += f.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let accepted = relay.stats().circuits_accepted.get();
+    println!(
+        "flood: {sent} CREATEs from {FLOODERS} addresses in {elapsed:.1?}; relay accepted {accepted}, \
+         refused by rate {}, by queue {}; honest builds p50 {:?}, max {:?}",
+        relay.stats().refused_rate_limit.get(),
+        relay.stats().refused_create_queue.get(),
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+    );
+    let total = shallot_relay::DEFAULT_CREATE_RATE_TOTAL;
+    let allowed = u64::from(total.burst) + u64::from(total.per_second) * (elapsed.as_secs() + 1);
+    assert!(
+        accepted <= allowed,
+        "the relay ran {accepted} handshakes in {elapsed:?}, over its total rate ({allowed})"
+    );
+}
