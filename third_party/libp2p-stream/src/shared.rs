@@ -14,8 +14,9 @@ use crate::{AlreadyRegistered, IncomingStreams, handler::NewStream};
 
 /// Inbound streams of one protocol negotiated but not yet taken by its `IncomingStreams`
 /// (Shallot's change, see `accept`). Each holds only a negotiated substream; a relay admits
-/// at most a few hundred handshakes at once behind this queue anyway.
-const INBOUND_QUEUE: usize = 64;
+/// as many handshakes at once behind this queue (its MAX_PENDING_HANDSHAKES), and a flood
+/// must not make this queue drop an honest stream before the relay's fair limits see it.
+const INBOUND_QUEUE: usize = 1024;
 
 /// Dials for `Control::open_stream_at` waiting for the behaviour's next poll (Shallot's
 /// addition). Past it, `open_stream_at` fails at once instead of waiting.
