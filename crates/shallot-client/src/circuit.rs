@@ -348,6 +348,7 @@ where
         &first,
         shallot_proto::ClientConfig {
             build_timeout: options.build_timeout,
+            ..shallot_proto::ClientConfig::default()
         },
         now,
     )

@@ -36,12 +36,21 @@ pub struct ClientConfig {
     /// How long each CREATE and each EXTEND may take; past it the circuit is destroyed with
     /// [`ProtoError::BuildTimeout`]. Default: [`DEFAULT_BUILD_TIMEOUT`].
     pub build_timeout: Duration,
+    /// How long a built circuit with open streams may hear nothing before it sends a DROP to
+    /// its last hop, so that the relays' idle timeout spares it (specs/03 §4.11); `None`:
+    /// never. Default: [`KEEPALIVE_INTERVAL`].
+    pub keepalive_interval: Option<Duration>,
 }
+
+/// Default [`ClientConfig::keepalive_interval`]: fifteen minutes, an eighth of the relays'
+/// default idle timeout, so a few lost DROPs do not matter.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15 * 60);
 
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             build_timeout: DEFAULT_BUILD_TIMEOUT,
+            keepalive_interval: Some(KEEPALIVE_INTERVAL),
         }
     }
 }
@@ -178,6 +187,8 @@ pub struct ClientCircuit {
     last_now: Instant,
     /// Round trip of the newest hop's CREATE/EXTEND: the window auto-tuning's RTT.
     rtt: Option<Duration>,
+    /// The latest cell received, or DROP sent as a keep-alive.
+    last_heard: Instant,
 }
 
 /// The link-0 cell length.
@@ -219,6 +230,7 @@ impl ClientCircuit {
             close_error: None,
             last_now: now,
             rtt: None,
+            last_heard: now,
         })
     }
 
@@ -530,16 +542,35 @@ impl ClientCircuit {
         if self.closed.is_some() {
             return None;
         }
-        self.pending.as_ref().map(|p| p.deadline)
+        match &self.pending {
+            Some(p) => Some(p.deadline),
+            None => self.keepalive_due(),
+        }
     }
 
-    /// Time passed: a CREATE or EXTEND past its deadline destroys the circuit.
+    /// When a keep-alive DROP is due: only on a built circuit with open streams (an unused
+    /// one is the pool's to retire, well within the relays' idle timeout).
+    fn keepalive_due(&self) -> Option<Instant> {
+        let interval = self.config.keepalive_interval?;
+        (self.pending.is_none() && self.layers.hops() > 0 && self.streams.len() > 0)
+            .then(|| self.last_heard + interval)
+    }
+
+    /// Time passed: a CREATE or EXTEND past its deadline destroys the circuit; a circuit with
+    /// open streams that heard nothing for the keep-alive interval sends a DROP to its last
+    /// hop (specs/03 §4.11).
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.closed.is_some() {
             return;
         }
         if self.pending.as_ref().is_some_and(|p| now >= p.deadline) {
             self.teardown(DestroyReason::Timeout, Some(ProtoError::BuildTimeout), true);
+            return;
+        }
+        if self.keepalive_due().is_some_and(|t| now >= t) {
+            self.last_heard = now;
+            // No room in the send queue means cells are moving anyway.
+            let _ = self.send_drop(self.layers.hops() - 1);
         }
     }
 
@@ -558,6 +589,7 @@ impl ClientCircuit {
             return Ok(());
         }
         self.last_now = self.last_now.max(now);
+        self.last_heard = self.last_heard.max(now);
         let r = self.handle_cell_inner(cell.as_mut());
         self.fail_on_err(r)
     }

@@ -128,8 +128,10 @@ pub struct HarnessConfig {
     pub latency: Duration,
     /// Cells in flight per link direction at most (yamux's window).
     pub link_capacity: usize,
-    /// The client's settings.
+    /// The client's settings (default: no keep-alive, so that an idle harness has no timer).
     pub client: ClientConfig,
+    /// The relays' idle timeout (default: none, for the same reason).
+    pub relay_idle_timeout: Option<Duration>,
 }
 
 impl Default for HarnessConfig {
@@ -139,7 +141,11 @@ impl Default for HarnessConfig {
             exit: true,
             latency: Duration::from_millis(5),
             link_capacity: 32,
-            client: ClientConfig::default(),
+            client: ClientConfig {
+                keepalive_interval: None,
+                ..ClientConfig::default()
+            },
+            relay_idle_timeout: None,
         }
     }
 }
@@ -781,6 +787,7 @@ impl Harness {
                         let preamble = self.links[j].preamble.unwrap_or_default();
                         let config = RelayConfig {
                             exit: node.exit,
+                            idle_timeout: self.config.relay_idle_timeout,
                             ..RelayConfig::default()
                         };
                         match RelayCircuit::accept(

@@ -8,7 +8,9 @@ mod queue;
 mod relay;
 mod streams;
 
-pub use client::{ClientCircuit, ClientConfig, ClientEvent, DEFAULT_BUILD_TIMEOUT, HopSpec};
+pub use client::{
+    ClientCircuit, ClientConfig, ClientEvent, DEFAULT_BUILD_TIMEOUT, HopSpec, KEEPALIVE_INTERVAL,
+};
 pub use err::ProtoError;
 pub use flow::{
     CIRCUIT_WINDOW_GROWTH_MAX, CLIENT_QUEUE_CELLS, CONTROL_RESERVE_CELLS, HALF_CLOSED_IDS,
@@ -16,4 +18,6 @@ pub use flow::{
     OPTIMISTIC_DATA_MAX, RELAY_QUEUE_CELLS, STREAM_WINDOW_INITIAL, STREAM_WINDOW_MAX,
     WINDOW_UPDATE_THRESHOLD,
 };
-pub use relay::{DEFAULT_EXTEND_TIMEOUT, RelayAction, RelayCircuit, RelayConfig};
+pub use relay::{
+    DEFAULT_EXTEND_TIMEOUT, DEFAULT_IDLE_TIMEOUT, RelayAction, RelayCircuit, RelayConfig,
+};

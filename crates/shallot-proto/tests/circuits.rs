@@ -78,6 +78,7 @@ fn create_times_out() {
         latency: Duration::from_secs(10),
         client: ClientConfig {
             build_timeout: Duration::from_secs(1),
+            ..ClientConfig::default()
         },
         ..HarnessConfig::default()
     })
@@ -412,4 +413,54 @@ fn resolve_at_a_non_exit_gets_end_and_the_circuit_survives() {
     );
     assert_eq!(h.client.stream_count(), 0);
     assert!(!h.client.is_closed());
+}
+
+fn idle_harness() -> Harness {
+    let mut h = Harness::new(HarnessConfig {
+        relay_idle_timeout: Some(Duration::from_secs(600)),
+        client: ClientConfig {
+            keepalive_interval: Some(Duration::from_secs(120)),
+            ..ClientConfig::default()
+        },
+        ..HarnessConfig::default()
+    })
+    .unwrap();
+    assert!(h.build(3), "build failed: {:?}", h.events);
+    h
+}
+
+/// specs/03 §4.11: a circuit that carries nothing for the relays' idle timeout is destroyed
+/// with FINISHED at every hop, and the client hears of it.
+#[test]
+fn an_idle_circuit_is_destroyed_by_the_relays() {
+    let mut h = idle_harness();
+    // No stream: the client sends no keep-alive, and the relays' idle timers fire.
+    h.run_idle(10_000);
+    assert!(h.all_relays_closed());
+    assert!(
+        h.relays
+            .iter()
+            .all(|r| r.circuit.as_ref().is_none_or(|c| c.closed_idle()))
+    );
+    assert!(h.client.is_closed());
+    assert!(h.events.contains(&ClientEvent::Destroyed {
+        reason: DestroyReason::Finished
+    }));
+}
+
+/// specs/03 §4.11: a circuit with an open stream that carries nothing is kept alive by the
+/// client's DROPs, for many times the relays' idle timeout.
+#[test]
+fn a_silent_stream_keeps_its_circuit_alive() {
+    let mut h = idle_harness();
+    let s = h.open("echo.test", 7).unwrap();
+    h.send(s, b"hello");
+    assert!(h.run_until(100_000, |h| h.received(s).len() >= 5));
+    let quiet_until = h.now + Duration::from_secs(6 * 600);
+    // Nothing but timers from here: each step moves the clock to the next one.
+    assert!(h.run_until(100_000, |h| h.now >= quiet_until));
+    assert!(!h.client.is_closed(), "{:?}", h.events);
+    assert!(!h.all_relays_closed());
+    h.send(s, b"again");
+    assert!(h.run_until(100_000, |h| h.received(s).len() >= 10));
 }

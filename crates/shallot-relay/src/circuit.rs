@@ -439,12 +439,20 @@ impl CircuitTask {
             .poll_timeout()
             .is_some_and(|t| t <= now.into_std())
         {
-            // The extension did not finish in time (specs/03 §4.8): the circuit answered
-            // TRUNCATED(TIMEOUT) and stays; whatever was opened for it goes.
-            debug!("next hop not reached, or no CREATED, within the extend timeout");
-            self.ctx.stats.extends_failed.inc();
+            let extending = self.circ.is_extending();
             self.circ.handle_timeout(now.into_std());
-            self.drop_next_if_gone();
+            if self.circ.closed_idle() {
+                // Nothing either way for the idle timeout (specs/03 §4.11): DESTROY(FINISHED)
+                // is queued both ways.
+                debug!("idle circuit closed");
+                self.ctx.stats.circuits_closed_idle.inc();
+            } else if extending && !self.circ.is_extending() {
+                // The extension did not finish in time (specs/03 §4.8): the circuit answered
+                // TRUNCATED(TIMEOUT) and stays; whatever was opened for it goes.
+                debug!("next hop not reached, or no CREATED, within the extend timeout");
+                self.ctx.stats.extends_failed.inc();
+                self.drop_next_if_gone();
+            }
         }
     }
 

@@ -54,6 +54,9 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 15;
 /// Default [`RelayConfig::resolve_timeout_secs`].
 pub const DEFAULT_RESOLVE_TIMEOUT_SECS: u64 = 10;
+/// Default [`RelayConfig::idle_circuit_timeout_secs`]: shallot-proto's
+/// `DEFAULT_IDLE_TIMEOUT`, two hours.
+pub const DEFAULT_IDLE_CIRCUIT_TIMEOUT_SECS: u64 = shallot_proto::DEFAULT_IDLE_TIMEOUT.as_secs();
 /// Default [`RelayConfig::extend_timeout_secs`].
 pub const DEFAULT_EXTEND_TIMEOUT_SECS: u64 = 30;
 /// Default [`RelayConfig::onion_key_rotation_secs`]: 7 days (specs/04 §4).
@@ -169,6 +172,11 @@ pub struct RelayConfig {
     /// [`DEFAULT_EXTEND_TIMEOUT_SECS`].
     #[serde(default = "default_extend_timeout_secs")]
     pub extend_timeout_secs: u64,
+    /// Seconds a circuit may carry no cell either way (and no byte from a destination) before
+    /// the relay destroys it (specs/03 §4.11). Clients send a DROP on circuits with open
+    /// streams well within it. Default [`DEFAULT_IDLE_CIRCUIT_TIMEOUT_SECS`].
+    #[serde(default = "default_idle_circuit_timeout_secs")]
+    pub idle_circuit_timeout_secs: u64,
     /// Lifetime of each published descriptor (specs/04 §4). Default
     /// [`DESCRIPTOR_LIFETIME_SECS`].
     #[serde(default = "default_descriptor_lifetime_secs")]
@@ -239,6 +247,10 @@ fn default_handshake_timeout_secs() -> u64 {
     DEFAULT_HANDSHAKE_TIMEOUT_SECS
 }
 
+fn default_idle_circuit_timeout_secs() -> u64 {
+    DEFAULT_IDLE_CIRCUIT_TIMEOUT_SECS
+}
+
 fn default_connect_timeout_secs() -> u64 {
     DEFAULT_CONNECT_TIMEOUT_SECS
 }
@@ -282,6 +294,7 @@ impl Default for RelayConfig {
             connect_timeout_secs: DEFAULT_CONNECT_TIMEOUT_SECS,
             resolve_timeout_secs: DEFAULT_RESOLVE_TIMEOUT_SECS,
             extend_timeout_secs: DEFAULT_EXTEND_TIMEOUT_SECS,
+            idle_circuit_timeout_secs: DEFAULT_IDLE_CIRCUIT_TIMEOUT_SECS,
             descriptor_lifetime_secs: DESCRIPTOR_LIFETIME_SECS,
             onion_key_rotation_secs: DEFAULT_ONION_KEY_ROTATION_SECS,
             transport: TransportConfig::default(),
@@ -377,6 +390,7 @@ impl RelayConfig {
             ("connect_timeout_secs", self.connect_timeout_secs),
             ("resolve_timeout_secs", self.resolve_timeout_secs),
             ("extend_timeout_secs", self.extend_timeout_secs),
+            ("idle_circuit_timeout_secs", self.idle_circuit_timeout_secs),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return bad(format!("`{name}` must be at least 1"));

@@ -74,6 +74,8 @@ pub struct RelayStats {
     pub circuits_accepted: Counter,
     /// Circuits that ended.
     pub circuits_closed: Counter,
+    /// Circuits destroyed for carrying nothing for `idle_circuit_timeout_secs`.
+    pub circuits_closed_idle: Counter,
     /// Circuit streams refused for a bad preamble, a bad or unexpected first cell, a failed
     /// handshake, or a stream that ended before its first cell.
     pub refused_malformed: Counter,
@@ -122,6 +124,7 @@ pub(crate) struct Context {
     pub(crate) stats: RelayStats,
     pub(crate) handshake_timeout: Duration,
     pub(crate) extend_timeout: Duration,
+    pub(crate) idle_circuit_timeout: Duration,
     pub(crate) safe_logging: bool,
     /// Where this relay listens and what it announces, as IP and port (TCP or UDP).
     pub(crate) own_sockets: Vec<SocketAddr>,
@@ -243,6 +246,7 @@ impl Relay {
             stats: RelayStats::default(),
             handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
             extend_timeout: Duration::from_secs(config.extend_timeout_secs),
+            idle_circuit_timeout: Duration::from_secs(config.idle_circuit_timeout_secs),
             safe_logging: config.safe_logging,
             own_sockets,
             own_ips,
@@ -537,6 +541,7 @@ async fn serve(
             CircuitConfig {
                 exit: ctx.exit.is_some(),
                 extend_timeout: ctx.extend_timeout,
+                idle_timeout: Some(ctx.idle_circuit_timeout),
             },
             std::time::Instant::now(),
         )

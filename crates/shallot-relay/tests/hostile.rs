@@ -311,3 +311,20 @@ async fn a_destination_that_never_reads_stalls_only_its_stream() {
     );
     assert!(circuit.destroyed().is_none());
 }
+
+/// An attacker's circuits that carry nothing are not held for ever: the relay destroys a
+/// circuit idle for `idle_circuit_timeout_secs` (specs/03 §4.11), counts it, and frees its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_circuit_is_destroyed_and_counted() {
+    let (relays, _dir) = one_exit(|c| c.idle_circuit_timeout_secs = 2).await;
+    let relay = &relays.handles[0];
+    let client = direct_client(&[relay]).await;
+    let idle = connect(&client, relay).await.unwrap();
+    assert_eq!(relay.open_circuits(), 1);
+    wait_for("the idle circuit is destroyed", || {
+        relay.stats().circuits_closed_idle.get() == 1 && relay.open_circuits() == 0
+    })
+    .await;
+    wait_for("the client hears of it", || idle.is_closed()).await;
+    assert_eq!(idle.destroyed(), Some(DestroyReason::Finished));
+}

@@ -226,6 +226,7 @@ impl RelayCircuit {
         now: Instant,
     ) -> Result<usize, ProtoError> {
         self.saw(now);
+        self.active(now);
         if self.closed.is_some() {
             return Err(ProtoError::CircuitClosed);
         }

@@ -41,13 +41,24 @@ pub struct RelayConfig {
     /// the next relay included); past it the EXTEND is answered TRUNCATED(TIMEOUT) (specs/03
     /// §4.6). Default [`DEFAULT_EXTEND_TIMEOUT`].
     pub extend_timeout: Duration,
+    /// How long the circuit may carry no cell either way (and, at an exit, no byte from a
+    /// destination) before it is destroyed with FINISHED (specs/03 §4.11): idle circuits
+    /// would otherwise hold their slots for as long as a peer likes. `None`: never.
+    /// Default [`DEFAULT_IDLE_TIMEOUT`].
+    pub idle_timeout: Option<Duration>,
 }
+
+/// Default [`RelayConfig::idle_timeout`]: two hours, twice the longest a client keeps an
+/// unused circuit, and far above its keep-alive interval on a circuit with open streams
+/// (specs/03 §4.11).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
 
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             exit: false,
             extend_timeout: DEFAULT_EXTEND_TIMEOUT,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
         }
     }
 }
@@ -137,6 +148,10 @@ pub struct RelayCircuit {
     close_error: Option<ProtoError>,
     /// The time of the latest input.
     now: Instant,
+    /// The time of the latest cell either way or byte from a destination.
+    last_activity: Instant,
+    /// Destroyed for carrying nothing for `idle_timeout`.
+    closed_idle: bool,
 }
 
 impl RelayCircuit {
@@ -209,6 +224,8 @@ impl RelayCircuit {
             closed: None,
             close_error: None,
             now,
+            last_activity: now,
+            closed_idle: false,
         })
     }
 
@@ -336,12 +353,30 @@ impl RelayCircuit {
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next: the deadline of the
-    /// extension in progress, if there is one.
+    /// extension in progress, or when the circuit counts as idle.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.closed.is_some() {
             return None;
         }
-        self.next.deadline()
+        let idle = self.idle_deadline();
+        match (self.next.deadline(), idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn idle_deadline(&self) -> Option<Instant> {
+        self.config.idle_timeout.map(|t| self.last_activity + t)
+    }
+
+    /// Whether the circuit was destroyed for carrying nothing for the idle timeout.
+    pub fn closed_idle(&self) -> bool {
+        self.closed_idle
+    }
+
+    /// Something moved on the circuit: it is not idle.
+    fn active(&mut self, now: Instant) {
+        self.last_activity = self.last_activity.max(now);
     }
 
     /// Time passed: an extension past its deadline fails with TRUNCATED(TIMEOUT) and the
@@ -350,6 +385,15 @@ impl RelayCircuit {
     /// [`has_next_hop`](Self::has_next_hop) are both false).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.saw(now);
+        if self.closed.is_none() && self.idle_deadline().is_some_and(|d| now >= d) {
+            self.closed_idle = true;
+            self.teardown(
+                Some(DestroyReason::Finished),
+                Some(ProtoError::ClosedLocally),
+                true,
+            );
+            return;
+        }
         if self.closed.is_none() && self.next.deadline().is_some_and(|d| now >= d) {
             self.truncate(DestroyReason::Timeout);
         }
@@ -374,6 +418,7 @@ impl RelayCircuit {
             return Ok(());
         }
         self.saw(now);
+        self.active(now);
         let r = self.prev_cell_inner(cell.as_mut());
         self.fail_on_err(r)
     }
@@ -488,6 +533,7 @@ impl RelayCircuit {
             return Ok(());
         }
         self.saw(now);
+        self.active(now);
         let r = self.next_cell_inner(cell.as_ref());
         self.fail_on_err(r)
     }

@@ -45,6 +45,8 @@ impl ManualClient {
             &keys,
             RelayConfig {
                 exit,
+                // The timer these tests look at is the extension's alone.
+                idle_timeout: None,
                 ..RelayConfig::default()
             },
             now,
