@@ -586,6 +586,15 @@ class Network:
                 lines.append(f"exit_policy_file = {json.dumps(str(policy))}")
                 if self.dns_upstream:
                     lines.append(f'dns_upstreams = ["{self.dns_upstream[0]}:{self.dns_upstream[1]}"]')
+            # Every client of these networks connects from 127.0.0.1, one address: give it
+            # what a relay gives one relay, as `shallot testnet` does (specs/00 §4.4). The
+            # table comes last: TOML keys after it would belong to it.
+            lines += [
+                "max_circuits_per_address = 512",
+                "[create_rate_per_address]",
+                "per_second = 20",
+                "burst = 100",
+            ]
             config = rdir / "relay.toml"
             config.write_text("\n".join(lines) + "\n")
             relay.proc = Proc(relay.name, [exe, "relay", "--config", str(config), "--stop-with-stdin"], rdir / "log.txt")
