@@ -2,11 +2,12 @@
 //! byte (specs/07 §2).
 
 use std::future::Future;
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use shallot_cell::{Host, ResolvedAnswer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::debug;
@@ -18,8 +19,8 @@ use crate::stream::StreamHandle;
 
 /// How long an application may take to send its whole SOCKS or HTTP request.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest HTTP request head (request line and headers) accepted, in bytes.
-pub const MAX_HTTP_HEAD: usize = 8192;
+/// Most bytes taken from the socket by one read while a handshake is incomplete.
+const HANDSHAKE_READ_CHUNK: usize = 1024;
 
 /// What the front needs from the circuit manager (a trait so the front is tested without a
 /// network).
@@ -66,6 +67,27 @@ impl Connector for Manager {
     ) -> impl Future<Output = Result<Vec<ResolvedAnswer>, StreamFailure>> + Send + 'a {
         Manager::resolve(self, iso, host)
     }
+}
+
+/// Reads more of a handshake into `buf`, which never grows past `bound` bytes (the bound the
+/// sans-IO handshake promises to decide within). The end of the stream is an error: the
+/// handshake cannot finish.
+pub(crate) async fn read_more<S: AsyncRead + Unpin>(
+    conn: &mut S,
+    buf: &mut Vec<u8>,
+    bound: usize,
+) -> io::Result<()> {
+    let room = bound.saturating_sub(buf.len()).min(HANDSHAKE_READ_CHUNK);
+    if room == 0 {
+        return Err(io::Error::other("handshake buffer full"));
+    }
+    let mut chunk = [0u8; HANDSHAKE_READ_CHUNK];
+    let n = conn.read(&mut chunk[..room]).await?;
+    if n == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(())
 }
 
 /// Settings of the front.
@@ -142,6 +164,8 @@ pub(crate) mod tests {
     pub(crate) struct FakeConnector {
         asked: Arc<Mutex<Vec<(Isolation, Host, u16)>>>,
         resolved: Arc<Mutex<Vec<Host>>>,
+        /// The optimistic data each connect was handed by the front.
+        early: Arc<Mutex<Vec<Vec<u8>>>>,
         fail: Option<StreamFailure>,
     }
 
@@ -157,6 +181,10 @@ pub(crate) mod tests {
             self.asked.lock().expect("lock").clone()
         }
 
+        pub(crate) fn early(&self) -> Vec<Vec<u8>> {
+            self.early.lock().expect("lock").clone()
+        }
+
         pub(crate) fn resolved(&self) -> Vec<Host> {
             self.resolved.lock().expect("lock").clone()
         }
@@ -170,7 +198,7 @@ pub(crate) mod tests {
             host: &'a Host,
             port: u16,
             _io: &'a mut S,
-            _early: &'a mut Vec<u8>,
+            early: &'a mut Vec<u8>,
         ) -> impl Future<Output = Result<(StreamHandle, Host), StreamFailure>> + Send + 'a
         where
             S: AsyncRead + Unpin + Send,
@@ -183,6 +211,7 @@ pub(crate) mod tests {
                     .lock()
                     .expect("lock")
                     .push((iso.clone(), host.clone(), port));
+                self.early.lock().expect("lock").push(early.clone());
                 let (handle, mut end) = stream_pair();
                 tokio::spawn(async move {
                     while let Some(chunk) = end.from_app.recv().await {

@@ -26,8 +26,9 @@ pub use config::{
     DEFAULT_SOCKS_LISTEN, DEFAULT_STREAM_TIMEOUT_SECS, DEFAULT_VIEW_REFRESH_SECS,
 };
 pub use err::{ClientError, StreamFailure};
-pub use front::{HANDSHAKE_TIMEOUT, MAX_HTTP_HEAD};
+pub use front::HANDSHAKE_TIMEOUT;
 pub use metrics::{BUILD_TIME_BUCKETS, METRICS_PATH, STATUS_PATH};
 pub use sensitive::{Sensitive, set_safe_logging};
+pub use shallot_proxy_proto::MAX_HTTP_HEAD;
 pub use stream::{APP_CHANNEL_CHUNKS, APP_CHUNK, DataStream, HALF_CLOSE_GRACE};
 pub use timeout::BUILD_TIME_SAMPLES;

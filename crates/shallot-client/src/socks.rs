@@ -1,40 +1,25 @@
 //! The SOCKS5 front (RFC 1928, RFC 1929, Tor's RESOLVE and RESOLVE_PTR): specs/07 §3–§5.
 //!
-//! Messages are read and written with `socks5-server`'s protocol codec
-//! (`socks5_server::proto`). Its connection state machine is not used: it fixes one
-//! authentication method per server (we must accept both "none" and username/password, the
-//! latter for isolation), and it refuses Tor's commands 0xF0/0xF1. So this module reads the
-//! 4-byte request header itself, answers unknown commands (0x07) and address types (0x08),
-//! and for RESOLVE/RESOLVE_PTR hands the codec a header with CONNECT's command byte to parse
-//! the address (specs/07 §4).
+//! The handshake itself is `shallot_proxy_proto::SocksHandshake`, a sans-IO state machine;
+//! this module is its IO shell: it reads the socket into a buffer of at most
+//! [`MAX_SOCKS_MESSAGE`] bytes, feeds the handshake, writes its answers, and then carries out
+//! the request. Replies are encoded with `socks5-server`'s codec types.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
-use shallot_cell::{Host, ResolvedAnswer, check_hostname};
-use socks5_server::proto::handshake::{self, Method, password};
-use socks5_server::proto::{Address, Command, Reply, Request, Response};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use shallot_cell::{Host, ResolvedAnswer};
+use shallot_proxy_proto::{
+    Credentials, MAX_SOCKS_MESSAGE, SocksAsk, SocksError, SocksHandshake, SocksRequest,
+    encode_reply,
+};
+use socks5_server::proto::{Address, Reply};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
 use crate::err::StreamFailure;
-use crate::front::{Connector, FrontConfig};
+use crate::front::{Connector, FrontConfig, read_more};
 use crate::pool::Isolation;
 use crate::sensitive::Sensitive;
-
-/// Tor's RESOLVE command.
-pub(crate) const CMD_RESOLVE: u8 = 0xF0;
-/// Tor's RESOLVE_PTR command.
-pub(crate) const CMD_RESOLVE_PTR: u8 = 0xF1;
-
-/// What the application asked for.
-#[derive(Debug, PartialEq, Eq)]
-enum Ask {
-    Connect(Host, u16),
-    Resolve(Host),
-    ResolvePtr(Host),
-    /// Answer with this reply code and close.
-    Refuse(u8),
-}
 
 /// Serves one SOCKS5 connection.
 pub(crate) async fn serve<C, S>(mut conn: S, connector: &C, cfg: FrontConfig)
@@ -43,7 +28,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let head = tokio::time::timeout(cfg.handshake_timeout, handshake(&mut conn)).await;
-    let (iso, ask) = match head {
+    let (request, rest) = match head {
         Ok(Ok(x)) => x,
         Ok(Err(err)) => {
             debug!(%err, "bad SOCKS5 request: closed");
@@ -54,12 +39,17 @@ where
             return;
         }
     };
-    match ask {
-        Ask::Refuse(code) => {
+    let iso = match request.credentials {
+        Credentials::None => Isolation::None,
+        Credentials::UserPass { user, pass } => Isolation::Auth { user, pass },
+    };
+    match request.ask {
+        SocksAsk::Refuse(code) => {
             let _ = reply(&mut conn, code, Address::unspecified()).await;
         }
-        Ask::Connect(host, port) => {
-            let mut early = Vec::new();
+        SocksAsk::Connect(host, port) => {
+            // Bytes the application sent behind its request are its first optimistic data.
+            let mut early = rest;
             match connector
                 .connect(&iso, &host, port, &mut conn, &mut early)
                 .await
@@ -70,17 +60,18 @@ where
                         Host::V6(ip) => Address::SocketAddress(SocketAddr::new(ip.into(), port)),
                         Host::Name(_) => Address::unspecified(),
                     };
-                    if reply(&mut conn, 0x00, bound).await.is_ok() {
+                    if reply(&mut conn, Reply::Succeeded, bound).await.is_ok() {
                         handle.pump(conn).await;
                     }
                 }
                 Err(failure) => {
                     debug!(dest = ?Sensitive(&host), %failure, "CONNECT failed");
-                    let _ = reply(&mut conn, failure.socks_reply(), Address::unspecified()).await;
+                    let code = reply_of(failure.socks_reply());
+                    let _ = reply(&mut conn, code, Address::unspecified()).await;
                 }
             }
         }
-        Ask::Resolve(host) | Ask::ResolvePtr(host) => {
+        SocksAsk::Resolve(host) | SocksAsk::ResolvePtr(host) => {
             let reverse = !matches!(host, Host::Name(_));
             let answer = connector.resolve(&iso, &host).await;
             let addr = answer.and_then(|answers| {
@@ -88,10 +79,11 @@ where
             });
             match addr {
                 Ok(addr) => {
-                    let _ = reply(&mut conn, 0x00, addr).await;
+                    let _ = reply(&mut conn, Reply::Succeeded, addr).await;
                 }
                 Err(failure) => {
-                    let _ = reply(&mut conn, failure.socks_reply(), Address::unspecified()).await;
+                    let code = reply_of(failure.socks_reply());
+                    let _ = reply(&mut conn, code, Address::unspecified()).await;
                 }
             }
         }
@@ -114,132 +106,66 @@ fn pick_answer(answers: &[ResolvedAnswer], reverse: bool) -> Option<Address> {
     })
 }
 
+/// The codec's reply for a code of specs/07 §5; an unknown code is a general failure.
+fn reply_of(code: u8) -> Reply {
+    Reply::try_from(code).unwrap_or(Reply::GeneralFailure)
+}
+
 async fn reply<S: AsyncWrite + Unpin>(
     conn: &mut S,
-    code: u8,
+    code: Reply,
     addr: Address,
 ) -> std::io::Result<()> {
-    let reply = match code {
-        0x00 => Reply::Succeeded,
-        0x02 => Reply::ConnectionNotAllowed,
-        0x03 => Reply::NetworkUnreachable,
-        0x04 => Reply::HostUnreachable,
-        0x05 => Reply::ConnectionRefused,
-        0x06 => Reply::TtlExpired,
-        0x07 => Reply::CommandNotSupported,
-        0x08 => Reply::AddressTypeNotSupported,
-        _ => Reply::GeneralFailure,
-    };
-    Response::new(reply, addr).write_to(conn).await?;
+    conn.write_all(&encode_reply(code, addr)).await?;
     conn.flush().await
 }
 
 /// Errors of the SOCKS5 handshake (the connection is closed).
 #[derive(Debug, thiserror::Error)]
 enum HandshakeError {
-    #[error("socks5 codec: {0}")]
-    Codec(#[from] socks5_server::proto::Error),
-    #[error("password subnegotiation: {0}")]
-    Password(#[from] password::Error),
+    #[error("socks5 handshake: {0}")]
+    Socks(#[from] SocksError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
-    #[error("no acceptable authentication method")]
-    NoMethod,
-    #[error("not SOCKS version 5")]
-    Version,
 }
 
-/// Greeting, authentication and request. specs/07 §3.
-async fn handshake<S>(conn: &mut S) -> Result<(Isolation, Ask), HandshakeError>
+/// Greeting, authentication and request (specs/07 §3): the finished request and the bytes
+/// read past it.
+async fn handshake<S>(conn: &mut S) -> Result<(SocksRequest, Vec<u8>), HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let greeting = handshake::Request::read_from(conn).await?;
-    // Prefer username/password when offered: the credentials are the isolation key.
-    let iso = if greeting.methods.contains(&Method::PASSWORD) {
-        handshake::Response::new(Method::PASSWORD)
-            .write_to(conn)
-            .await?;
-        let creds = password::Request::read_from(conn).await?;
-        // Any credentials are accepted: they only isolate (specs/07 §3.2).
-        password::Response::new(true).write_to(conn).await?;
-        Isolation::Auth {
-            user: creds.username,
-            pass: creds.password,
-        }
-    } else if greeting.methods.contains(&Method::NONE) {
-        handshake::Response::new(Method::NONE)
-            .write_to(conn)
-            .await?;
-        Isolation::None
-    } else {
-        handshake::Response::new(Method::UNACCEPTABLE)
-            .write_to(conn)
-            .await?;
-        return Err(HandshakeError::NoMethod);
-    };
-    conn.flush().await?;
-    let mut header = [0u8; 4];
-    conn.read_exact(&mut header).await?;
-    let [ver, cmd, _rsv, atyp] = header;
-    if ver != 0x05 {
-        return Err(HandshakeError::Version);
-    }
-    if !matches!(atyp, 0x01 | 0x03 | 0x04) {
-        return Ok((iso, Ask::Refuse(0x08)));
-    }
-    let as_connect = match cmd {
-        0x01..=0x03 => cmd,
-        CMD_RESOLVE | CMD_RESOLVE_PTR => 0x01,
-        _ => return Ok((iso, Ask::Refuse(0x07))),
-    };
-    // Let the codec parse the address behind a header it knows.
-    let prefix = [ver, as_connect, 0x00, atyp];
-    let request = {
-        let mut chained = (&prefix[..]).chain(&mut *conn);
-        Request::read_from(&mut chained).await?
-    };
-    let ask = match (cmd, request.command) {
-        (0x01, Command::Connect) => match to_host(request.address) {
-            Some((host, port)) => Ask::Connect(host, port),
-            None => Ask::Refuse(0x04),
-        },
-        (CMD_RESOLVE, _) => match to_host(request.address) {
-            Some((host @ Host::Name(_), _)) => Ask::Resolve(host),
-            // RESOLVE of an address: nothing to look up; Tor answers with the address.
-            Some(_) | None => Ask::Refuse(0x04),
-        },
-        (CMD_RESOLVE_PTR, _) => match to_host(request.address) {
-            Some((host @ (Host::V4(_) | Host::V6(_)), _)) => Ask::ResolvePtr(host),
-            _ => Ask::Refuse(0x08),
-        },
-        // BIND and UDP ASSOCIATE: not offered (specs/07 §3.4).
-        _ => Ask::Refuse(0x07),
-    };
-    Ok((iso, ask))
-}
-
-/// A SOCKS5 address as a HOST (specs/03 §5): IP literals stay addresses, names are checked
-/// and sent unresolved. `None` for a name the protocol cannot carry.
-fn to_host(addr: Address) -> Option<(Host, u16)> {
-    match addr {
-        Address::SocketAddress(SocketAddr::V4(a)) => Some((Host::V4(*a.ip()), a.port())),
-        Address::SocketAddress(SocketAddr::V6(a)) => Some((Host::V6(*a.ip()), a.port())),
-        Address::DomainAddress(name, port) => {
-            check_hostname(&name).ok()?;
-            let name = String::from_utf8(name).ok()?;
-            let host = match name.parse::<IpAddr>() {
-                Ok(IpAddr::V4(ip)) => Host::V4(ip),
-                Ok(IpAddr::V6(ip)) => Host::V6(ip),
-                Err(_) => Host::Name(name),
-            };
-            Some((host, port))
+    let mut machine = SocksHandshake::new();
+    let mut buf = Vec::with_capacity(MAX_SOCKS_MESSAGE);
+    loop {
+        match machine.handshake(&buf) {
+            Ok(Some(action)) => {
+                buf.drain(..action.drain);
+                if !action.reply.is_empty() {
+                    conn.write_all(&action.reply).await?;
+                    conn.flush().await?;
+                }
+                if let Some(request) = action.finished {
+                    return Ok((request, buf));
+                }
+            }
+            Ok(None) => read_more(conn, &mut buf, MAX_SOCKS_MESSAGE).await?,
+            Err(err) => {
+                if let Some(last) = err.reply_before_close() {
+                    conn.write_all(&last).await?;
+                    conn.flush().await?;
+                }
+                return Err(err.into());
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use shallot_proxy_proto::{CMD_RESOLVE, CMD_RESOLVE_PTR};
+    use tokio::io::AsyncReadExt;
+
     use super::*;
     use crate::front::tests::{FakeConnector, run_front};
 
@@ -342,6 +268,29 @@ mod tests {
                 pass: b"pw".to_vec()
             }
         );
+        drop(c);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn longest_credentials_pipelined_with_request_and_data() {
+        // Everything in one write: the driver's buffer fills to MAX_SOCKS_MESSAGE with the
+        // credentials, and the bytes behind the request reach the connector as early data.
+        let user = vec![b'u'; 255];
+        let pass = vec![b'p'; 255];
+        let auth = [&[1, 255][..], &user, &[255], &pass].concat();
+        assert_eq!(auth.len(), MAX_SOCKS_MESSAGE);
+        let request = [5, 1, 0, 1, 10, 0, 0, 1, 0, 80];
+        let all = [&[5, 1, 2][..], &auth, &request, b"hello"].concat();
+        let fake = FakeConnector::default();
+        let (mut c, task) = run_front(fake.clone()).await;
+        c.write_all(&all).await.expect("write");
+        let mut r = [0u8; 4];
+        c.read_exact(&mut r).await.expect("method and auth replies");
+        assert_eq!(r, [5, 2, 1, 0]);
+        assert_eq!(read_reply(&mut c).await.0, 0);
+        assert_eq!(fake.asked()[0].0, Isolation::Auth { user, pass });
+        assert_eq!(fake.early(), vec![b"hello".to_vec()]);
         drop(c);
         task.abort();
     }

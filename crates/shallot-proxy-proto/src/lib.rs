@@ -1,0 +1,15 @@
+#![doc = include_str!("../README.md")]
+
+mod err;
+mod http;
+mod socks;
+
+pub use err::{HttpError, SocksError};
+pub use http::{
+    CONNECT_ESTABLISHED, HTTP_HANDSHAKE_BUFFER, HttpAction, HttpAsk, HttpConnectHandshake,
+    HttpRefusal, HttpRequest, MAX_HTTP_HEAD, MAX_HTTP_HEADERS, http_response,
+};
+pub use socks::{
+    CMD_BIND, CMD_CONNECT, CMD_RESOLVE, CMD_RESOLVE_PTR, CMD_UDP_ASSOCIATE, Credentials,
+    MAX_SOCKS_MESSAGE, SocksAction, SocksAsk, SocksHandshake, SocksRequest, encode_reply,
+};
