@@ -11,9 +11,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use shallot_cell::{Host, check_hostname};
-use shallot_proxy_proto::{
-    HTTP_HANDSHAKE_BUFFER, HttpAsk, HttpConnectHandshake, HttpError, HttpRequest, MAX_HTTP_HEAD,
-};
+use shallot_proxy_proto::feed::{HttpOutcome as Outcome, feed_http};
+use shallot_proxy_proto::{HttpAsk, HttpError, MAX_HTTP_HEAD};
 
 const PREFIXES: [&[u8]; 4] = [
     b"",
@@ -36,40 +35,6 @@ const PADDING: [u8; MAX_HTTP_HEAD - 128] = {
     line
 };
 
-#[derive(Debug, PartialEq, Eq)]
-enum Outcome {
-    Finished(HttpRequest, Vec<u8>),
-    Failed(HttpError),
-    Incomplete,
-}
-
-fn run(chunks: &[&[u8]]) -> Outcome {
-    let mut machine = HttpConnectHandshake::new();
-    let mut buf = Vec::new();
-    for (fed, chunk) in chunks.iter().enumerate() {
-        buf.extend_from_slice(chunk);
-        match machine.handshake(&buf) {
-            Ok(Some(action)) => {
-                assert!(action.drain > 0 && action.drain <= buf.len());
-                assert!(action.drain <= MAX_HTTP_HEAD);
-                assert_eq!(machine.handshake(&buf), Err(HttpError::AlreadyOver));
-                let rest = [&buf[action.drain..], &chunks[fed + 1..].concat()].concat();
-                return Outcome::Finished(action.finished, rest);
-            }
-            Ok(None) => assert!(buf.len() < HTTP_HANDSHAKE_BUFFER, "waits when full"),
-            Err(err) => {
-                let _ = err.to_string();
-                if !matches!(err, HttpError::AlreadyOver) {
-                    assert!(err.reply_before_close().is_some());
-                }
-                assert_eq!(machine.handshake(&buf), Err(HttpError::AlreadyOver));
-                return Outcome::Failed(err);
-            }
-        }
-    }
-    Outcome::Incomplete
-}
-
 fuzz_target!(|data: &[u8]| {
     let Some((&control, rest)) = data.split_first() else {
         return;
@@ -82,7 +47,13 @@ fuzz_target!(|data: &[u8]| {
     let padding: &[u8] = if control & 4 == 0 { b"" } else { &PADDING };
     let input = [PREFIXES[usize::from(control & 3)], padding, payload].concat();
 
-    let whole = run(&[&input]);
+    let whole = feed_http(&[&input]);
+    if let Outcome::Failed(err) = &whole {
+        let _ = err.to_string();
+        if !matches!(err, HttpError::AlreadyOver) {
+            assert!(err.reply_before_close().is_some());
+        }
+    }
     let mut chunks: Vec<&[u8]> = Vec::new();
     let mut left = &input[..];
     for &cut in cuts {
@@ -91,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
         left = tail;
     }
     chunks.push(left);
-    assert_eq!(run(&chunks), whole, "a split changed the outcome");
+    assert_eq!(feed_http(&chunks), whole, "a split changed the outcome");
 
     if let Outcome::Finished(request, _) = &whole {
         match &request.ask {

@@ -794,6 +794,18 @@ mod tests {
     }
 
     impl Fixture {
+        /// A fixture with one build under way on a random three-hop path.
+        fn building_on_a_path() -> (Self, u64, Vec<PeerId>) {
+            let mut f = Fixture::new(4);
+            let Decision::Build { id, .. } = f.choose(&req(&Isolation::None, Some(80)), f.at(0))
+            else {
+                panic!("build");
+            };
+            let path: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+            f.pool.path_chosen(id, path.clone(), None);
+            (f, id, path)
+        }
+
         fn new(max_circuits: usize) -> Self {
             let times = BuildTimes::new(
                 Duration::from_secs(60),
@@ -1189,13 +1201,7 @@ mod tests {
             (BuildFailure::Internal { hops_built: 1 }, false),
         ];
         for (failure, against_guard) in cases {
-            let mut f = Fixture::new(4);
-            let Decision::Build { id, .. } = f.choose(&req(&Isolation::None, Some(80)), f.at(0))
-            else {
-                panic!("build");
-            };
-            let path: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
-            f.pool.path_chosen(id, path.clone(), None);
+            let (mut f, id, path) = Fixture::building_on_a_path();
             let (verdict, _) = f.pool.build_finished(id, Err(failure), |_| {});
             let expected = against_guard.then_some((path[0], false));
             assert_eq!(verdict.guard, expected, "{failure:?}");
@@ -1229,13 +1235,7 @@ mod tests {
             (Err(BuildFailure::Internal { hops_built: 2 }), None),
         ];
         for (result, built) in cases {
-            let mut f = Fixture::new(4);
-            let Decision::Build { id, .. } = f.choose(&req(&Isolation::None, Some(80)), f.at(0))
-            else {
-                panic!("build");
-            };
-            let path: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
-            f.pool.path_chosen(id, path.clone(), None);
+            let (mut f, id, path) = Fixture::building_on_a_path();
             let (verdict, _) = f.pool.build_finished(id, result, |_| {});
             assert_eq!(verdict.bias, built.map(|b| (path[0], b)), "{result:?}");
         }

@@ -198,50 +198,15 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-
-    /// How a run of the handshake over some input ended.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    enum Outcome {
-        /// Finished: the request and the bytes after the head.
-        Finished(HttpRequest, Vec<u8>),
-        Failed(HttpError),
-        /// Every byte was fed and the head is still incomplete.
-        Incomplete,
-    }
-
-    /// Feeds `chunks` one after another as an IO shell would, and checks the bound: a buffer
-    /// of `HTTP_HANDSHAKE_BUFFER` bytes is never left waiting. The bytes after the head are
-    /// the rest of the buffer and every chunk not fed.
-    fn run(chunks: &[&[u8]]) -> Outcome {
-        let mut hs = HttpConnectHandshake::new();
-        let mut buf = Vec::new();
-        for (fed, chunk) in chunks.iter().enumerate() {
-            buf.extend_from_slice(chunk);
-            match hs.handshake(&buf) {
-                Ok(Some(action)) => {
-                    assert!(action.drain > 0 && action.drain <= buf.len());
-                    assert_eq!(hs.handshake(&buf), Err(HttpError::AlreadyOver));
-                    // What the shell reads later is the application's data too.
-                    let rest = [&buf[action.drain..], &chunks[fed + 1..].concat()].concat();
-                    return Outcome::Finished(action.finished, rest);
-                }
-                Ok(None) => assert!(buf.len() < HTTP_HANDSHAKE_BUFFER, "waits when full"),
-                Err(err) => {
-                    assert_eq!(hs.handshake(&buf), Err(HttpError::AlreadyOver));
-                    return Outcome::Failed(err);
-                }
-            }
-        }
-        Outcome::Incomplete
-    }
+    use crate::feed::{HttpOutcome as Outcome, feed_http, split_at};
 
     fn all_at_once(input: &[u8]) -> Outcome {
-        run(&[input])
+        feed_http(&[input])
     }
 
     fn byte_at_a_time(input: &[u8]) -> Outcome {
         let bytes: Vec<&[u8]> = input.chunks(1).collect();
-        run(&bytes)
+        feed_http(&bytes)
     }
 
     fn asked(ask: HttpAsk, auth: Option<&[u8]>, rest: &[u8]) -> Outcome {
@@ -435,20 +400,6 @@ mod tests {
         }
     }
 
-    /// An input cut into pieces at the given points (taken modulo its length).
-    fn split_at<'a>(input: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
-        let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
-        points.sort_unstable();
-        let mut pieces = Vec::new();
-        let mut from = 0;
-        for p in points {
-            pieces.push(&input[from..p]);
-            from = p;
-        }
-        pieces.push(&input[from..]);
-        pieces
-    }
-
     proptest! {
         #[test]
         fn any_split_of_a_fixture_gives_the_same_outcome(
@@ -457,7 +408,7 @@ mod tests {
         ) {
             let all = fixtures();
             let (input, outcome) = &all[which % all.len()];
-            prop_assert_eq!(&run(&split_at(input, &cuts)), outcome);
+            prop_assert_eq!(&feed_http(&split_at(input, &cuts)), outcome);
         }
 
         /// A CONNECT head followed by arbitrary bytes: no panic, and `run` checks that a full
@@ -475,7 +426,7 @@ mod tests {
         ) {
             let input = [prefix, noise, vec![b'a'; pad]].concat();
             let whole = all_at_once(&input);
-            prop_assert_eq!(run(&split_at(&input, &cuts)), whole);
+            prop_assert_eq!(feed_http(&split_at(&input, &cuts)), whole);
         }
     }
 }

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod err;
+pub mod feed;
 mod http;
 mod socks;
 

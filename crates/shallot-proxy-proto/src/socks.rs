@@ -324,61 +324,15 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-
-    /// How a run of the handshake over some input ended.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    enum Outcome {
-        /// Finished: the request and the bytes left after it.
-        Finished(SocksRequest, Vec<u8>),
-        Failed(SocksError),
-        /// Every byte was fed and the handshake still wants more.
-        Incomplete,
-    }
-
-    /// Feeds `chunks` one after another as an IO shell would: appends each to a buffer, calls
-    /// the handshake until it wants more, drains what it consumed. Returns every reply byte and
-    /// the outcome, whose leftover is the rest of the buffer and every chunk not fed. Also
-    /// checks the bound: a buffer of `MAX_SOCKS_MESSAGE` bytes is never left waiting.
-    fn run(chunks: &[&[u8]]) -> (Vec<u8>, Outcome) {
-        let mut hs = SocksHandshake::new();
-        let mut buf = Vec::new();
-        let mut replies = Vec::new();
-        for (fed, chunk) in chunks.iter().enumerate() {
-            buf.extend_from_slice(chunk);
-            loop {
-                match hs.handshake(&buf) {
-                    Ok(Some(action)) => {
-                        assert!(action.drain > 0 && action.drain <= buf.len());
-                        buf.drain(..action.drain);
-                        replies.extend_from_slice(&action.reply);
-                        if let Some(request) = action.finished {
-                            assert_eq!(hs.handshake(&buf), Err(SocksError::AlreadyOver));
-                            // What the shell reads later is the application's data too.
-                            let rest = [buf, chunks[fed + 1..].concat()].concat();
-                            return (replies, Outcome::Finished(request, rest));
-                        }
-                    }
-                    Ok(None) => {
-                        assert!(buf.len() < MAX_SOCKS_MESSAGE, "waits with a full buffer");
-                        break;
-                    }
-                    Err(err) => {
-                        assert_eq!(hs.handshake(&buf), Err(SocksError::AlreadyOver));
-                        return (replies, Outcome::Failed(err));
-                    }
-                }
-            }
-        }
-        (replies, Outcome::Incomplete)
-    }
+    use crate::feed::{SocksOutcome as Outcome, feed_socks, split_at};
 
     fn all_at_once(input: &[u8]) -> (Vec<u8>, Outcome) {
-        run(&[input])
+        feed_socks(&[input])
     }
 
     fn byte_at_a_time(input: &[u8]) -> (Vec<u8>, Outcome) {
         let bytes: Vec<&[u8]> = input.chunks(1).collect();
-        run(&bytes)
+        feed_socks(&bytes)
     }
 
     fn finished(ask: SocksAsk) -> Outcome {
@@ -693,20 +647,6 @@ mod tests {
         );
     }
 
-    /// An input cut into pieces at the given points (taken modulo its length).
-    fn split_at<'a>(input: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
-        let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
-        points.sort_unstable();
-        let mut pieces = Vec::new();
-        let mut from = 0;
-        for p in points {
-            pieces.push(&input[from..p]);
-            from = p;
-        }
-        pieces.push(&input[from..]);
-        pieces
-    }
-
     proptest! {
         #[test]
         fn any_split_of_a_fixture_gives_the_same_outcome(
@@ -716,7 +656,7 @@ mod tests {
             let all = fixtures();
             let (input, replies, outcome) = &all[which % all.len()];
             let pieces = split_at(input, &cuts);
-            prop_assert_eq!(run(&pieces), (replies.clone(), outcome.clone()));
+            prop_assert_eq!(feed_socks(&pieces), (replies.clone(), outcome.clone()));
         }
 
         /// Arbitrary bytes, after a greeting or none: no panic, and `run` checks that a full
@@ -733,7 +673,7 @@ mod tests {
         ) {
             let input = [prefix, noise].concat();
             let whole = all_at_once(&input);
-            prop_assert_eq!(run(&split_at(&input, &cuts)), whole);
+            prop_assert_eq!(feed_socks(&split_at(&input, &cuts)), whole);
         }
     }
 }
