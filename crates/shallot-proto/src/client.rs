@@ -189,6 +189,10 @@ pub struct ClientCircuit {
     rtt: Option<Duration>,
     /// The latest cell received, or DROP sent as a keep-alive.
     last_heard: Instant,
+    /// When the keep-alive is looked at next. It moves only when it is reached, not with every
+    /// cell: the IO layer's timer is reset when the deadline changes, and a deadline that moved
+    /// with every cell would cost a timer reset per cell.
+    keepalive_check: Instant,
 }
 
 /// The link-0 cell length.
@@ -231,6 +235,8 @@ impl ClientCircuit {
             last_now: now,
             rtt: None,
             last_heard: now,
+            // Reached at once once a stream is open; it then moves to `last_heard` + interval.
+            keepalive_check: now,
         })
     }
 
@@ -551,9 +557,9 @@ impl ClientCircuit {
     /// When a keep-alive DROP is due: only on a built circuit with open streams (an unused
     /// one is the pool's to retire, well within the relays' idle timeout).
     fn keepalive_due(&self) -> Option<Instant> {
-        let interval = self.config.keepalive_interval?;
+        self.config.keepalive_interval?;
         (self.pending.is_none() && self.layers.hops() > 0 && self.streams.len() > 0)
-            .then(|| self.last_heard + interval)
+            .then_some(self.keepalive_check)
     }
 
     /// Time passed: a CREATE or EXTEND past its deadline destroys the circuit; a circuit with
@@ -567,10 +573,15 @@ impl ClientCircuit {
             self.teardown(DestroyReason::Timeout, Some(ProtoError::BuildTimeout), true);
             return;
         }
-        if self.keepalive_due().is_some_and(|t| now >= t) {
-            self.last_heard = now;
-            // No room in the send queue means cells are moving anyway.
-            let _ = self.send_drop(self.layers.hops() - 1);
+        if let Some(interval) = self.config.keepalive_interval
+            && self.keepalive_due().is_some_and(|t| now >= t)
+        {
+            if now >= self.last_heard + interval {
+                self.last_heard = now;
+                // No room in the send queue means cells are moving anyway.
+                let _ = self.send_drop(self.layers.hops() - 1);
+            }
+            self.keepalive_check = self.last_heard + interval;
         }
     }
 

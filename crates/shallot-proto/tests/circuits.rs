@@ -464,3 +464,30 @@ fn a_silent_stream_keeps_its_circuit_alive() {
     h.send(s, b"again");
     assert!(h.run_until(100_000, |h| h.received(s).len() >= 10));
 }
+
+/// The idle and keep-alive deadlines move only when they are reached: a deadline that moved
+/// with every cell would make the IO layers re-arm a timer per cell.
+#[test]
+fn traffic_does_not_move_the_idle_and_keepalive_deadlines() {
+    let mut h = idle_harness();
+    let s = h.open("echo.test", 7).unwrap();
+    h.send(s, b"first");
+    assert!(h.run_until(100_000, |h| h.received(s).len() >= 5));
+    let client_deadline = h.client.poll_timeout();
+    let relay_deadlines: Vec<_> = h
+        .relays
+        .iter()
+        .map(|r| r.circuit.as_ref().and_then(RelayCircuit::poll_timeout))
+        .collect();
+    assert!(client_deadline.is_some() && relay_deadlines.iter().all(Option::is_some));
+    h.advance(Duration::from_secs(1));
+    h.send(s, &[7u8; 20_000]);
+    assert!(h.run_until(100_000, |h| h.received(s).len() >= 20_005));
+    assert_eq!(h.client.poll_timeout(), client_deadline);
+    let after: Vec<_> = h
+        .relays
+        .iter()
+        .map(|r| r.circuit.as_ref().and_then(RelayCircuit::poll_timeout))
+        .collect();
+    assert_eq!(after, relay_deadlines);
+}

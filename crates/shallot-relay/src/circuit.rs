@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -188,6 +189,11 @@ pub(crate) struct CircuitTask {
     events: mpsc::Receiver<ExitEvent>,
     generation: u64,
     closing: Vec<(Instant, JoinHandle<()>)>,
+    /// One timer for the circuit's deadlines, re-armed only when the deadline changes: a new
+    /// timer per pass of the loop would register and cancel one in tokio's wheel per batch.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// The deadline `timer` is armed for; `None` once it fired (or while there is none).
+    timer_at: Option<Instant>,
     _slot: CircuitSlot,
 }
 
@@ -211,6 +217,8 @@ impl CircuitTask {
             events,
             generation: 0,
             closing: Vec::new(),
+            timer: Box::pin(tokio::time::sleep_until(Instant::now())),
+            timer_at: None,
             _slot: slot,
         }
     }
@@ -238,9 +246,21 @@ impl CircuitTask {
             let send_prev = self.prev.is_some() && self.circ.queued_prev() > 0;
             let send_next = matches!(self.next, Next::Open { .. }) && self.circ.queued_next() > 0;
             let deadline = self.next_deadline();
+            if let Some(at) = deadline
+                && self.timer_at != Some(at)
+            {
+                self.timer.as_mut().reset(at);
+            }
+            self.timer_at = deadline;
             let Self {
-                prev, next, events, ..
+                prev,
+                next,
+                events,
+                timer,
+                timer_at,
+                ..
             } = &mut self;
+            let armed = timer_at.is_some();
             let (prev_cells, prev_batches) = link_parts(prev.as_mut());
             let (next_cells, next_batches, next_opening) = match next {
                 Next::Open(link) => {
@@ -259,7 +279,7 @@ impl CircuitTask {
                 permit = reserve(next_batches), if send_next => Wake::NextRoom(permit.is_some()),
                 opened = opening(next_opening) => Wake::Opened(opened),
                 Some(ev) = events.recv() => Wake::Exit(ev),
-                () = sleep_until(deadline) => Wake::Timer,
+                () = timer.as_mut(), if armed => Wake::Timer,
                 _ = shutdown.changed() => Wake::Shutdown,
             };
             self.wake(wake, now);
@@ -408,7 +428,11 @@ impl CircuitTask {
             }
             Wake::Opened(opened) => self.next_opened(opened),
             Wake::Exit(ev) => self.exit_event(ev),
-            Wake::Timer => self.timers(),
+            Wake::Timer => {
+                // A fired timer stays ready: re-arm it next pass only if a deadline remains.
+                self.timer_at = None;
+                self.timers();
+            }
             Wake::Shutdown => self.circ.destroy(DestroyReason::Hibernating),
         }
     }
@@ -905,13 +929,6 @@ type Opened = Result<Result<Stream, DestroyReason>, tokio::task::JoinError>;
 async fn opening(handle: Option<&mut JoinHandle<Result<Stream, DestroyReason>>>) -> Opened {
     match handle {
         Some(h) => h.await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
     }
 }

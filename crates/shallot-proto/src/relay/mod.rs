@@ -150,6 +150,9 @@ pub struct RelayCircuit {
     now: Instant,
     /// The time of the latest cell either way or byte from a destination.
     last_activity: Instant,
+    /// When idleness is looked at next. It moves only when it is reached, not with every cell:
+    /// a deadline that moved with every cell would make the IO layer re-arm its timer per cell.
+    idle_check: Instant,
     /// Destroyed for carrying nothing for `idle_timeout`.
     closed_idle: bool,
 }
@@ -209,6 +212,7 @@ impl RelayCircuit {
             .push_parts(&[&created])
             .ok_or(ProtoError::WrongState("CREATED of the wrong length"))?;
         let next_cell_len = link_cell_len(link_index + 1).unwrap_or(0);
+        let idle_check = now + config.idle_timeout.unwrap_or_default();
         Ok(Self {
             cell_len,
             link_index,
@@ -225,6 +229,7 @@ impl RelayCircuit {
             close_error: None,
             now,
             last_activity: now,
+            idle_check,
             closed_idle: false,
         })
     }
@@ -366,7 +371,7 @@ impl RelayCircuit {
     }
 
     fn idle_deadline(&self) -> Option<Instant> {
-        self.config.idle_timeout.map(|t| self.last_activity + t)
+        self.config.idle_timeout.map(|_| self.idle_check)
     }
 
     /// Whether the circuit was destroyed for carrying nothing for the idle timeout.
@@ -385,6 +390,13 @@ impl RelayCircuit {
     /// [`has_next_hop`](Self::has_next_hop) are both false).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.saw(now);
+        if let Some(timeout) = self.config.idle_timeout
+            && self.closed.is_none()
+            && now >= self.idle_check
+            && now < self.last_activity + timeout
+        {
+            self.idle_check = self.last_activity + timeout;
+        }
         if self.closed.is_none() && self.idle_deadline().is_some_and(|d| now >= d) {
             self.closed_idle = true;
             self.teardown(
