@@ -94,6 +94,9 @@ impl CreateQueue {
             }
             let mut evicted = None;
             if s.queued() >= MAX_QUEUED_CREATES {
+                s.forget_gone();
+            }
+            if s.queued() >= MAX_QUEUED_CREATES {
                 match s.evict_for(source) {
                     Some(tx) => evicted = Some(tx),
                     None => return Err(Evicted),
@@ -186,6 +189,17 @@ impl Shared {
 impl State {
     fn queued(&self) -> usize {
         self.waiting.values().map(VecDeque::len).sum()
+    }
+
+    /// Drops the waiters that gave up (their handshake timed out): they hold a place only
+    /// until a turn passes them over, and a queue full of them must not refuse the living.
+    fn forget_gone(&mut self) {
+        self.waiting.retain(|_, w| {
+            w.retain(|tx| !tx.is_closed());
+            !w.is_empty()
+        });
+        let waiting = &self.waiting;
+        self.ring.retain(|s| waiting.contains_key(s));
     }
 
     /// Takes out the newest waiter of the source with the most waiting, if it has more than
@@ -354,5 +368,47 @@ mod tests {
         }
         assert_eq!(evicted, 1);
         assert_eq!(newcomer.await.unwrap(), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn waiters_that_gave_up_do_not_keep_a_full_queue_full() {
+        let q = CreateQueue::new(
+            CreateRate {
+                per_second: 1_000_000,
+                burst: 1_000_000,
+            },
+            1,
+        );
+        let _running = q.turn(host(1)).await.unwrap();
+        // One waiter from each of 256 sources, all of which then give up (their handshakes
+        // time out): the queue counts them until they are passed over.
+        let mut gone = Vec::new();
+        for i in 0..MAX_QUEUED_CREATES {
+            let q = q.clone();
+            let src = Source::Host(HostKey::of(
+                std::net::Ipv4Addr::from(0x0a00_0000 + i as u32).into(),
+            ));
+            gone.push(tokio::spawn(async move { q.turn(src).await.map(drop) }));
+        }
+        while q.waiting() < MAX_QUEUED_CREATES {
+            tokio::task::yield_now().await;
+        }
+        for g in &gone {
+            g.abort();
+        }
+        for g in gone {
+            let _ = g.await;
+        }
+        // A newcomer with one waiter, like each of theirs, finds room.
+        let q2 = q.clone();
+        let newcomer = tokio::spawn(async move { q2.turn(host(200)).await.map(drop) });
+        while !newcomer.is_finished() && !q.shared.lock().waiting.contains_key(&host(200)) {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            q.shared.lock().waiting.contains_key(&host(200)),
+            "a full queue of waiters that gave up refused a newcomer: {:?}",
+            newcomer.await
+        );
     }
 }
