@@ -76,11 +76,26 @@ impl SourceLimits {
     }
 }
 
+/// The limits of each kind of source.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    relay: SourceLimits,
+    host: SourceLimits,
+}
+
+impl Bounds {
+    fn of(self, source: &Source) -> SourceLimits {
+        match source {
+            Source::Relay(_) => self.relay,
+            Source::Host(_) => self.host,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     max_circuits: usize,
-    relay: SourceLimits,
-    host: SourceLimits,
+    bounds: Bounds,
     circuits: usize,
     pending: usize,
     sources: HashMap<Source, SourceState>,
@@ -111,11 +126,16 @@ impl Limiter {
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 max_circuits: config.max_circuits,
-                relay: SourceLimits::new(config.max_circuits_per_peer, config.create_rate_per_peer),
-                host: SourceLimits::new(
-                    config.max_circuits_per_address,
-                    config.create_rate_per_address,
-                ),
+                bounds: Bounds {
+                    relay: SourceLimits::new(
+                        config.max_circuits_per_peer,
+                        config.create_rate_per_peer,
+                    ),
+                    host: SourceLimits::new(
+                        config.max_circuits_per_address,
+                        config.create_rate_per_address,
+                    ),
+                },
                 circuits: 0,
                 pending: 0,
                 sources: HashMap::new(),
@@ -162,7 +182,7 @@ impl Limiter {
         if g.circuits >= g.max_circuits {
             return Err(Refusal::Total);
         }
-        let limits = g.limits_of(source);
+        let limits = g.bounds.of(&source);
         let state = g.entry(source, now);
         if state.circuits >= limits.max_circuits {
             return Err(Refusal::PerSource);
@@ -182,18 +202,11 @@ impl Limiter {
 }
 
 impl Inner {
-    fn limits_of(&self, source: Source) -> SourceLimits {
-        match source {
-            Source::Relay(_) => self.relay,
-            Source::Host(_) => self.host,
-        }
-    }
-
     fn entry(&mut self, source: Source, now: Instant) -> &mut SourceState {
         if !self.sources.contains_key(&source) && self.sources.len() >= MAX_SOURCE_ENTRIES {
             self.prune(now);
         }
-        let burst = self.limits_of(source).burst;
+        let burst = self.bounds.of(&source).burst;
         self.sources.entry(source).or_insert(SourceState {
             circuits: 0,
             pending: 0,
@@ -204,12 +217,9 @@ impl Inner {
 
     /// Forgets idle sources: first those whose bucket is full again, then any idle one.
     fn prune(&mut self, now: Instant) {
-        let (relay, host) = (self.relay, self.host);
+        let bounds = self.bounds;
         self.sources.retain(|source, s| {
-            let limits = match source {
-                Source::Relay(_) => relay,
-                Source::Host(_) => host,
-            };
+            let limits = bounds.of(source);
             s.refill(limits, now);
             !s.idle() || s.tokens < limits.burst
         });
