@@ -13,7 +13,7 @@ use futures::io::AsyncWriteExt;
 use shallot_cell::{DestroyReason, EndReason, Host, ResolvedAnswer, StreamId};
 use shallot_p2p::{CIRCUIT_PROTOCOL, Multiaddr, PeerId};
 use shallot_proto::{MAX_STREAMS_PER_CIRCUIT, RelayAction, RelayCircuit};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
@@ -23,6 +23,7 @@ use tracing::debug;
 
 use crate::limits::CircuitSlot;
 use crate::link::{self, Link, Run, Stream};
+use crate::memory::{CircuitAccount, Waiting, earliest};
 use crate::relay::Context;
 use crate::safelog::Sensitive;
 
@@ -124,6 +125,8 @@ struct ExitConn {
     writer_tx: Option<mpsc::Sender<Vec<u8>>>,
     /// A buffer is with the writer.
     writing: bool,
+    /// Bytes of the buffer with the writer.
+    writing_bytes: usize,
     /// Bytes for the destination not yet handed to the writer; bounded by the stream's credit
     /// window, which the client may not exceed (specs/03 §11.2).
     out: Vec<u8>,
@@ -136,6 +139,8 @@ struct ExitConn {
     holding_read: bool,
     /// The destination's side ended; reported once `pending_in` is taken.
     read_end: Option<EndReason>,
+    /// Since when the oldest byte held for this stream has waited (crate::memory).
+    waiting: Waiting,
 }
 
 impl ExitConn {
@@ -148,12 +153,25 @@ impl ExitConn {
             writer: None,
             writer_tx: None,
             writing: false,
+            writing_bytes: 0,
             out: Vec::new(),
             pending_in: Vec::new(),
             pending_off: 0,
             holding_read: false,
             read_end: None,
+            waiting: Waiting::default(),
         }
+    }
+
+    /// Bytes held for this stream: for the destination (not yet written) and from it (the
+    /// reader's buffer, until the circuit took all of it).
+    fn held(&self) -> usize {
+        let from_destination = if self.holding_read {
+            self.pending_in.capacity()
+        } else {
+            0
+        };
+        self.out.len() + self.writing_bytes + from_destination
     }
 }
 
@@ -168,6 +186,8 @@ enum Wake {
     Opened(Opened),
     Exit(ExitEvent),
     Timer,
+    /// The relay's memory budget chose this circuit to destroy.
+    OverBudget,
     Shutdown,
 }
 
@@ -188,7 +208,16 @@ pub(crate) struct CircuitTask {
     events_tx: mpsc::Sender<ExitEvent>,
     events: mpsc::Receiver<ExitEvent>,
     generation: u64,
-    closing: Vec<(Instant, JoinHandle<()>)>,
+    /// Closed exit streams' writers finishing what they hold: the end of their grace, the
+    /// writer, the bytes handed to it.
+    closing: Vec<(Instant, JoinHandle<()>, usize)>,
+    /// This circuit's share of the relay's memory budget (crate::memory).
+    account: CircuitAccount,
+    /// Since when the cells queued toward each side have waited.
+    prev_queue: Waiting,
+    next_queue: Waiting,
+    /// Destroyed by the memory budget: close without grace.
+    over_budget: bool,
     /// One timer for the circuit's deadlines, re-armed only when the deadline changes: a new
     /// timer per pass of the loop would register and cancel one in tokio's wheel per batch.
     timer: Pin<Box<tokio::time::Sleep>>,
@@ -207,6 +236,7 @@ impl CircuitTask {
     ) -> Self {
         let (events_tx, events) = mpsc::channel(EXIT_EVENT_QUEUE);
         Self {
+            account: ctx.memory.open(),
             ctx,
             circ,
             prev_peer,
@@ -217,6 +247,9 @@ impl CircuitTask {
             events,
             generation: 0,
             closing: Vec::new(),
+            prev_queue: Waiting::default(),
+            next_queue: Waiting::default(),
+            over_budget: false,
             timer: Box::pin(tokio::time::sleep_until(Instant::now())),
             timer_at: None,
             _slot: slot,
@@ -232,6 +265,7 @@ impl CircuitTask {
                 break;
             }
             let now = Instant::now();
+            self.account_memory(now);
             let wants_prev = self.prev.is_some() && self.circ.wants_prev_cell();
             let wants_next = matches!(self.next, Next::Open { .. }) && self.circ.wants_next_cell();
             let prev_run = self.prev.as_ref().is_some_and(Link::has_run);
@@ -258,9 +292,12 @@ impl CircuitTask {
                 events,
                 timer,
                 timer_at,
+                account,
+                over_budget,
                 ..
             } = &mut self;
             let armed = timer_at.is_some();
+            let accounted = !*over_budget;
             let (prev_cells, prev_batches) = link_parts(prev.as_mut());
             let (next_cells, next_batches, next_opening) = match next {
                 Next::Open(link) => {
@@ -280,6 +317,7 @@ impl CircuitTask {
                 opened = opening(next_opening) => Wake::Opened(opened),
                 Some(ev) = events.recv() => Wake::Exit(ev),
                 () = timer.as_mut(), if armed => Wake::Timer,
+                () = account.destroyed(), if accounted => Wake::OverBudget,
                 _ = shutdown.changed() => Wake::Shutdown,
             };
             self.wake(wake, now);
@@ -354,7 +392,8 @@ impl CircuitTask {
             {
                 moved = true;
                 let batch = drain(&mut self.circ, true, l.spares.batch());
-                if tx.try_send(batch).is_err() {
+                self.prev_queue.progressed(t);
+                if !l.hand_over(batch) {
                     self.prev = None;
                     self.circ.handle_prev_closed(t);
                 }
@@ -366,7 +405,8 @@ impl CircuitTask {
             {
                 moved = true;
                 let batch = drain(&mut self.circ, false, link.spares.batch());
-                if tx.try_send(batch).is_err() {
+                self.next_queue.progressed(t);
+                if !link.hand_over(batch) {
                     self.next = Next::None;
                     self.circ.handle_next_closed(t);
                 }
@@ -375,6 +415,36 @@ impl CircuitTask {
                 break;
             }
         }
+    }
+
+    /// Tells the relay's memory budget what this circuit holds and since when its oldest byte
+    /// has waited (crate::memory): cells queued either way, its links' runs, unwritten batches
+    /// and spares, and its exit streams' bytes either way.
+    fn account_memory(&mut self, now: Instant) {
+        let t = now.into_std();
+        let to_prev = self.circ.queued_prev() * self.circ.cell_len();
+        let to_next = self.circ.queued_next() * self.circ.next_cell_len();
+        self.prev_queue.note(to_prev > 0, t);
+        self.next_queue.note(to_next > 0, t);
+        let mut bytes = to_prev + to_next;
+        let mut oldest = earliest(self.prev_queue.since(), self.next_queue.since());
+        let next = match &mut self.next {
+            Next::Open(link) => Some(link),
+            _ => None,
+        };
+        for link in self.prev.iter_mut().chain(next) {
+            let (held, since) = link.held(t);
+            bytes += held;
+            oldest = earliest(oldest, since);
+        }
+        for c in self.exits.values_mut() {
+            let held = c.held();
+            c.waiting.note(held > 0, t);
+            bytes += held;
+            oldest = earliest(oldest, c.waiting.since());
+        }
+        bytes += self.closing.iter().map(|(_, _, b)| b).sum::<usize>();
+        self.account.set(bytes, oldest, t);
     }
 
     fn wake(&mut self, wake: Wake, now: Instant) {
@@ -400,30 +470,39 @@ impl CircuitTask {
                 self.circ.handle_next_closed(t);
             }
             Wake::PrevRoom(true) => {
-                let spare = self.prev.as_ref().map(|l| l.spares.batch());
-                let batch = drain(&mut self.circ, true, spare.unwrap_or_default());
-                if let Some(tx) = self.prev.as_ref().and_then(|l| l.batches.as_ref())
-                    && tx.try_send(batch).is_err()
-                {
-                    self.prev = None;
-                    self.circ.handle_prev_closed(t);
+                if let Some(l) = self.prev.as_ref() {
+                    let batch = drain(&mut self.circ, true, l.spares.batch());
+                    self.prev_queue.progressed(t);
+                    if !l.hand_over(batch) {
+                        self.prev = None;
+                        self.circ.handle_prev_closed(t);
+                    }
                 }
             }
             Wake::NextRoom(true) => {
-                let spare = match &self.next {
-                    Next::Open(link) => link.spares.batch(),
-                    _ => Vec::new(),
-                };
-                let batch = drain(&mut self.circ, false, spare);
-                let tx = match &self.next {
-                    Next::Open(link) => link.batches.as_ref(),
-                    _ => None,
-                };
-                if let Some(tx) = tx
-                    && tx.try_send(batch).is_err()
-                {
-                    self.next = Next::None;
-                    self.circ.handle_next_closed(t);
+                if let Next::Open(link) = &self.next {
+                    let batch = drain(&mut self.circ, false, link.spares.batch());
+                    self.next_queue.progressed(t);
+                    if !link.hand_over(batch) {
+                        self.next = Next::None;
+                        self.circ.handle_next_closed(t);
+                    }
+                }
+            }
+            Wake::OverBudget => {
+                // crate::memory: this circuit's data waited longest while the relay's queues
+                // passed `max_queued_bytes`. Everything it holds goes now, with no grace for
+                // writers: their bytes are what the budget needs back.
+                debug!("circuit destroyed to keep the relay within its memory budget");
+                self.ctx.stats.circuits_destroyed_memory.inc();
+                self.over_budget = true;
+                self.circ.destroy(DestroyReason::ResourceLimit);
+                let ids: Vec<u16> = self.exits.keys().copied().collect();
+                for id in ids {
+                    self.forget_exit(StreamId(id));
+                }
+                for (_, w, _) in self.closing.drain(..) {
+                    w.abort();
                 }
             }
             Wake::Opened(opened) => self.next_opened(opened),
@@ -441,7 +520,7 @@ impl CircuitTask {
     /// exit connections' grace ends.
     fn next_deadline(&self) -> Option<Instant> {
         let circuit = self.circ.poll_timeout().map(Instant::from_std);
-        let closing = self.closing.iter().map(|(t, _)| *t).min();
+        let closing = self.closing.iter().map(|(t, _, _)| *t).min();
         match (circuit, closing) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -450,7 +529,7 @@ impl CircuitTask {
 
     fn timers(&mut self) {
         let now = Instant::now();
-        self.closing.retain(|(t, h)| {
+        self.closing.retain(|(t, h, _)| {
             if *t <= now {
                 h.abort();
                 false
@@ -697,6 +776,8 @@ impl CircuitTask {
                 let _ = self.circ.handle_exit_written(stream, n, now);
                 if let Some(c) = self.exits.get_mut(&stream.0) {
                     c.writing = false;
+                    c.writing_bytes = 0;
+                    c.waiting.progressed(now);
                     flush_writes(c);
                 }
             }
@@ -752,7 +833,10 @@ impl CircuitTask {
                 .handle_exit_data(stream, &c.pending_in[c.pending_off..], now)
             {
                 Ok(0) => return,
-                Ok(n) => c.pending_off += n,
+                Ok(n) => {
+                    c.pending_off += n;
+                    c.waiting.progressed(now);
+                }
                 Err(_) => {
                     // The stream or the circuit is gone.
                     self.forget_exit(stream);
@@ -787,17 +871,20 @@ impl CircuitTask {
         if let Some(h) = c.reader.take() {
             h.abort();
         }
+        let mut unwritten = c.writing_bytes;
         if let Some(tx) = c.writer_tx.take()
             && !c.out.is_empty()
         {
+            unwritten += c.out.len();
             let _ = tx.try_send(std::mem::take(&mut c.out));
         }
         if let Some(w) = c.writer.take() {
             if self.closing.len() >= MAX_CLOSING_STREAMS {
-                let (_, oldest) = self.closing.remove(0);
+                let (_, oldest, _) = self.closing.remove(0);
                 oldest.abort();
             }
-            self.closing.push((Instant::now() + CLOSE_GRACE, w));
+            self.closing
+                .push((Instant::now() + CLOSE_GRACE, w, unwritten));
         }
     }
 
@@ -814,6 +901,11 @@ impl CircuitTask {
     }
 
     async fn close(mut self) {
+        if self.over_budget {
+            // Drop aborts the links' and the exit streams' tasks: nothing waits on a peer.
+            self.ctx.stats.circuits_closed.inc();
+            return;
+        }
         self.run_actions();
         let prev_batch = drain(&mut self.circ, true, Vec::new());
         let next_batch = drain(&mut self.circ, false, Vec::new());
@@ -840,7 +932,7 @@ impl CircuitTask {
         }
         let writers = std::mem::take(&mut self.closing);
         let writers = async move {
-            for (deadline, mut w) in writers {
+            for (deadline, mut w, _) in writers {
                 if tokio::time::timeout_at(deadline, &mut w).await.is_err() {
                     w.abort();
                 }
@@ -862,7 +954,7 @@ impl Drop for CircuitTask {
                 w.abort();
             }
         }
-        for (_, w) in self.closing.drain(..) {
+        for (_, w, _) in self.closing.drain(..) {
             w.abort();
         }
         if let Next::Opening(h) = &self.next {
@@ -892,8 +984,10 @@ fn flush_writes(c: &mut ExitConn) {
     let Some(tx) = &c.writer_tx else {
         return;
     };
+    let len = c.out.len();
     if tx.try_send(std::mem::take(&mut c.out)).is_ok() {
         c.writing = true;
+        c.writing_bytes = len;
     }
 }
 
@@ -998,17 +1092,35 @@ async fn open_next(
 }
 
 async fn exit_reader(
-    mut r: OwnedReadHalf,
+    r: OwnedReadHalf,
     stream: StreamId,
     generation: u64,
     events: mpsc::Sender<ExitEvent>,
     mut go: mpsc::Receiver<Vec<u8>>,
 ) {
     // One buffer, lent to the circuit with each read and given back once taken: no copy and
-    // no allocation per read. `read_buf` fills its spare capacity without zeroing it first.
-    let mut buf = Vec::with_capacity(EXIT_READ_CHUNK);
+    // no allocation per read while the destination has more at once. A reader that has to
+    // wait drops it first, so a quiet stream holds no read buffer (crate::memory counts only
+    // what the circuit holds). `try_read_buf` fills spare capacity without zeroing it first.
+    let mut spare: Option<Vec<u8>> = None;
     loop {
-        let ev = match r.read_buf(&mut buf).await {
+        let mut buf = match spare.take() {
+            Some(buf) => buf,
+            None => {
+                if let Err(e) = r.readable().await {
+                    let _ = events
+                        .send(ExitEvent::ReadEnd {
+                            stream,
+                            generation,
+                            reason: crate::exit::end_reason_of(&e),
+                        })
+                        .await;
+                    return;
+                }
+                Vec::with_capacity(EXIT_READ_CHUNK)
+            }
+        };
+        let ev = match r.try_read_buf(&mut buf) {
             Ok(0) => ExitEvent::ReadEnd {
                 stream,
                 generation,
@@ -1017,8 +1129,10 @@ async fn exit_reader(
             Ok(_) => ExitEvent::Data {
                 stream,
                 generation,
-                data: std::mem::take(&mut buf),
+                data: buf,
             },
+            // Not readable after all (or no longer): wait again, without the buffer.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => ExitEvent::ReadEnd {
                 stream,
                 generation,
@@ -1031,7 +1145,7 @@ async fn exit_reader(
         }
         // One read outstanding: wait until the circuit took all of it.
         match go.recv().await {
-            Some(returned) => buf = returned,
+            Some(returned) => spare = Some(returned),
             None => return,
         }
     }

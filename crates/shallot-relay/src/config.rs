@@ -54,6 +54,11 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 15;
 /// Default [`RelayConfig::resolve_timeout_secs`].
 pub const DEFAULT_RESOLVE_TIMEOUT_SECS: u64 = 10;
+/// Default [`RelayConfig::max_queued_bytes`]: 256 MiB, for a small VPS (a relay's queues
+/// stay well under it in normal use: a busy circuit holds a few hundred KiB).
+pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 256 * 1024 * 1024;
+/// The smallest [`RelayConfig::max_queued_bytes`] accepted: a few busy circuits' worth.
+pub const MIN_MAX_QUEUED_BYTES: u64 = 1024 * 1024;
 /// Default [`RelayConfig::idle_circuit_timeout_secs`]: shallot-proto's
 /// `DEFAULT_IDLE_TIMEOUT`, two hours.
 pub const DEFAULT_IDLE_CIRCUIT_TIMEOUT_SECS: u64 = shallot_proto::DEFAULT_IDLE_TIMEOUT.as_secs();
@@ -177,6 +182,13 @@ pub struct RelayConfig {
     /// streams well within it. Default [`DEFAULT_IDLE_CIRCUIT_TIMEOUT_SECS`].
     #[serde(default = "default_idle_circuit_timeout_secs")]
     pub idle_circuit_timeout_secs: u64,
+    /// Bytes the relay's circuits may hold in all on behalf of their peers (cells queued, data
+    /// read from destinations and not yet sent, data for destinations not yet written;
+    /// specs/00 §4.5, Tor's `MaxMemInQueues`). Past it the relay destroys the circuits whose
+    /// data has waited longest until they hold at most 90 % of it. At least
+    /// [`MIN_MAX_QUEUED_BYTES`]; default [`DEFAULT_MAX_QUEUED_BYTES`].
+    #[serde(default = "default_max_queued_bytes")]
+    pub max_queued_bytes: u64,
     /// Lifetime of each published descriptor (specs/04 §4). Default
     /// [`DESCRIPTOR_LIFETIME_SECS`].
     #[serde(default = "default_descriptor_lifetime_secs")]
@@ -251,6 +263,10 @@ fn default_idle_circuit_timeout_secs() -> u64 {
     DEFAULT_IDLE_CIRCUIT_TIMEOUT_SECS
 }
 
+fn default_max_queued_bytes() -> u64 {
+    DEFAULT_MAX_QUEUED_BYTES
+}
+
 fn default_connect_timeout_secs() -> u64 {
     DEFAULT_CONNECT_TIMEOUT_SECS
 }
@@ -295,6 +311,7 @@ impl Default for RelayConfig {
             resolve_timeout_secs: DEFAULT_RESOLVE_TIMEOUT_SECS,
             extend_timeout_secs: DEFAULT_EXTEND_TIMEOUT_SECS,
             idle_circuit_timeout_secs: DEFAULT_IDLE_CIRCUIT_TIMEOUT_SECS,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             descriptor_lifetime_secs: DESCRIPTOR_LIFETIME_SECS,
             onion_key_rotation_secs: DEFAULT_ONION_KEY_ROTATION_SECS,
             transport: TransportConfig::default(),
@@ -394,6 +411,14 @@ impl RelayConfig {
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return bad(format!("`{name}` must be at least 1"));
+        }
+        if self.max_queued_bytes < MIN_MAX_QUEUED_BYTES {
+            return bad(format!(
+                "`max_queued_bytes` must be at least {MIN_MAX_QUEUED_BYTES} (1 MiB)"
+            ));
+        }
+        if usize::try_from(self.max_queued_bytes).is_err() {
+            return bad("`max_queued_bytes` does not fit this machine's address space".into());
         }
         if self.descriptor_lifetime_secs < MIN_DESCRIPTOR_LIFETIME_SECS
             || self.descriptor_lifetime_secs > MAX_DESCRIPTOR_LIFETIME_SECS

@@ -10,13 +10,16 @@
 //! one buffer and hands it over as one write. Reading and writing never wait on each other, so
 //! two relays that both write to each other cannot deadlock.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::io::{AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+use crate::memory::Waiting;
 
 /// Bytes of cells read at most into one run (32 cells of the largest size).
 pub const READ_RUN_BYTES: usize = 64 * 1024;
@@ -116,6 +119,14 @@ impl Spares {
         self.with(|s| s.runs.is_empty() && s.batches.is_empty())
     }
 
+    /// Bytes the spare buffers hold.
+    fn bytes(&self) -> usize {
+        self.with(|s| {
+            s.runs.iter().map(Vec::len).sum::<usize>()
+                + s.batches.iter().map(Vec::capacity).sum::<usize>()
+        })
+    }
+
     fn clear(&self) {
         self.with(|s| {
             s.runs = Vec::new();
@@ -135,6 +146,18 @@ pub(crate) struct Link {
     pub(crate) batches: Option<mpsc::Sender<Vec<u8>>>,
     /// Buffers for runs and batches.
     pub(crate) spares: Spares,
+    /// Bytes of the runs the reader makes.
+    run_len: usize,
+    /// Bytes handed to the writer and not yet written (the writer counts them down).
+    unwritten: Arc<AtomicUsize>,
+    /// What `held` last saw of `unwritten`, to tell when the writer made progress.
+    last_unwritten: usize,
+    /// A cell was taken from the run in hand since `held` last looked.
+    took_cell: bool,
+    /// Since when the runs read from the link have waited for the circuit.
+    runs_waiting: Waiting,
+    /// Since when the bytes handed to the writer have waited.
+    unwritten_waiting: Waiting,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
 }
@@ -151,14 +174,61 @@ impl Link {
         let (run_tx, runs) = mpsc::channel(READ_AHEAD_RUNS);
         let (batches, batch_rx) = mpsc::channel(WRITE_QUEUE_BATCHES);
         let spares = Spares::default();
+        let unwritten = Arc::new(AtomicUsize::new(0));
         Self {
             runs,
             run: None,
             batches: Some(batches),
             spares: spares.clone(),
+            run_len: run_len(cell_len),
+            unwritten: Arc::clone(&unwritten),
+            last_unwritten: 0,
+            took_cell: false,
+            runs_waiting: Waiting::default(),
+            unwritten_waiting: Waiting::default(),
             reader: tokio::spawn(read_runs(reader, cell_len, run_tx, spares.clone())),
-            writer: tokio::spawn(write_batches(writer, batch_rx, spares)),
+            writer: tokio::spawn(write_batches(writer, batch_rx, spares, unwritten)),
         }
+    }
+
+    /// Hands a batch to the writer; `false` if the writer has no room or is gone (the batch is
+    /// dropped then).
+    pub(crate) fn hand_over(&self, batch: Vec<u8>) -> bool {
+        let Some(tx) = self.batches.as_ref() else {
+            return false;
+        };
+        let len = batch.len();
+        // Counted before the send: the writer may write it and count it down at once.
+        self.unwritten.fetch_add(len, Ordering::Relaxed);
+        let handed = tx.try_send(batch).is_ok();
+        if !handed {
+            self.unwritten.fetch_sub(len, Ordering::Relaxed);
+        }
+        handed
+    }
+
+    /// The bytes this link holds for its circuit (runs read and not yet handled, batches not
+    /// yet written, spare buffers) and since when the oldest of them has waited
+    /// (crate::memory).
+    pub(crate) fn held(&mut self, now: Instant) -> (usize, Option<Instant>) {
+        // A full channel means the reader waits on it with one more run in hand.
+        let queued_runs = self.runs.len() + usize::from(self.runs.len() >= READ_AHEAD_RUNS);
+        let in_hand = self.run.as_ref().map_or(0, |r| r.bytes.len());
+        if self.took_cell {
+            self.took_cell = false;
+            self.runs_waiting.progressed(now);
+        }
+        self.runs_waiting.note(in_hand > 0 || queued_runs > 0, now);
+        let unwritten = self.unwritten.load(Ordering::Relaxed);
+        if unwritten < self.last_unwritten {
+            self.unwritten_waiting.progressed(now);
+        }
+        self.last_unwritten = unwritten;
+        self.unwritten_waiting.note(unwritten > 0, now);
+        let bytes = in_hand + queued_runs * self.run_len + unwritten + self.spares.bytes();
+        let oldest =
+            crate::memory::earliest(self.runs_waiting.since(), self.unwritten_waiting.since());
+        (bytes, oldest)
     }
 
     /// Whether the link has cells in hand (a run not yet worked through).
@@ -179,6 +249,7 @@ impl Link {
         }
         let run = self.run.as_mut()?;
         run.pos = end;
+        self.took_cell = true;
         Some(&mut run.bytes[start..end])
     }
 
@@ -225,7 +296,7 @@ async fn read_runs(
     tx: mpsc::Sender<(Vec<u8>, usize)>,
     spares: Spares,
 ) {
-    let run_len = (READ_RUN_BYTES / cell_len.max(1)).max(1) * cell_len;
+    let run_len = run_len(cell_len);
     let mut head = vec![0u8; cell_len];
     // Bytes of a partial cell carried over in `head`.
     let mut carry = 0;
@@ -277,7 +348,18 @@ async fn read_runs(
     }
 }
 
-async fn write_batches(mut w: WriteHalf<Stream>, mut rx: mpsc::Receiver<Vec<u8>>, spares: Spares) {
+/// Bytes of the runs a link reads cells of `cell_len` bytes in: whole cells, at most
+/// [`READ_RUN_BYTES`] (at least one cell).
+fn run_len(cell_len: usize) -> usize {
+    (READ_RUN_BYTES / cell_len.max(1)).max(1) * cell_len
+}
+
+async fn write_batches(
+    mut w: WriteHalf<Stream>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    spares: Spares,
+    unwritten: Arc<AtomicUsize>,
+) {
     loop {
         // As the reader does: spares held through a quiet second are freed (the reader may
         // have started waiting before this writer gave a batch back).
@@ -298,6 +380,7 @@ async fn write_batches(mut w: WriteHalf<Stream>, mut rx: mpsc::Receiver<Vec<u8>>
         if w.write_all(&batch).await.is_err() || w.flush().await.is_err() {
             return;
         }
+        unwritten.fetch_sub(batch.len(), Ordering::Relaxed);
         spares.give_batch(batch);
     }
     let _ = w.close().await;

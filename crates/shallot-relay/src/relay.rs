@@ -31,6 +31,7 @@ use crate::exit::Exit;
 use crate::keys;
 use crate::limits::{HandshakeSlot, Limiter, Refusal, Source};
 use crate::link::{self, Link, LinkReader, Stream};
+use crate::memory::MemoryBudget;
 use crate::safelog::Sensitive;
 
 /// Republication delays after the first successful publications. Kademlia stores a record at
@@ -76,6 +77,9 @@ pub struct RelayStats {
     pub circuits_closed: Counter,
     /// Circuits destroyed for carrying nothing for `idle_circuit_timeout_secs`.
     pub circuits_closed_idle: Counter,
+    /// Circuits destroyed because the relay's queued bytes passed `max_queued_bytes` and their
+    /// data had waited longest (specs/00 §4.5).
+    pub circuits_destroyed_memory: Counter,
     /// Circuit streams refused for a bad preamble, a bad or unexpected first cell, a failed
     /// handshake, or a stream that ended before its first cell.
     pub refused_malformed: Counter,
@@ -121,6 +125,7 @@ pub(crate) struct Context {
     pub(crate) exit: Option<Arc<Exit>>,
     pub(crate) limiter: Limiter,
     pub(crate) create_queue: CreateQueue,
+    pub(crate) memory: MemoryBudget,
     pub(crate) stats: RelayStats,
     pub(crate) handshake_timeout: Duration,
     pub(crate) extend_timeout: Duration,
@@ -243,6 +248,10 @@ impl Relay {
                 config.create_rate_total,
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             ),
+            // `validate` checked that it fits.
+            memory: MemoryBudget::new(
+                usize::try_from(config.max_queued_bytes).unwrap_or(usize::MAX),
+            ),
             stats: RelayStats::default(),
             handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
             extend_timeout: Duration::from_secs(config.extend_timeout_secs),
@@ -333,6 +342,11 @@ impl RelayHandle {
     /// Circuits open now.
     pub fn open_circuits(&self) -> usize {
         self.ctx.limiter.circuits()
+    }
+
+    /// Bytes the circuits hold for their peers now, as counted against `max_queued_bytes`.
+    pub fn queued_bytes(&self) -> usize {
+        self.ctx.memory.used()
     }
 
     /// Counters of what the relay did and refused.
