@@ -5,6 +5,7 @@ use core::fmt;
 use shallot_cell::OnionKeyId;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+use crate::dalek::DalekResolver;
 use crate::err::CryptoError;
 use crate::keys::{OnionKeyRing, OnionPublicKey};
 
@@ -37,9 +38,11 @@ fn prologue(relay_peer_id: &[u8]) -> Result<Vec<u8>, CryptoError> {
     Ok(p)
 }
 
-fn builder<'a>(prologue: &'a [u8]) -> Result<snow::Builder<'a>, CryptoError> {
+/// A snow builder for [`NOISE_PATTERN`] whose Curve25519 operations are x25519-dalek's
+/// (`dalek.rs` says why).
+fn builder(prologue: &[u8], resolver: DalekResolver) -> Result<snow::Builder<'_>, CryptoError> {
     let params: snow::params::NoiseParams = NOISE_PATTERN.parse()?;
-    Ok(snow::Builder::new(params).prologue(prologue)?)
+    Ok(snow::Builder::with_resolver(params, Box::new(resolver)).prologue(prologue)?)
 }
 
 /// Checks a received message's length: at least `expected`, at most `expected` plus the
@@ -134,7 +137,7 @@ impl ClientHandshake {
         ephemeral: Option<&[u8; 32]>,
     ) -> Result<(Self, Vec<u8>), CryptoError> {
         let prologue = prologue(relay_peer_id)?;
-        let mut b = builder(&prologue)?.remote_public_key(&onion_key.0)?;
+        let mut b = builder(&prologue, DalekResolver::new())?.remote_public_key(&onion_key.0)?;
         if let Some(e) = ephemeral {
             b = b.fixed_ephemeral_key_for_testing_only(e);
         }
@@ -191,7 +194,9 @@ fn relay_handshake_inner(
     let secret = keys.find(key_id).ok_or(CryptoError::UnknownOnionKey)?;
     check_len(message, CLIENT_HANDSHAKE_LEN)?;
     let prologue = prologue(relay_peer_id)?;
-    let mut b = builder(&prologue)?.local_private_key(secret.secret_bytes())?;
+    // The resolver knows the onion key's public half, so the handshake does not recompute it.
+    let mut b = builder(&prologue, DalekResolver::knowing(secret.keypair()))?
+        .local_private_key(secret.secret_bytes())?;
     if let Some(e) = ephemeral {
         b = b.fixed_ephemeral_key_for_testing_only(e);
     }

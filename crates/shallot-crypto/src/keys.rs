@@ -6,6 +6,8 @@ use shallot_cell::OnionKeyId;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
+use crate::dalek::KnownKeypair;
+
 /// Domain separation label of the onion-key id. specs/02 §2.1.
 const KEY_ID_LABEL: &[u8] = b"shallot-onion-key-id-v1";
 
@@ -50,6 +52,14 @@ impl OnionSecretKey {
     /// The secret bytes, borrowed, for handing to snow.
     pub(crate) fn secret_bytes(&self) -> &[u8; 32] {
         self.secret.as_bytes()
+    }
+
+    /// Both halves, for the handshake's resolver: it need not recompute the public one.
+    pub(crate) fn keypair(&self) -> KnownKeypair {
+        KnownKeypair {
+            secret: self.secret.clone(),
+            public: self.public.0,
+        }
     }
 }
 

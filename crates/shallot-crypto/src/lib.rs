@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod aead;
+mod dalek;
 mod err;
 mod handshake;
 mod keys;
