@@ -177,13 +177,18 @@ mod tests {
 
     #[test]
     fn a_known_keypair_is_used_only_for_its_own_private_key() {
-        let secret = StaticSecret::from([7u8; 32]);
-        let public = PublicKey::from(&secret).to_bytes();
-        let known = KnownKeypair { secret, public };
+        // A public half that is not the key's own shows which one `set` took: the known one
+        // is copied, not checked (the onion key ring computed it once, when it made the key).
+        let marked = [0xeeu8; 32];
+        let known = KnownKeypair {
+            secret: StaticSecret::from([7u8; 32]),
+            public: marked,
+        };
 
         let mut dh = DalekDh::new(Some(known.clone()));
         dh.set(&[7u8; 32]);
-        assert_eq!(dh.pubkey(), public);
+        assert_eq!(dh.pubkey(), marked);
+        assert_eq!(dh.privkey(), [7u8; 32]);
 
         // Another key (snow sets a fixed ephemeral key the same way) gets its own public half.
         let mut other = DalekDh::new(Some(known));
