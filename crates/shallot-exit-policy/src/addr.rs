@@ -210,6 +210,51 @@ impl fmt::Display for IpPrefix {
     }
 }
 
+impl std::str::FromStr for IpPrefix {
+    type Err = String;
+
+    /// `10.200.0.0/16`, `2001:db8::/32` (brackets allowed), or one address. Host bits must be
+    /// zero, so that what is written is what is matched.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, len) = match s.rsplit_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr = addr.trim_start_matches('[').trim_end_matches(']');
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or ADDRESS/LENGTH"))?;
+        let Some(len) = len else {
+            return Ok(Self::host(addr));
+        };
+        let len: u8 = len
+            .parse()
+            .map_err(|_| format!("{s:?}: the prefix length is not a number"))?;
+        let prefix =
+            Self::new(addr, len).ok_or_else(|| format!("{s:?}: prefix length too long"))?;
+        if prefix.network() != addr {
+            return Err(format!(
+                "{s:?} has host bits set (the network is {})",
+                prefix.network()
+            ));
+        }
+        Ok(prefix)
+    }
+}
+
+impl serde::Serialize for IpPrefix {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for IpPrefix {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// An address in `prefix` that no prefix of `covers` contains, if there is one.
 ///
 /// Splits `prefix` in halves only where a cover lies strictly inside it, so the work is bounded

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::IpPrefix;
+
 /// Default of [`ExitPolicyConfig::reject_private`]: refuse private destinations (as Tor's
 /// `ExitPolicyRejectPrivate 1`).
 pub const DEFAULT_REJECT_PRIVATE: bool = true;
@@ -16,6 +18,12 @@ pub struct ExitPolicyConfig {
     /// Turn off only for a test network on loopback or a LAN.
     #[serde(default = "default_reject_private")]
     pub reject_private: bool,
+    /// Ranges inside the prelude's that the file's rules decide after all (the relay's own
+    /// addresses stay refused): the networks of a lab or a simulated internet, so that its exits
+    /// keep refusing loopback and every other private range. Empty by default; never for a
+    /// relay on the open internet. specs/06 §6.
+    #[serde(default)]
+    pub private_allowed: Vec<IpPrefix>,
 }
 
 fn default_reject_private() -> bool {
@@ -26,6 +34,7 @@ impl Default for ExitPolicyConfig {
     fn default() -> Self {
         ExitPolicyConfig {
             reject_private: DEFAULT_REJECT_PRIVATE,
+            private_allowed: Vec::new(),
         }
     }
 }

@@ -71,6 +71,9 @@ impl ExitPolicy {
 #[derive(Clone, Debug)]
 pub struct RelayExitPolicy {
     rules: RuleList,
+    /// Destinations the prelude's private ranges leave to the file's rules (own addresses
+    /// excepted).
+    private_allowed: Vec<IpPrefix>,
 }
 
 impl RelayExitPolicy {
@@ -96,11 +99,24 @@ impl RelayExitPolicy {
             all.append(&mut rules.rules);
             rules.rules = all;
         }
-        RelayExitPolicy { rules }
+        let private_allowed = if config.reject_private {
+            config.private_allowed.clone()
+        } else {
+            Vec::new()
+        };
+        RelayExitPolicy {
+            rules,
+            private_allowed,
+        }
     }
 
     /// The relay's decision for a connection to `addr`:`port`, and what made it. specs/06 §5, §6.
     pub fn evaluate(&self, addr: IpAddr, port: u16) -> Verdict<'_> {
+        if self.private_allowed.iter().any(|p| p.contains(addr)) {
+            return self.rules.evaluate_where(addr, port, |rule| {
+                !matches!(rule.origin, Origin::Prelude(kind) if kind != PreludeKind::OwnAddress)
+            });
+        }
         self.rules.evaluate(addr, port)
     }
 
@@ -190,7 +206,21 @@ pub(crate) struct RuleList {
 impl RuleList {
     /// First match wins; no match is a reject. specs/06 §5.
     fn evaluate(&self, addr: IpAddr, port: u16) -> Verdict<'_> {
-        let Some(rule) = self.rules.iter().find(|r| r.matches(addr, port)) else {
+        self.evaluate_where(addr, port, |_| true)
+    }
+
+    /// As `evaluate`, over the rules `considered` keeps.
+    fn evaluate_where(
+        &self,
+        addr: IpAddr,
+        port: u16,
+        considered: impl Fn(&Rule) -> bool,
+    ) -> Verdict<'_> {
+        let Some(rule) = self
+            .rules
+            .iter()
+            .find(|r| considered(r) && r.matches(addr, port))
+        else {
             return Verdict {
                 decision: Decision::Reject,
                 reason: Reason::NoRuleMatched,
@@ -986,7 +1016,14 @@ mod tests {
 
     fn relay(text: &str, reject_private: bool, own: &[&str]) -> RelayExitPolicy {
         let own: Vec<IpAddr> = own.iter().map(|a| ip(a)).collect();
-        RelayExitPolicy::new(policy(text), &ExitPolicyConfig { reject_private }, &own)
+        RelayExitPolicy::new(
+            policy(text),
+            &ExitPolicyConfig {
+                reject_private,
+                private_allowed: Vec::new(),
+            },
+            &own,
+        )
     }
 
     #[test]
@@ -1118,6 +1155,69 @@ mod tests {
     }
 
     #[test]
+    fn private_allowed_ranges_are_left_to_the_file_and_the_rest_stays_refused() {
+        // A simulated internet in 10.200.0.0/16: its exits may reach it, and nothing else
+        // private (loopback, the rest of 10/8, the relay's own address inside the range).
+        let config = ExitPolicyConfig {
+            reject_private: true,
+            private_allowed: vec!["10.200.0.0/16".parse().unwrap()],
+        };
+        let r = RelayExitPolicy::new(
+            policy("reject *:25\naccept *:*"),
+            &config,
+            &[ip("10.200.0.9")],
+        );
+        assert_eq!(r.evaluate(ip("10.200.0.2"), 80).decision, Decision::Accept);
+        // The file still decides inside the range.
+        assert_eq!(r.evaluate(ip("10.200.0.2"), 25).decision, Decision::Reject);
+        for (addr, kind) in [
+            ("10.200.0.9", PreludeKind::OwnAddress),
+            ("10.1.0.2", PreludeKind::Private),
+            ("127.0.0.1", PreludeKind::Private),
+        ] {
+            let v = r.evaluate(ip(addr), 80);
+            assert_eq!(v.decision, Decision::Reject, "{addr}");
+            assert!(
+                matches!(v.reason, Reason::Prelude(p) if p.kind == kind),
+                "{addr}: {:?}",
+                v.reason
+            );
+        }
+        // Without the prelude there is nothing to exempt from: the file alone decides.
+        let off = ExitPolicyConfig {
+            reject_private: false,
+            ..config
+        };
+        let r = RelayExitPolicy::new(policy("accept *:*"), &off, &[]);
+        assert_eq!(r.evaluate(ip("127.0.0.1"), 80).decision, Decision::Accept);
+    }
+
+    #[test]
+    fn prefixes_parse_from_config_text() {
+        let p: IpPrefix = "10.200.0.0/16".parse().unwrap();
+        assert_eq!(p.to_string(), "10.200.0.0/16");
+        let p: IpPrefix = "[fd00::]/8".parse().unwrap();
+        assert_eq!(p.to_string(), "[fd00::]/8");
+        let p: IpPrefix = "192.0.2.1".parse().unwrap();
+        assert_eq!(p.prefix_len(), 32);
+        for bad in [
+            "10.200.0.1/16",
+            "10.0.0.0/33",
+            "nonsense/8",
+            "10.0.0.0/x",
+            "",
+        ] {
+            assert!(bad.parse::<IpPrefix>().is_err(), "{bad}");
+        }
+        let config: ExitPolicyConfig =
+            toml::from_str("private_allowed = [\"10.200.0.0/16\"]").unwrap();
+        assert_eq!(config.private_allowed.len(), 1);
+        assert!(
+            toml::from_str::<ExitPolicyConfig>("private_allowed = [\"10.200.0.1/16\"]").is_err()
+        );
+    }
+
+    #[test]
     fn reject_private_false_leaves_only_the_files_rules() {
         // tor(1) ExitPolicyRejectPrivate 0; the local test network needs it.
         let r = relay("accept 127.0.0.1:9000\nreject *:*", false, &["127.0.0.1"]);
@@ -1218,7 +1318,7 @@ mod tests {
             reject_private in any::<bool>(),
         ) {
             let file = policy(&text);
-            let relay = RelayExitPolicy::new(file.clone(), &ExitPolicyConfig { reject_private }, &[]);
+            let relay = RelayExitPolicy::new(file.clone(), &ExitPolicyConfig { reject_private, private_allowed: Vec::new() }, &[]);
             for &port in crate::testutil::PROBE_PORTS {
                 let witness = file.rules.public_witness(port);
                 prop_assert_eq!(file.allows_port_somewhere(port), witness.is_some());

@@ -492,7 +492,7 @@ mod tests {
             reject_private in any::<bool>(),
         ) {
             let file = policy(&text);
-            let relay = RelayExitPolicy::new(file.clone(), &ExitPolicyConfig { reject_private }, &[]);
+            let relay = RelayExitPolicy::new(file.clone(), &ExitPolicyConfig { reject_private, private_allowed: Vec::new() }, &[]);
             for family in AddressFamily::ALL {
                 let s = file.summary(family);
                 let r = relay.summary(family);

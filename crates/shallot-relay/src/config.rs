@@ -122,6 +122,12 @@ pub struct RelayConfig {
     /// [`DEFAULT_EXIT_POLICY_REJECT_PRIVATE`].
     #[serde(default = "default_exit_policy_reject_private")]
     pub exit_policy_reject_private: bool,
+    /// Ranges inside the reject-private prelude that the policy file decides after all (the
+    /// relay's own addresses stay refused), e.g. `["10.200.0.0/16"]`: the destinations of a
+    /// lab or a simulated internet, whose exits keep refusing loopback and every other private
+    /// range. Never for a relay on the open internet. Default: empty (specs/06 §6).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exit_policy_private_allowed: Vec<shallot_exit_policy::IpPrefix>,
     /// Dial other relays at private, loopback and link-local addresses (to prove their
     /// descriptors' addresses, and as next hops). Only for test networks, where every relay has
     /// such an address. Default: false.
@@ -297,6 +303,7 @@ impl Default for RelayConfig {
             family: Vec::new(),
             exit_policy_file: None,
             exit_policy_reject_private: DEFAULT_EXIT_POLICY_REJECT_PRIVATE,
+            exit_policy_private_allowed: Vec::new(),
             allow_private_addresses: false,
             dns_upstreams: Vec::new(),
             safe_logging: DEFAULT_SAFE_LOGGING,

@@ -64,6 +64,7 @@ impl Exit {
             policy,
             &ExitPolicyConfig {
                 reject_private: config.exit_policy_reject_private,
+                private_allowed: config.exit_policy_private_allowed.clone(),
             },
             own_addrs,
         );

@@ -51,6 +51,7 @@ fn report(
         .collect::<anyhow::Result<_>>()?;
     let config = ExitPolicyConfig {
         reject_private: !allow_private,
+        private_allowed: Vec::new(),
     };
     let relay = RelayExitPolicy::new(file, &config, &[]);
     let lines = parsed
