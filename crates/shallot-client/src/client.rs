@@ -16,6 +16,7 @@ use tracing::{info, warn};
 pub use crate::pool::CircuitSummary;
 
 use crate::config::ClientConfig;
+use crate::dns::{self, DnsFront};
 use crate::err::ClientError;
 use crate::front::{self, FrontConfig, HANDSHAKE_TIMEOUT};
 use crate::manager::{MAINTENANCE_INTERVAL, Manager};
@@ -118,6 +119,15 @@ impl Client {
             None => None,
         };
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let dns_sockets = match config.dns_listen {
+            Some(addr) => {
+                Some(dns::bind(addr).map_err(|source| ClientError::Bind { addr, source })?)
+            }
+            None => None,
+        };
+        let dns_addr = dns_sockets
+            .as_ref()
+            .and_then(|(udp, _)| udp.local_addr().ok());
 
         // A fresh identity on every run (specs/00 §3).
         let node = Node::start(
@@ -171,6 +181,11 @@ impl Client {
                 max_connections: config.max_connections,
             },
         )));
+        if let Some((udp, tcp)) = dns_sockets {
+            let dns_front = DnsFront::new(Arc::clone(&manager));
+            tasks.push(tokio::spawn(dns::serve_udp(udp, Arc::clone(&dns_front))));
+            tasks.push(tokio::spawn(dns::serve_tcp(tcp, dns_front)));
+        }
         if let Some(listener) = metrics_listener {
             let circuits = Arc::clone(&manager);
             let (node, progress) = (Arc::clone(&node), progress.clone());
@@ -212,9 +227,13 @@ impl Client {
             }
         }));
         info!(%socks_addr, metrics = ?metrics_addr, "shallot client listening (SOCKS5 and HTTP CONNECT)");
+        if let Some(dns_addr) = dns_addr {
+            info!(%dns_addr, "DNS port listening (UDP and TCP)");
+        }
         Ok(ClientHandle {
             socks_addr,
             metrics_addr,
+            dns_addr,
             manager,
             progress,
             tasks,
@@ -228,6 +247,7 @@ impl Client {
 pub struct ClientHandle {
     socks_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    dns_addr: Option<SocketAddr>,
     manager: Arc<Manager>,
     progress: watch::Receiver<Bootstrap>,
     tasks: Vec<JoinHandle<()>>,
@@ -239,6 +259,7 @@ impl std::fmt::Debug for ClientHandle {
         f.debug_struct("ClientHandle")
             .field("socks_addr", &self.socks_addr)
             .field("metrics_addr", &self.metrics_addr)
+            .field("dns_addr", &self.dns_addr)
             .finish_non_exhaustive()
     }
 }
@@ -252,6 +273,11 @@ impl ClientHandle {
     /// Where metrics are served, if they are.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// Where the DNS port listens (UDP and TCP), if it does.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns_addr
     }
 
     /// Bootstrap progress now.
@@ -307,7 +333,7 @@ impl Drop for ClientHandle {
 const FRONT_BACKLOG: u32 = 4096;
 
 /// Binds the proxy port with [`FRONT_BACKLOG`].
-fn bind_front(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) fn bind_front(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {

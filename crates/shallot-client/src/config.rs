@@ -49,6 +49,9 @@ pub struct ClientConfig {
     pub data_dir: Option<PathBuf>,
     /// Where to serve Prometheus metrics at `/metrics`. Default: none (off).
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the DNS port listens, UDP and TCP on the same port (Tor's DNSPort): A, AAAA and
+    /// PTR queries answered by exits (specs/07 §8). Default: none (off).
+    pub dns_listen: Option<SocketAddr>,
     /// Seconds a circuit takes new streams after its first use. Default
     /// [`DEFAULT_CIRCUIT_REUSE_SECS`].
     pub circuit_reuse_secs: u64,
@@ -87,6 +90,7 @@ impl Default for ClientConfig {
             bootstrap: Vec::new(),
             data_dir: None,
             metrics_listen: None,
+            dns_listen: None,
             circuit_reuse_secs: DEFAULT_CIRCUIT_REUSE_SECS,
             preemptive_ports: DEFAULT_PREEMPTIVE_PORTS.to_vec(),
             max_circuits: DEFAULT_MAX_CIRCUITS,
@@ -187,6 +191,7 @@ mod tests {
         let json = toml::to_string(&ClientConfig {
             data_dir: Some(PathBuf::from("x")),
             metrics_listen: Some(DEFAULT_SOCKS_LISTEN),
+            dns_listen: Some(DEFAULT_SOCKS_LISTEN),
             ..ClientConfig::default()
         })
         .expect("serialize");
@@ -210,7 +215,10 @@ mod tests {
         let uncommented: String = EXAMPLE
             .lines()
             .map(|l| {
-                if l.starts_with("# data_dir =") || l.starts_with("# metrics_listen =") {
+                if l.starts_with("# data_dir =")
+                    || l.starts_with("# metrics_listen =")
+                    || l.starts_with("# dns_listen =")
+                {
                     &l[2..]
                 } else {
                     l
@@ -221,6 +229,7 @@ mod tests {
         let parsed: ClientConfig = toml::from_str(&uncommented).expect("parses");
         assert!(parsed.data_dir.is_some());
         assert!(parsed.metrics_listen.is_some());
+        assert!(parsed.dns_listen.is_some());
         parsed.validate().expect("valid");
     }
 

@@ -3,6 +3,7 @@
 mod circuit;
 mod client;
 mod config;
+mod dns;
 mod err;
 mod front;
 mod http_connect;

@@ -65,6 +65,9 @@ pub(crate) enum Isolation {
         /// Password bytes.
         pass: Vec<u8>,
     },
+    /// The DNS port's lookups (specs/07 §8.4): never on a circuit of a SOCKS or HTTP user, so
+    /// an exit cannot tie a name looked up by the system to an application's streams.
+    Dns,
 }
 
 impl std::fmt::Debug for Isolation {
@@ -72,6 +75,7 @@ impl std::fmt::Debug for Isolation {
         match self {
             Self::None => f.write_str("Isolation::None"),
             Self::Auth { .. } => f.write_str("Isolation::Auth([scrubbed])"),
+            Self::Dns => f.write_str("Isolation::Dns"),
         }
     }
 }
