@@ -46,6 +46,8 @@ pub(crate) struct TestnetArgs {
     pub socks: SocketAddr,
     /// The client's Prometheus endpoint.
     pub metrics: Option<SocketAddr>,
+    /// The client's DNS port (`dns_listen`).
+    pub dns: Option<SocketAddr>,
     /// The exits' DNS upstream.
     pub dns_upstream: Option<SocketAddr>,
     /// The exits' policy file; default: accept everything.
@@ -186,6 +188,7 @@ async fn run_network(
             .collect(),
         data_dir: Some(client_dir.clone()),
         metrics_listen: args.metrics,
+        dns_listen: args.dns,
         ..ClientConfig::default()
     };
     let client_config_path = client_dir.join("client.toml");
@@ -223,6 +226,15 @@ async fn run_network(
         "   or: curl -p -x http://{} http://localhost:{web_port}/",
         args.socks
     );
+    if let Some(dns) = args.dns {
+        // `localhost` is answered by the exits themselves, so this works without
+        // --dns-upstream.
+        println!(
+            "  dns: UDP and TCP on {dns}; try: dig @{} -p {} localhost",
+            dns.ip(),
+            dns.port()
+        );
+    }
     if let Some(metrics) = args.metrics {
         println!("  metrics: http://{metrics}/metrics");
     }

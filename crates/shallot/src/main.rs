@@ -41,6 +41,10 @@ enum Command {
         /// Serve the client's Prometheus metrics at http://ADDR/metrics.
         #[arg(long, value_name = "ADDR")]
         metrics: Option<SocketAddr>,
+        /// Open a DNS port (UDP and TCP) on the client at ADDR: A, AAAA and PTR queries
+        /// answered through the exits (the client's `dns_listen`).
+        #[arg(long, value_name = "ADDR")]
+        dns: Option<SocketAddr>,
         /// The DNS server the exits resolve names with (default: exits resolve only
         /// `localhost` and fail other names cleanly).
         #[arg(long, value_name = "ADDR")]
@@ -131,6 +135,7 @@ fn main() -> ExitCode {
             exits,
             socks,
             metrics,
+            dns,
             dns_upstream,
             exit_policy,
             data_dir,
@@ -142,6 +147,7 @@ fn main() -> ExitCode {
                 exits,
                 socks,
                 metrics,
+                dns,
                 dns_upstream,
                 exit_policy,
                 data_dir,
