@@ -446,13 +446,15 @@ def owner_of_udp_port(port: int, pids: list[int]) -> int | None:
 
 
 class DnsServer:
-    """Answers `A` queries for names in `table`, NODATA for their other types, NXDOMAIN for
-    every other name. For each query it records the name, the type, the source, and which
-    of the watched processes holds the source socket: a resolver waits for the answer, so its
-    socket is still open while the query is being handled."""
+    """Answers `A` (and `AAAA`) queries for names in `table` with their IPv4 (IPv6) address,
+    `PTR` queries for names in `ptr` with their target, NODATA for the other types of those
+    names, NXDOMAIN for every other name. For each query it records the name, the type, the
+    source, and which of the watched processes holds the source socket: a resolver waits for
+    the answer, so its socket is still open while the query is being handled."""
 
-    def __init__(self, table: dict[str, str]):
+    def __init__(self, table: dict[str, str], ptr: dict[str, str] | None = None):
         self.table = {k.lower().rstrip("."): v for k, v in table.items()}
+        self.ptr = {k.lower().rstrip("."): v for k, v in (ptr or {}).items()}
         self.queries: list[DnsQuery] = []
         self.watched_pids: list[int] = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -499,10 +501,17 @@ class DnsServer:
         self.queries.append(DnsQuery(name, qtype, source, owner))
         answers = b""
         rcode = 0
-        if name not in self.table:
+        address = self.table.get(name, "")
+        if name not in self.table and name not in self.ptr:
             rcode = 3  # NXDOMAIN
-        elif qtype == 1:
-            answers = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 5, 4) + socket.inet_aton(self.table[name])
+        elif qtype == 1 and ":" not in address:
+            answers = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 5, 4) + socket.inet_aton(address)
+        elif qtype == 28 and ":" in address:
+            packed = socket.inet_pton(socket.AF_INET6, address)
+            answers = b"\xc0\x0c" + struct.pack(">HHIH", 28, 1, 5, 16) + packed
+        elif qtype == 12 and name in self.ptr:
+            target = b"".join(bytes([len(p)]) + p.encode() for p in self.ptr[name].rstrip(".").split(".")) + b"\x00"
+            answers = b"\xc0\x0c" + struct.pack(">HHIH", 12, 1, 5, len(target)) + target
         ancount = 1 if answers else 0
         rd = flags & 0x0100
         header = struct.pack(">HHHHHH", qid, 0x8000 | 0x0400 | rd | 0x0080 | rcode, 1, ancount, 0, 0)
