@@ -190,8 +190,20 @@ impl Manager {
         out
     }
 
+    /// Runs `f` on the pool, then settles the path-bias uses of the circuits it removed
+    /// unanswered (outside the pool's lock: the path state has its own).
     fn with_pool<T>(&self, f: impl FnOnce(&mut Pool<Link>) -> T) -> T {
-        self.with_locked(|l| f(&mut l.pool))
+        let (out, unanswered) = self.with_locked(|l| {
+            let out = f(&mut l.pool);
+            (out, l.pool.take_unanswered_uses())
+        });
+        if !unanswered.is_empty() {
+            for guard in &unanswered {
+                self.paths.use_unanswered(guard);
+            }
+            self.metrics.guard_states(&self.paths.guard_bias());
+        }
+        out
     }
 
     /// A path from the view for `port`, leaving out the relays this stream's own failed

@@ -121,6 +121,13 @@ impl Paths {
         self.report_bias(guard, result);
     }
 
+    /// Records that a circuit through `guard` went with a stream sent and none answered
+    /// (§5.6).
+    pub(crate) fn use_unanswered(&self, guard: &PeerId) {
+        let result = self.lock().record_use_unanswered(guard);
+        self.report_bias(guard, result);
+    }
+
     /// Writes path-bias counts not yet in the state file (at shutdown).
     pub(crate) fn flush(&self) {
         if let Err(err) = self.lock().flush() {

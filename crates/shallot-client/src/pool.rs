@@ -47,6 +47,9 @@ pub(crate) const CLEAN_CIRCUIT_TTL: Duration = Duration::from_secs(3600);
 /// Most streams waiting for room at once; one more is refused at once. Above the front's
 /// default connection limit (1,024) with room for a configured higher one.
 pub(crate) const MAX_WAITING_STREAMS: usize = 16_384;
+/// Unanswered uses held for the manager between two looks at the pool (it looks after every
+/// change); past it the guard's use stays pending, which is the lenient side.
+pub(crate) const MAX_UNANSWERED_USES: usize = 256;
 /// A circuit's id in the pool (local, never sent anywhere).
 pub(crate) type CircuitId = u64;
 /// A queued stream's ticket.
@@ -249,6 +252,8 @@ pub(crate) struct Pool<C> {
     recent_ports: HashMap<u16, Instant>,
     build_times: BuildTimes,
     first_built: bool,
+    /// Guards of circuits removed with a use attempt unanswered, for the manager to settle.
+    unanswered_uses: Vec<PeerId>,
 }
 
 impl<C: Clone> Pool<C> {
@@ -263,6 +268,7 @@ impl<C: Clone> Pool<C> {
             recent_ports: HashMap::new(),
             build_times,
             first_built: false,
+            unanswered_uses: Vec::new(),
         }
     }
 
@@ -418,8 +424,20 @@ impl<C: Clone> Pool<C> {
     fn remove(&mut self, id: CircuitId) -> Option<C> {
         let i = self.index(id)?;
         let e = self.entries.swap_remove(i);
+        if e.used == Use::Attempted
+            && let Some(guard) = e.path.first()
+            && self.unanswered_uses.len() < MAX_UNANSWERED_USES
+        {
+            self.unanswered_uses.push(*guard);
+        }
         self.wake_head();
         Some(e.circuit)
+    }
+
+    /// The guards of circuits that went with a stream sent and none answered since the last
+    /// call: path-bias use failures (specs/05 §5.6), settled when the circuit is gone.
+    pub(crate) fn take_unanswered_uses(&mut self) -> Vec<PeerId> {
+        std::mem::take(&mut self.unanswered_uses)
     }
 
     /// Puts a stream that got [`Decision::Full`] in the queue; `None` when the queue is full.
@@ -1307,6 +1325,28 @@ mod tests {
         assert_eq!(f.pool.stream_answered(id), Some(path[0]));
         assert_eq!(f.pool.stream_answered(id), None, "once per circuit");
         assert_eq!(f.pool.stream_sent(99), None, "no such circuit");
+        // Answered, then gone: nothing to settle.
+        f.pool.closed(id);
+        assert_eq!(f.pool.take_unanswered_uses(), vec![]);
+    }
+
+    #[test]
+    fn a_circuit_gone_with_its_stream_unanswered_is_a_use_failure_of_its_guard() {
+        let mut f = Fixture::new(4);
+        let a = iso("a");
+        let Decision::Build { id, .. } = f.choose(&req(&a, Some(80)), f.at(0)) else {
+            panic!("build");
+        };
+        let path: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        f.pool.path_chosen(id, path.clone(), None);
+        f.pool
+            .build_finished(id, Ok(Duration::from_millis(3)), |_| {});
+        assert_eq!(f.pool.stream_sent(id), Some(path[0]));
+        // Still open: pending, not a failure.
+        assert_eq!(f.pool.take_unanswered_uses(), vec![]);
+        f.pool.closed(id);
+        assert_eq!(f.pool.take_unanswered_uses(), vec![path[0]]);
+        assert_eq!(f.pool.take_unanswered_uses(), vec![]);
     }
 
     #[test]

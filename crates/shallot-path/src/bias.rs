@@ -72,6 +72,11 @@ pub struct PathBias {
     pub(crate) circ_built: u32,
     pub(crate) use_attempts: u32,
     pub(crate) use_succeeded: u32,
+    /// Use attempts whose circuit is still open and has no answer yet. Judged as successes
+    /// until they settle (Tor counts open circuits the same way): a burst of new circuits must
+    /// not look like a guard that kills streams while their first answers are on the way.
+    /// Not kept in the state file: a restart settles nothing.
+    pub(crate) use_pending: u32,
     pub(crate) state: BiasState,
 }
 
@@ -123,21 +128,32 @@ impl PathBias {
         change
     }
 
-    /// A built circuit through the guard was given its first stream.
+    /// A built circuit through the guard was given its first stream; it is pending until
+    /// [`Self::record_use_success`] or [`Self::record_use_unanswered`] settles it.
     pub(crate) fn record_use_attempt(&mut self) -> Option<BiasState> {
         self.use_attempts = self.use_attempts.saturating_add(1);
+        self.use_pending = self.use_pending.saturating_add(1).min(self.use_attempts);
         let change = self.judge();
         if self.use_attempts >= PATH_BIAS_SCALE_USE {
             self.use_attempts /= 2;
             self.use_succeeded /= 2;
+            self.use_pending = self.use_pending.min(self.use_attempts - self.use_succeeded);
         }
         change
     }
 
     /// The exit answered a stream on a circuit counted by [`Self::record_use_attempt`].
     pub(crate) fn record_use_success(&mut self) -> Option<BiasState> {
+        self.use_pending = self.use_pending.saturating_sub(1);
         // Bounded by the attempts: a success whose attempt was halved away stays uncounted.
         self.use_succeeded = (self.use_succeeded + 1).min(self.use_attempts);
+        self.judge()
+    }
+
+    /// A circuit counted by [`Self::record_use_attempt`] closed with no answer from the exit:
+    /// the use failed.
+    pub(crate) fn record_use_unanswered(&mut self) -> Option<BiasState> {
+        self.use_pending = self.use_pending.saturating_sub(1);
         self.judge()
     }
 
@@ -150,7 +166,11 @@ impl PathBias {
             den >= min && u64::from(num) * 100 < u64::from(den) * u64::from(pct)
         };
         let (built, tried) = (self.circ_built, self.circ_attempts);
-        let (used, uses) = (self.use_succeeded, self.use_attempts);
+        let used = self
+            .use_succeeded
+            .saturating_add(self.use_pending)
+            .min(self.use_attempts);
+        let uses = self.use_attempts;
         let state = if under(built, tried, PATH_BIAS_MIN_CIRCS, PATH_BIAS_DISABLE_PCT)
             || under(used, uses, PATH_BIAS_MIN_USE, PATH_BIAS_DISABLE_USE_PCT)
         {
@@ -272,11 +292,42 @@ mod tests {
             changes.extend(bias.record_use_attempt());
             if i < 11 {
                 changes.extend(bias.record_use_success());
+            } else {
+                changes.extend(bias.record_use_unanswered());
             }
         }
-        // 11 of 20 answered: 55 %, under the use disable threshold of 60 %.
-        assert_eq!(changes, vec![BiasState::Disabled]);
+        // At the 20th attempt, pending, 12 of 20 count as answered (60 %: a notice); once it
+        // settles unanswered, 11 of 20: 55 %, under the use disable threshold of 60 %.
+        assert_eq!(changes, vec![BiasState::Notice, BiasState::Disabled]);
         assert_eq!(bias.use_rate(), Some(0.55));
+    }
+
+    #[test]
+    fn a_burst_of_circuits_awaiting_their_first_answer_is_not_a_failing_guard() {
+        // Seen on the simulated internet (40 ms between hosts): 24 isolated fetches at once
+        // gave 20 use attempts before 12 answers came back, and the guard was disabled for
+        // answers that were merely on their way. Pending uses count as answered until settled.
+        let mut bias = PathBias::default();
+        circuits(&mut bias, 40, 40);
+        let mut changes = Vec::new();
+        for _ in 0..3 * PATH_BIAS_MIN_USE {
+            changes.extend(bias.record_use_attempt());
+        }
+        for _ in 0..3 * PATH_BIAS_MIN_USE {
+            changes.extend(bias.record_use_success());
+        }
+        assert_eq!(changes, vec![]);
+        assert_eq!(bias.state(), BiasState::Ok);
+        // Once they settle as unanswered, they count.
+        let mut bias = PathBias::default();
+        for _ in 0..PATH_BIAS_MIN_USE {
+            bias.record_use_attempt();
+        }
+        assert_eq!(bias.state(), BiasState::Ok);
+        let settled: Vec<BiasState> = (0..PATH_BIAS_MIN_USE)
+            .filter_map(|_| bias.record_use_unanswered())
+            .collect();
+        assert_eq!(settled, vec![BiasState::Notice, BiasState::Disabled]);
     }
 
     #[test]

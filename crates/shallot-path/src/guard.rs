@@ -366,6 +366,12 @@ impl GuardSet {
         self.record_bias(peer, PathBias::record_use_success)
     }
 
+    /// A circuit through `peer` counted by [`Self::record_use_attempt`] closed with no answer
+    /// from its exit (specs/05 §5.6).
+    pub fn record_use_unanswered(&mut self, peer: &PeerId) -> Result<Option<BiasState>, PathError> {
+        self.record_bias(peer, PathBias::record_use_unanswered)
+    }
+
     fn record_bias(
         &mut self,
         peer: &PeerId,

@@ -143,6 +143,11 @@ impl PathSelector {
         self.guards.record_use_success(peer)
     }
 
+    /// See [`crate::GuardSet::record_use_unanswered`].
+    pub fn record_use_unanswered(&mut self, peer: &PeerId) -> Result<Option<BiasState>, PathError> {
+        self.guards.record_use_unanswered(peer)
+    }
+
     /// Writes path-bias counts not yet in the state file (at shutdown).
     pub fn flush(&mut self) -> Result<(), PathError> {
         self.guards.flush()
