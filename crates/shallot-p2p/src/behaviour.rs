@@ -8,6 +8,7 @@ use libp2p::core::transport::timeout::TransportTimeout;
 use libp2p::core::{Transport as _, upgrade};
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
 use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
     StreamProtocol, Swarm, connection_limits, identify, kad, noise, request_response, tcp, yamux,
 };
@@ -18,6 +19,7 @@ use crate::dircodec::{DIR_PROTOCOL, DirCodec};
 use crate::err::P2pError;
 use crate::memnet::{MemoryTransport, vouched};
 use crate::node::{Directory, NodeStats};
+use crate::reachability::{AutonatClient, AutonatServer};
 
 /// The circuit stream protocol (specs/01): one stream per circuit hop.
 pub const CIRCUIT_PROTOCOL: StreamProtocol = StreamProtocol::new("/shallot/circuit/1.0.0");
@@ -50,6 +52,10 @@ pub(crate) struct Behaviour {
     pub(crate) identify: identify::Behaviour,
     pub(crate) stream: libp2p_stream::Behaviour,
     pub(crate) dir: request_response::Behaviour<DirCodec>,
+    /// Relays only: tests this relay's own addresses (specs/04 §4.1).
+    pub(crate) autonat_client: Toggle<AutonatClient>,
+    /// Relays only: dials other nodes back so that they can test theirs.
+    pub(crate) autonat_server: Toggle<AutonatServer>,
 }
 
 /// What the behaviour shares with the rest of the node.
@@ -195,6 +201,7 @@ fn behaviour(key: &libp2p::identity::Keypair, config: &NodeConfig, shared: &Shar
             .with_request_timeout(DIR_REQUEST_TIMEOUT)
             .with_max_concurrent_streams(MAX_DIR_STREAMS),
     );
+    let relay = config.role == Role::Relay;
     Behaviour {
         address_limits: AddressLimits::new(
             &config.limits,
@@ -207,6 +214,10 @@ fn behaviour(key: &libp2p::identity::Keypair, config: &NodeConfig, shared: &Shar
         identify,
         stream: libp2p_stream::Behaviour::new(),
         dir,
+        autonat_client: relay.then(AutonatClient::new).into(),
+        autonat_server: relay
+            .then(|| AutonatServer::new(config.directory.clone()))
+            .into(),
     }
 }
 

@@ -8,6 +8,7 @@ mod dircodec;
 mod err;
 mod memnet;
 mod node;
+mod reachability;
 
 pub use address_limits::PeerAddresses;
 pub use behaviour::{
@@ -35,4 +36,8 @@ pub use node::{
     MAX_CONTEST_ROUNDS, MAX_LISTINGS_IN_FLIGHT, MAX_PAGES_PER_SOURCE, MAX_PENDING_PUBLISHES,
     MAX_PROBES_IN_FLIGHT, MAX_REFRESH_TIME, MAX_REFRESH_WAITERS, MAX_VERIFICATIONS,
     MAX_VERIFY_DIALS_IN_FLIGHT, MAX_VERIFY_TARGETS, MAX_VERIFY_TIME, Node, NodeStats, peer_of,
+};
+pub use reachability::{
+    AUTONAT_DIAL_REQUEST_PROTOCOL, AUTONAT_PROBE_INTERVAL, REACHABILITY_TEST_DEADLINE,
+    Reachability, UNTESTABLE_AFTER,
 };

@@ -29,7 +29,7 @@ use shallot_directory::{
     canonical_ip, descriptor_key, ip_of, is_newer, peer_of_descriptor_key, socket_of,
     validate_record,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, trace, warn};
 
 use crate::address_limits::PeerAddresses;
@@ -37,6 +37,7 @@ use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, Shared, build_sw
 use crate::bootstrap::{BootstrapDial, BootstrapPeerStatus, BootstrapTable, classify};
 use crate::config::{DirConfig, NodeConfig, Role};
 use crate::err::P2pError;
+use crate::reachability::{AUTONAT_DIAL_REQUEST_PROTOCOL, Reachability, ReachabilityTracker};
 
 /// Capacity of the command queue into the swarm task.
 pub const COMMAND_QUEUE: usize = 64;
@@ -78,6 +79,8 @@ pub const MAX_ANNOUNCE_PEERS: usize = 32;
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a relay drops expired descriptors from its store.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// How often a relay testing its reachability looks at the time bounds of the test.
+const REACHABILITY_TICK: Duration = Duration::from_secs(1);
 
 /// Counters of what the node refused, stored and served, for metrics.
 #[derive(Debug, Default)]
@@ -277,6 +280,9 @@ enum Command {
     ConnectedPeers {
         reply: oneshot::Sender<usize>,
     },
+    TestReachability {
+        candidates: Vec<Multiaddr>,
+    },
 }
 
 /// A libp2p node (client or relay) with its swarm task.
@@ -291,6 +297,7 @@ pub struct Node {
     directory: Option<Directory>,
     bootstrap: BootstrapTable,
     peer_addresses: PeerAddresses,
+    reachability: watch::Receiver<Reachability>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -370,6 +377,7 @@ impl Node {
         }
         let control = swarm.behaviour().stream.new_control();
         let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
+        let (reachability_tx, reachability) = watch::channel(Reachability::Unknown);
         let task = tokio::spawn(
             SwarmTask {
                 swarm,
@@ -392,6 +400,8 @@ impl Node {
                 verifications: VecDeque::new(),
                 verify_dials: HashMap::new(),
                 next_verification: 0,
+                reachability: ReachabilityTracker::new(),
+                reachability_tx,
             }
             .run(queue),
         );
@@ -407,6 +417,7 @@ impl Node {
             directory,
             bootstrap: bootstrap_table,
             peer_addresses,
+            reachability,
             task,
         })
     }
@@ -564,6 +575,24 @@ impl Node {
         answer.await.map_err(|_| P2pError::Stopped)
     }
 
+    /// A relay starts testing whether other nodes reach it at `candidates`, the addresses its
+    /// descriptor would sign (specs/04 §4.1), with AutoNAT v2. Follow the outcome with
+    /// [`Node::reachability`] or [`Node::watch_reachability`]. A client's node has no AutoNAT
+    /// client and stays [`Reachability::Unknown`].
+    pub async fn test_reachability(&self, candidates: Vec<Multiaddr>) -> Result<(), P2pError> {
+        self.send(Command::TestReachability { candidates }).await
+    }
+
+    /// What the node knows of its reachability now.
+    pub fn reachability(&self) -> Reachability {
+        self.reachability.borrow().clone()
+    }
+
+    /// The node's reachability, changing as tests answer.
+    pub fn watch_reachability(&self) -> watch::Receiver<Reachability> {
+        self.reachability.clone()
+    }
+
     /// How many peers the node is connected to.
     pub async fn connected_peers(&self) -> Result<usize, P2pError> {
         let (reply, answer) = oneshot::channel();
@@ -595,7 +624,7 @@ fn without_peer(addr: &Multiaddr) -> Multiaddr {
 
 /// Whether a test network's private, loopback or link-local addresses are needed to dial
 /// `addr`: public addresses are always allowed; others only with `allow_private_addrs`.
-fn dialable(addr: &Multiaddr, config: &DirConfig) -> bool {
+pub(crate) fn dialable(addr: &Multiaddr, config: &DirConfig) -> bool {
     if config.allow_private_addrs {
         return true;
     }
@@ -772,6 +801,9 @@ struct SwarmTask {
     /// Verification dials in flight: the verification's number and the target's index.
     verify_dials: HashMap<ConnectionId, (u64, usize)>,
     next_verification: u64,
+    /// A relay's own reachability (specs/04 §4.1).
+    reachability: ReachabilityTracker,
+    reachability_tx: watch::Sender<Reachability>,
 }
 
 /// One [`Node::verify`] call.
@@ -792,6 +824,8 @@ impl SwarmTask {
         prune_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let sync = tokio::time::sleep(self.next_sync_delay());
         tokio::pin!(sync);
+        let mut reachability_tick = tokio::time::interval(REACHABILITY_TICK);
+        reachability_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 command = queue.recv() => match command {
@@ -803,6 +837,9 @@ impl SwarmTask {
                 _ = probe_tick.tick(), if relay => self.probe_next(),
                 () = refresh_deadline(self.refresh.as_ref()) => self.refresh_overdue(),
                 _ = prune_tick.tick(), if relay => self.prune(),
+                _ = reachability_tick.tick(), if self.reachability.is_testing() => {
+                    self.update_reachability();
+                }
                 () = &mut sync, if relay => {
                     self.start_refresh(None);
                     sync.as_mut().reset(tokio::time::Instant::now() + self.next_sync_delay());
@@ -865,7 +902,65 @@ impl SwarmTask {
             Command::ConnectedPeers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().count());
             }
+            Command::TestReachability { candidates } => self.test_reachability(candidates),
         }
+    }
+
+    // ---- reachability (relays) ------------------------------------------------------------
+
+    fn test_reachability(&mut self, candidates: Vec<Multiaddr>) {
+        let Some(client) = self.swarm.behaviour_mut().autonat_client.as_mut() else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        self.reachability.start(candidates, now);
+        for addr in self.reachability.candidates() {
+            client.test(addr);
+        }
+        self.update_reachability();
+    }
+
+    /// Applies the tracker's time bounds and publishes a change of state. An unreachable
+    /// relay stops being a Kademlia server: the peers that would add it to their routing
+    /// tables could not dial it, and it still asks the DHT as a client does.
+    fn update_reachability(&mut self) {
+        let Some(state) = self.reachability.update(tokio::time::Instant::now()) else {
+            return;
+        };
+        debug!(?state, "reachability changed");
+        let mode = match state {
+            Reachability::Unreachable(_) => kad::Mode::Client,
+            _ => kad::Mode::Server,
+        };
+        self.swarm.behaviour_mut().kad.set_mode(Some(mode));
+        self.reachability_tx.send_replace(state);
+    }
+
+    /// The AutoNAT client asks only over connections it dialed: a peer that serves AutoNAT on
+    /// one of those can test us.
+    fn note_autonat_server(&mut self, connection: ConnectionId, info: &identify::Info) {
+        let dialed = self
+            .conns
+            .get(&connection)
+            .is_some_and(|(_, endpoint)| endpoint.is_dialer());
+        if dialed && info.protocols.contains(&AUTONAT_DIAL_REQUEST_PROTOCOL) {
+            self.reachability
+                .server_connected(tokio::time::Instant::now());
+        }
+    }
+
+    fn on_autonat_test(&mut self, event: libp2p::autonat::v2::client::Event) {
+        let reached = event.result.is_ok();
+        let candidate = self.reachability.answered(&event.tested_addr, reached);
+        debug!(
+            addr = %event.tested_addr,
+            server = %event.server,
+            reached,
+            candidate,
+            error = ?event.result.err(),
+            "AutoNAT test answered"
+        );
+        self.update_reachability();
     }
 
     fn publish(
@@ -922,9 +1017,28 @@ impl SwarmTask {
     }
 
     fn handle_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        if let SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+            connection_id,
+            info,
+            ..
+        })) = &event
+        {
+            self.note_autonat_server(*connection_id, info);
+        }
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.handle_kad(event),
             SwarmEvent::Behaviour(BehaviourEvent::Dir(event)) => self.handle_dir(event),
+            SwarmEvent::Behaviour(BehaviourEvent::AutonatClient(event)) => {
+                self.on_autonat_test(event);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::AutonatServer(event)) => {
+                debug!(
+                    client = %event.client,
+                    addr = %event.tested_addr,
+                    result = ?event.result,
+                    "dialed an AutoNAT client back"
+                );
+            }
             // Identify does not feed Kademlia (docs/dependencies.md §3); only DHT servers go in.
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
