@@ -35,3 +35,5 @@ pub use memory::RECLAIM_TARGET_PERCENT;
 pub use relay::{
     Counter, EARLY_REPUBLISH, PUBLISH_RETRY_MAX, PUBLISH_RETRY_MIN, Relay, RelayHandle, RelayStats,
 };
+/// What [`RelayHandle::reachability`] answers (specs/04 §4.1).
+pub use shallot_p2p::Reachability;

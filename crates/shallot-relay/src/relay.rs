@@ -17,7 +17,9 @@ use shallot_directory::{
     SignedDescriptor, ip_of, socket_of,
 };
 use shallot_exit_policy::AddressFamily;
-use shallot_p2p::{CIRCUIT_PROTOCOL, IncomingStreams, Multiaddr, Node, NodeConfig, PeerId, Role};
+use shallot_p2p::{
+    CIRCUIT_PROTOCOL, IncomingStreams, Multiaddr, Node, NodeConfig, PeerId, Reachability, Role,
+};
 use shallot_proto::{RelayCircuit, RelayConfig as CircuitConfig};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -113,6 +115,9 @@ pub struct RelayStats {
     pub descriptors_published: Counter,
     /// Publications that failed (and were retried).
     pub publish_failures: Counter,
+    /// Times the relay found itself not reachable at any announced address and withheld its
+    /// descriptor (specs/04 §4.1).
+    pub found_unreachable: Counter,
     /// Onion-key rotations.
     pub onion_key_rotations: Counter,
 }
@@ -227,6 +232,8 @@ impl Relay {
         } else {
             config.announce.clone()
         };
+        // Publication waits for the outcome (specs/04 §4.1).
+        node.test_reachability(announce.clone()).await?;
         let incoming = node
             .stream_control()
             .accept(CIRCUIT_PROTOCOL)
@@ -266,7 +273,6 @@ impl Relay {
         let rotation = Duration::from_secs(config.onion_key_rotation_secs);
         let publisher = Publisher {
             ed,
-            announce: announce.clone(),
             family: config.family.clone(),
             lifetime: config.descriptor_lifetime_secs,
             rotation,
@@ -365,6 +371,12 @@ impl RelayHandle {
             .node
             .directory()
             .expect("a relay's node always has a directory")
+    }
+
+    /// What the relay knows of its reachability at its announced addresses (specs/04 §4.1):
+    /// it publishes only while this is `Reachable` (the confirmed addresses) or `Untested`.
+    pub fn reachability(&self) -> Reachability {
+        self.ctx.node.reachability()
     }
 
     /// Publishes the descriptor again now (e.g. after the operator changed something).
@@ -580,7 +592,6 @@ async fn serve(
 /// What the publisher needs to build descriptors.
 struct Publisher {
     ed: ed25519::Keypair,
-    announce: Vec<Multiaddr>,
     family: Vec<PeerId>,
     lifetime: u64,
     rotation: Duration,
@@ -592,7 +603,12 @@ struct Publisher {
 }
 
 impl Publisher {
-    fn descriptor(&self, ctx: &Context) -> Result<SignedDescriptor, RelayError> {
+    /// A descriptor signing `addrs`.
+    fn descriptor(
+        &self,
+        ctx: &Context,
+        addrs: &[Multiaddr],
+    ) -> Result<SignedDescriptor, RelayError> {
         let now = ctx.node.clock().now();
         let (onion_key, previous_onion_key) = {
             let keys = ctx.keys.read().unwrap_or_else(PoisonError::into_inner);
@@ -609,7 +625,7 @@ impl Publisher {
             expires_at: now + self.lifetime,
             protocols: PROTOCOL_CIRCUIT_V1,
             flags,
-            addrs: self.announce.clone(),
+            addrs: addrs.to_vec(),
             onion_key,
             previous_onion_key,
             family: self.family.clone(),
@@ -658,45 +674,103 @@ async fn sleep_or_never(d: Option<Duration>) {
     }
 }
 
-/// Publishes at start, again after each of [`EARLY_REPUBLISH`] while the routing table fills,
-/// then every [`REPUBLISH_INTERVAL_SECS`] (or half the lifetime if shorter), on request, after
-/// each rotation and once the previous onion key is dropped; retries failures with a growing
-/// delay (specs/04 §4).
+/// Logs a change of the relay's reachability, the addresses only when safe logging is off.
+fn log_reachability(ctx: &Context, state: &Reachability) {
+    let safe = ctx.safe_logging;
+    match state {
+        Reachability::Unknown => {}
+        Reachability::Reachable(addrs) => info!(
+            addrs = %Sensitive::new(addrs, safe),
+            "reachable: an AutoNAT server dialed back; publishing the descriptor with the confirmed addresses"
+        ),
+        Reachability::Untested(addrs) => info!(
+            addrs = %Sensitive::new(addrs, safe),
+            "no AutoNAT server to test the announced addresses: publishing them untested"
+        ),
+        Reachability::Unreachable(addrs) => warn!(
+            tested = %Sensitive::new(addrs, safe),
+            "not reachable at any announced address: publishing no descriptor (behind NAT or a firewall?)"
+        ),
+    }
+}
+
+/// Publishes once the relay is reachable (specs/04 §4.1), again after each of
+/// [`EARLY_REPUBLISH`] while the routing table fills, then every [`REPUBLISH_INTERVAL_SECS`]
+/// (or half the lifetime if shorter), on request, after each rotation, once the previous onion
+/// key is dropped, and whenever the confirmed addresses change; retries failures with a
+/// growing delay (specs/04 §4). While the relay is unreachable or not yet tested it publishes
+/// nothing (what it published before stays in other relays' stores until it expires).
 async fn publish_loop(ctx: Arc<Context>, mut p: Publisher, mut kick: mpsc::Receiver<()>) {
     let steady = Duration::from_secs(REPUBLISH_INTERVAL_SECS.min(p.lifetime / 2));
     let mut early = EARLY_REPUBLISH.iter();
     let mut backoff = PUBLISH_RETRY_MIN;
+    let mut reachability = ctx.node.watch_reachability();
+    let mut logged = Reachability::Unknown;
+    // The addresses of the last successful publication while the relay stays publishable.
+    let mut published: Option<Vec<Multiaddr>> = None;
+    let mut next_publication = tokio::time::Instant::now();
     loop {
-        let result = match p.descriptor(&ctx) {
-            Ok(d) => ctx.node.publish(d).await.map_err(RelayError::from),
-            Err(e) => Err(e),
-        };
-        let wait = match result {
-            Ok(()) => {
-                ctx.stats.descriptors_published.inc();
-                debug!("descriptor published");
-                backoff = PUBLISH_RETRY_MIN;
-                early.next().map_or(steady, |d| (*d).min(steady))
+        let state = reachability.borrow_and_update().clone();
+        if state != logged {
+            log_reachability(&ctx, &state);
+            if matches!(state, Reachability::Unreachable(_)) {
+                ctx.stats.found_unreachable.inc();
             }
-            Err(e) => {
-                ctx.stats.publish_failures.inc();
-                debug!(error = %e, retry_in = ?backoff, "publishing the descriptor failed");
-                let wait = backoff;
-                backoff = (backoff * 2).min(PUBLISH_RETRY_MAX);
-                wait
-            }
-        };
+            logged = state.clone();
+        }
+        let now = tokio::time::Instant::now();
+        let addrs = state.publishable().map(<[Multiaddr]>::to_vec);
+        if addrs.is_none() {
+            published = None;
+        } else if addrs != published {
+            next_publication = now;
+        }
+        if let Some(addrs) = &addrs
+            && next_publication <= now
+        {
+            let result = match p.descriptor(&ctx, addrs) {
+                Ok(d) => ctx.node.publish(d).await.map_err(RelayError::from),
+                Err(e) => Err(e),
+            };
+            let wait = match result {
+                Ok(()) => {
+                    ctx.stats.descriptors_published.inc();
+                    debug!("descriptor published");
+                    published = Some(addrs.clone());
+                    backoff = PUBLISH_RETRY_MIN;
+                    early.next().map_or(steady, |d| (*d).min(steady))
+                }
+                Err(e) => {
+                    ctx.stats.publish_failures.inc();
+                    debug!(error = %e, retry_in = ?backoff, "publishing the descriptor failed");
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(PUBLISH_RETRY_MAX);
+                    wait
+                }
+            };
+            next_publication = tokio::time::Instant::now() + wait;
+        }
         let until = |t: SystemTime| {
             t.duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO)
         };
         let until_rotation = until(p.next_rotation);
         let until_previous_goes = p.previous_until.map(until);
+        let until_publication = addrs
+            .is_some()
+            .then(|| next_publication.saturating_duration_since(tokio::time::Instant::now()));
         tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            Some(()) = kick.recv() => {}
-            () = tokio::time::sleep(until_rotation) => p.rotate(&ctx),
-            () = sleep_or_never(until_previous_goes) => p.drop_previous(&ctx),
+            () = sleep_or_never(until_publication) => {}
+            Ok(()) = reachability.changed() => {}
+            Some(()) = kick.recv() => next_publication = tokio::time::Instant::now(),
+            () = tokio::time::sleep(until_rotation) => {
+                p.rotate(&ctx);
+                next_publication = tokio::time::Instant::now();
+            }
+            () = sleep_or_never(until_previous_goes) => {
+                p.drop_previous(&ctx);
+                next_publication = tokio::time::Instant::now();
+            }
         }
     }
 }
