@@ -53,6 +53,8 @@ class ShallotNet:
     relay_hosts: list[str]
     per_host: int
     exits: int
+    # Extra lines of every relay's config (they come last, so they may open tables).
+    relay_settings: list[str] = field(default_factory=list)
     relays: list[Relay] = field(default_factory=list)
     client: netsim.Proc | None = None
     servers: netsim.Proc | None = None
@@ -116,6 +118,8 @@ class ShallotNet:
                     f"exit_policy_private_allowed = [{json.dumps(web.prefix)}]",
                     f'dns_upstreams = ["{web.addr}:{DNS_PORT}"]',
                 ]
+            # Last: a table in them takes every key after it.
+            lines += self.relay_settings
             config = relay.dir / "relay.toml"
             config.write_text("\n".join(lines) + "\n")
             relay.proc = self.net.start(relay.name, relay.host.ns, [str(netsim.SHALLOT), "relay", "--config", str(config), "--stop-with-stdin"])
@@ -137,8 +141,12 @@ class ShallotNet:
             )
             + "\n"
         )
+        # The path log ("path chosen", specs/05 §5) is a debug line of the client's manager.
         self.client = self.net.start(
-            "client", home.ns, [str(netsim.SHALLOT), "client", "--config", str(config), "--metrics", METRICS, "--stop-with-stdin"]
+            "client",
+            home.ns,
+            ["env", "RUST_LOG=info,shallot_client::manager=debug", str(netsim.SHALLOT), "client", "--config", str(config),
+             "--metrics", METRICS, "--stop-with-stdin"],
         )
 
     def check_alive(self) -> None:
@@ -165,6 +173,20 @@ class ShallotNet:
             time.sleep(1)
         raise RuntimeError(f"no fetch through the network worked within {READY_TIMEOUT_SECS:.0f} s (last: {last}); client log:\n"
                            f"{self.client.log.read_text(errors='replace')[-3000:] if self.client else ''}")
+
+    def metrics(self) -> str:
+        out = netsim.sh("curl", "-sS", "--max-time", "5", f"http://{METRICS}/metrics", ns=self.net.hosts["home"].ns, check=False)
+        return out.stdout
+
+    def paths(self) -> list[list[str]]:
+        """Every path the client chose, from its path log (guard first)."""
+        found = []
+        for line in self.client.log.read_text(errors="replace").splitlines() if self.client else []:
+            if "path chosen" in line:
+                match = re.search(r"path=(\S+)", line)
+                if match:
+                    found.append(match.group(1).split(","))
+        return found
 
     def status(self) -> dict:
         out = netsim.sh("curl", "-sS", "--max-time", "5", f"http://{METRICS}/status", ns=self.net.hosts["home"].ns, check=False)
@@ -193,6 +215,37 @@ def tcp_connect_ms(net: netsim.Internet, src: str, dst: str, port: int) -> float
     )
     out = netsim.sh(sys.executable, "-c", code, net.hosts[dst].addr, str(port), ns=net.hosts[src].ns, timeout=60)
     return float(out.stdout.strip())
+
+
+sys.path.insert(0, str(netsim.REPO / "integration" / "bench"))
+from bench import bucket_median, histogram  # noqa: E402  (the bench's Prometheus readers)
+
+
+def parallel_fetches(sim: ShallotNet, url: str, users: list[str], parallel: int) -> int:
+    """One fetch of url per SOCKS username (so a circuit each), `parallel` at a time, with one
+    curl; returns how many succeeded."""
+    cfg = sim.net.run_dir / "parallel.curl"
+    # Connection: close, so that curl keeps no idle connection (and so no stream, and so no
+    # circuit) open after each fetch. Every option per URL: after `next` curl starts each URL's
+    # options afresh.
+    groups = [
+        f'url = "{url}"\noutput = "/dev/null"\nproxy = "socks5h://{user}:x@{SOCKS}"\n'
+        f'header = "Connection: close"\nmax-time = 60\nwrite-out = "%{{http_code}}\\n"\n'
+        for user in users
+    ]
+    cfg.write_text("next\n".join(groups))
+    out = netsim.sh("curl", "-s", "-Z", "--parallel-max", str(parallel), "-K", str(cfg),
+                    ns=sim.net.hosts["home"].ns, check=False, timeout=900)
+    return sum(1 for code in out.stdout.split() if code == "200")
+
+
+def check_paths(sim: ShallotNet, paths: list[list[str]]) -> None:
+    """No path has two relays of one host's /16 (specs/05 §5)."""
+    subnet = {r.peer_id: r.host.prefix for r in sim.relays}
+    for path in paths:
+        nets = [subnet.get(h, h) for h in path]
+        if len(set(nets)) != len(nets):
+            raise RuntimeError(f"a path has two relays of one host's /16: {path}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,4 +303,205 @@ def smoke(run_dir: Path) -> list[str]:
     return figures
 
 
-SCENARIOS = {"smoke": smoke}
+LOSS_HOSTS = 5
+LOSS_PER_HOST = 4
+LOSS_RATE = 0.005
+LOSS_FILE_MIB = 50
+LOSS_PATHS = 1000
+
+
+def loss(run_dir: Path) -> list[str]:
+    """5 hosts × 4 relays, 40 ms RTT, 0.5 % loss on every path between hosts: 50 MiB arrive
+    intact, and over 1,000 paths from the client's path log none has two relays of one
+    host's /16. The relays give the client's NAT address the CREATE rate of a relay (its 1,000
+    circuits would otherwise wait on the per-address rate, specs/00 §4.4)."""
+    figures = []
+    net = netsim.Internet(run_dir)
+    hosts = [f"h{i + 1}" for i in range(LOSS_HOSTS)]
+    try:
+        net.build(hosts, rtt_ms=40, loss=LOSS_RATE)
+        figures.append(f"ping h1 -> h2 over 0.5 % loss: {ping_rtt_ms(net, 'h1', 'h2', count=10):.1f} ms average RTT")
+        sim = ShallotNet(net, hosts, per_host=LOSS_PER_HOST, exits=5, relay_settings=[
+            "max_circuits_per_address = 2048", "[create_rate_per_address]", "per_second = 200", "burst = 2000"])
+        big = random.Random(15).randbytes(LOSS_FILE_MIB << 20)
+        sums = sim.start_servers({"ready.txt": b"ready\n", "big.bin": big, "1k.bin": b"x" * 1024})
+        sim.start_relays()
+        sim.start_client()
+        figures.append(f"first fetch after {sim.wait_ready():.1f} s")
+        out_file = run_dir / "big.download"
+        out = sim.curl(f"http://{WEB_NAME}:{HTTP_PORT}/big.bin", out=out_file, max_time=600)
+        if out.returncode != 0:
+            raise RuntimeError(f"the 50 MiB fetch failed ({out.returncode}): {out.stderr}")
+        size, seconds, _ = out.stdout.split()
+        if int(size) != len(big) or netsim.sha256_file(out_file) != sums["big.bin"]:
+            raise RuntimeError(f"the 50 MiB file arrived different ({size} bytes)")
+        figures.append(f"{LOSS_FILE_MIB} MiB over 0.5 % loss: SHA-256 equal, {float(seconds):.1f} s "
+                       f"({int(size) / float(seconds) / 1e6:.2f} MB/s)")
+        stamp = time.time_ns()
+        started = time.monotonic()
+        ok = 0
+        for round_ in range(8):
+            users = [f"path-{stamp}-{round_}-{i}" for i in range(LOSS_PATHS // 4)]
+            ok += parallel_fetches(sim, f"http://{WEB_NAME}:{HTTP_PORT}/1k.bin", users, parallel=24)
+            if len(sim.paths()) >= LOSS_PATHS:
+                break
+        paths = sim.paths()
+        if len(paths) < LOSS_PATHS:
+            raise RuntimeError(f"only {len(paths)} paths in the client's path log ({ok} fetches succeeded)")
+        check_paths(sim, paths)
+        middles = {p[1] for p in paths if len(p) == 3}
+        exits = {p[-1] for p in paths}
+        figures.append(f"{len(paths)} paths in {time.monotonic() - started:.0f} s ({ok} fetches succeeded): none has two "
+                       f"relays of one host's /16; {len(middles)} distinct middles, {len(exits)} distinct exits")
+        sim.check_alive()
+    finally:
+        net.teardown()
+    left = net.leftovers()
+    if left:
+        raise RuntimeError(f"teardown left {left}")
+    return figures
+
+
+LATENCY_RTTS_MS = [0, 20, 80]
+LATENCY_BIG_MIB = 100
+LATENCY_BUILDS = 10
+
+
+def latency(run_dir: Path) -> list[str]:
+    """Shallot on 3 hosts × 2 relays at 0, 20 and 80 ms RTT between hosts, beside a direct TCP
+    fetch over the same emulated path: 100 MiB single-stream throughput, 1 KiB time to first byte
+    on a warm circuit, and a fresh 3-hop circuit's build time in ms and in round trips.
+    (tor in the same namespaces is not part of it yet: see the README.)"""
+    figures = ["| RTT ms | direct MB/s | Shallot MB/s | share of direct | warm 1 KiB TTFB ms | build ms (median / mean) | build in RTTs |",
+               "|---|---|---|---|---|---|---|"]
+    big = random.Random(16).randbytes(LATENCY_BIG_MIB << 20)
+    for rtt in LATENCY_RTTS_MS:
+        net = netsim.Internet(run_dir / f"rtt-{rtt}")
+        try:
+            net.build(["h1", "h2", "h3"], rtt_ms=rtt)
+            sim = ShallotNet(net, ["h1", "h2", "h3"], per_host=2, exits=2)
+            sim.start_servers({"ready.txt": b"ready\n", "big.bin": big, "1k.bin": b"x" * 1024})
+            direct = netsim.sh("curl", "-sS", "-o", "/dev/null", "-w", "%{size_download} %{time_total}",
+                               f"http://{net.hosts['web'].addr}:{HTTP_PORT}/big.bin", ns=net.hosts["home"].ns, timeout=300)
+            size, secs = direct.stdout.split()
+            direct_mbps = int(size) / float(secs) / 1e6
+            sim.start_relays()
+            sim.start_client()
+            sim.wait_ready()
+            out = sim.curl(f"http://{WEB_NAME}:{HTTP_PORT}/big.bin", max_time=600)
+            if out.returncode != 0:
+                raise RuntimeError(f"the 100 MiB fetch at {rtt} ms failed: {out.stderr}")
+            size, secs, _ = out.stdout.split()
+            shallot_mbps = int(size) / float(secs) / 1e6
+            ttfbs = []
+            for _ in range(10):
+                r = sim.curl(f"http://{WEB_NAME}:{HTTP_PORT}/1k.bin", max_time=30)
+                if r.returncode == 0:
+                    ttfbs.append(float(r.stdout.split()[2]) * 1000)
+            ttfbs.sort()
+            h0 = histogram(sim.metrics(), "shallot_circuit_build_seconds")
+            for i in range(LATENCY_BUILDS):
+                sim.curl(f"http://{WEB_NAME}:{HTTP_PORT}/1k.bin", max_time=30, extra=["--proxy-user", f"build{i}-{time.time_ns()}:x"])
+            time.sleep(1)
+            h1 = histogram(sim.metrics(), "shallot_circuit_build_seconds")
+            n = h1[2] - h0[2]
+            median_ms = bucket_median(h0[0], h1[0]) * 1000
+            mean_ms = (h1[1] - h0[1]) / n * 1000 if n else float("nan")
+            in_rtts = f"{median_ms / rtt:.1f}" if rtt else "-"
+            figures.append(f"| {rtt} | {direct_mbps:.1f} | {shallot_mbps:.1f} | {shallot_mbps / direct_mbps:.2f} | "
+                           f"{ttfbs[len(ttfbs) // 2] if ttfbs else float('nan'):.0f} | {median_ms:.0f} / {mean_ms:.0f} | {in_rtts} |")
+            sim.check_alive()
+        finally:
+            net.teardown()
+        left = net.leftovers()
+        if left:
+            raise RuntimeError(f"teardown left {left}")
+    return figures
+
+
+NAT_DETECT_LIMIT_SECS = 60.0
+NAT_WATCH_SECS = 90.0
+UNREACHABLE_LOG = "not reachable at any announced address"
+
+
+def metric_value(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.split()[-1])
+    return None
+
+
+def nat(run_dir: Path) -> list[str]:
+    """3 hosts × 2 relays and, in the home network behind NAT, a would-be relay announcing its
+    LAN address: it learns within 60 s (AutoNAT, specs/04 §4.1) that nobody can reach it,
+    publishes nothing, and over 90 s of browsing the client behind the same NAT never picks it,
+    never counts it in its view, and fetches normally."""
+    figures = []
+    net = netsim.Internet(run_dir)
+    try:
+        net.build(["h1", "h2", "h3"], rtt_ms=40)
+        sim = ShallotNet(net, ["h1", "h2", "h3"], per_host=2, exits=2)
+        sim.start_servers({"ready.txt": b"ready\n", "1m.bin": random.Random(17).randbytes(1 << 20)})
+        sim.start_relays()
+        home = net.hosts["home"]
+        rdir = run_dir / "relay-home"
+        out = subprocess.run([str(netsim.SHALLOT), "keygen", "--dir", str(rdir)], capture_output=True, text=True, timeout=30)
+        if out.returncode != 0:
+            raise RuntimeError(f"shallot keygen failed: {out.stderr}")
+        home_peer = out.stdout.strip().splitlines()[-1]
+        seeds = [r for r in sim.relays if r.port == RELAY_BASE_PORT][:3]
+        (rdir / "relay.toml").write_text("\n".join([
+            f"data_dir = {json.dumps(str(rdir))}",
+            f'listen = ["/ip4/{home.addr}/tcp/{RELAY_BASE_PORT}"]',
+            f"bootstrap = {toml_list([s.multiaddr for s in seeds])}",
+            "allow_private_addresses = true",
+            "safe_logging = false",
+        ]) + "\n")
+        started = time.monotonic()
+        home_relay = net.start("relay-home", home.ns, ["env", "RUST_LOG=info,shallot_relay=debug", str(netsim.SHALLOT), "relay",
+                                                      "--config", str(rdir / "relay.toml"), "--stop-with-stdin"])
+        sim.start_client()
+        sim.wait_ready()
+        detected = None
+        fetches = ok = 0
+        while time.monotonic() - started < NAT_WATCH_SECS:
+            if not home_relay.alive():
+                raise RuntimeError(f"the relay behind NAT exited: {home_relay.log.read_text(errors='replace')[-2000:]}")
+            if detected is None and UNREACHABLE_LOG in home_relay.log.read_text(errors="replace"):
+                detected = time.monotonic() - started
+            # Browsing: each fetch its own isolation, so each a new path.
+            fetches += 1
+            r = sim.curl(f"http://{WEB_NAME}:{HTTP_PORT}/1m.bin", max_time=30, extra=["--proxy-user", f"nat{fetches}:x"])
+            ok += r.returncode == 0
+            time.sleep(1)
+        log = home_relay.log.read_text(errors="replace")
+        if detected is None:
+            raise RuntimeError(f"the relay behind NAT never said it is unreachable; log:\n{log[-3000:]}")
+        if detected > NAT_DETECT_LIMIT_SECS:
+            raise RuntimeError(f"the relay behind NAT took {detected:.0f} s to find it is unreachable")
+        figures.append(f"the relay behind NAT found itself unreachable {detected:.1f} s after it started")
+        if "descriptor published" in log:
+            raise RuntimeError("the relay behind NAT published a descriptor")
+        figures.append("it published no descriptor")
+        paths = sim.paths()
+        picked = [p for p in paths if home_peer in p]
+        known = metric_value(sim.metrics(), "shallot_relays_known")
+        if picked:
+            raise RuntimeError(f"the client picked the relay behind NAT in {len(picked)} of {len(paths)} paths")
+        if known != len(sim.relays):
+            raise RuntimeError(f"the client knows {known} relays, not the {len(sim.relays)} reachable ones")
+        check_paths(sim, paths)
+        if ok < fetches:
+            raise RuntimeError(f"the client behind NAT fetched {ok} of {fetches} pages")
+        figures.append(f"the client behind the same NAT: {ok} of {fetches} isolated 1 MiB fetches over "
+                       f"{NAT_WATCH_SECS:.0f} s, {len(paths)} paths, none through the NATed relay; relays known: {known:.0f}")
+        sim.check_alive()
+    finally:
+        net.teardown()
+    left = net.leftovers()
+    if left:
+        raise RuntimeError(f"teardown left {left}")
+    return figures
+
+
+SCENARIOS = {"smoke": smoke, "loss": loss, "latency": latency, "nat": nat}

@@ -643,6 +643,13 @@ impl Manager {
         };
         let specs: Vec<HopSpec> = path.iter().map(hop_spec).collect();
         let peers: Vec<PeerId> = path.iter().map(|e| e.descriptor.peer_id()).collect();
+        // The path log (guard first): what a test of the path rules (specs/05 §5) reads, kept
+        // out of logs under safe logging.
+        debug!(
+            circuit = id,
+            path = %Sensitive(peers.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")),
+            "path chosen"
+        );
         let exit_summary = path.last().and_then(|e| {
             e.descriptor
                 .descriptor()
