@@ -20,8 +20,8 @@ use libp2p::core::transport::PortUse;
 use libp2p::core::{ConnectedPoint, Endpoint};
 use libp2p::swarm::behaviour::ConnectionEstablished;
 use libp2p::swarm::{
-    ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, ListenFailure, NetworkBehaviour,
-    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm, dummy,
+    ConnectionClosed, ConnectionDenied, ConnectionId, DialFailure, FromSwarm, ListenFailure,
+    NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm, dummy,
 };
 use libp2p::{Multiaddr, PeerId};
 use shallot_directory::{HostKey, ip_of};
@@ -93,6 +93,10 @@ pub(crate) struct AddressLimits {
     /// Established inbound connections from peers that are not listed relays.
     established: HashMap<ConnectionId, HostKey>,
     established_per_host: HashMap<HostKey, u32>,
+    /// Connections recorded in `peers` when their handler was made, until the swarm reports
+    /// them established or failed. Bounded as `pending` is: the swarm settles each in the same
+    /// step.
+    recorded_early: HashMap<ConnectionId, PeerId>,
 }
 
 impl AddressLimits {
@@ -112,11 +116,30 @@ impl AddressLimits {
             pending_per_host: HashMap::new(),
             established: HashMap::new(),
             established_per_host: HashMap::new(),
+            recorded_early: HashMap::new(),
         }
     }
 
     fn is_listed_relay(&self, peer: &PeerId) -> bool {
         self.directory.as_ref().is_some_and(|d| d.lists(peer))
+    }
+
+    /// Records where `peer`'s connection comes from as soon as its handler is made. The swarm
+    /// starts the connection's task before it reports the connection established, so on a
+    /// multi-threaded runtime the peer's first stream can reach the relay before
+    /// `ConnectionEstablished` does: a relay that looked the peer up then found no address and
+    /// closed an honest circuit stream (seen under load as `LinkClosed` in
+    /// `shallot-relay/tests/by_address.rs`).
+    fn record_early(&mut self, connection: ConnectionId, peer: PeerId, ip: IpAddr) {
+        self.peers.insert(peer, connection, ip);
+        self.recorded_early.insert(connection, peer);
+    }
+
+    /// A connection recorded early that the swarm did not establish after all.
+    fn forget_early(&mut self, connection: ConnectionId) {
+        if let Some(peer) = self.recorded_early.remove(&connection) {
+            self.peers.remove(&peer, connection);
+        }
     }
 
     fn forget_pending(&mut self, connection: ConnectionId) {
@@ -190,17 +213,23 @@ impl NetworkBehaviour for AddressLimits {
                 return Err(ConnectionDenied::new(AddressLimitExceeded::Established));
             }
         }
+        if let Some(ip) = ip_of(remote_addr) {
+            self.record_early(connection_id, peer, ip);
+        }
         Ok(dummy::ConnectionHandler)
     }
 
     fn handle_established_outbound_connection(
         &mut self,
-        _connection_id: ConnectionId,
-        _peer: PeerId,
-        _addr: &Multiaddr,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
         _role_override: Endpoint,
         _port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        if let Some(ip) = ip_of(addr) {
+            self.record_early(connection_id, peer, ip);
+        }
         Ok(dummy::ConnectionHandler)
     }
 
@@ -212,6 +241,7 @@ impl NetworkBehaviour for AddressLimits {
                 endpoint,
                 ..
             }) => {
+                self.recorded_early.remove(&connection_id);
                 let Some(ip) = remote_ip(endpoint) else {
                     return;
                 };
@@ -234,6 +264,10 @@ impl NetworkBehaviour for AddressLimits {
             }
             FromSwarm::ListenFailure(ListenFailure { connection_id, .. }) => {
                 self.forget_pending(connection_id);
+                self.forget_early(connection_id);
+            }
+            FromSwarm::DialFailure(DialFailure { connection_id, .. }) => {
+                self.forget_early(connection_id);
             }
             _ => {}
         }
@@ -378,5 +412,41 @@ mod tests {
             &addr(remote),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_peer_is_known_by_address_from_its_handler_on_and_forgotten_if_denied_later() {
+        let mut b = limits(10, 10);
+        let local = addr("/ip4/10.0.0.1/tcp/1");
+        let remote = "/ip4/192.0.2.7/tcp/5000";
+        let peer = PeerId::random();
+        let id = ConnectionId::new_unchecked(7);
+        b.handle_established_inbound_connection(id, peer, &local, &addr(remote))
+            .unwrap();
+        // Before ConnectionEstablished: the connection's task may already deliver a stream.
+        assert_eq!(b.peers.ip_of(&peer), Some("192.0.2.7".parse().unwrap()));
+        // Another behaviour denied it: the swarm reports a listen failure, and it goes.
+        let denied = libp2p::swarm::ListenError::Aborted;
+        b.on_swarm_event(FromSwarm::ListenFailure(ListenFailure {
+            local_addr: &local,
+            send_back_addr: &addr(remote),
+            error: &denied,
+            connection_id: id,
+            peer_id: Some(peer),
+        }));
+        assert_eq!(b.peers.ip_of(&peer), None);
+        assert!(b.recorded_early.is_empty());
+        // Established after all: it stays until closed, and the early record is settled.
+        b.handle_established_inbound_connection(id, peer, &local, &addr(remote))
+            .unwrap();
+        b.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
+            peer_id: peer,
+            connection_id: id,
+            endpoint: &listener(remote),
+            failed_addresses: &[],
+            other_established: 0,
+        }));
+        assert!(b.recorded_early.is_empty());
+        assert_eq!(b.peers.connections(), 1);
     }
 }
