@@ -42,6 +42,7 @@ async fn start_relay(
     exit: bool,
     bootstrap: Option<&RelayHandle>,
     dirs: &mut Vec<tempfile::TempDir>,
+    hostile: bool,
 ) -> RelayHandle {
     let dir = tempfile::tempdir().unwrap();
     let mut config = RelayConfig {
@@ -54,6 +55,9 @@ async fn start_relay(
             .collect(),
         safe_logging: false,
         allow_private_addresses: true,
+        // A hostile relay publishes whatever its own reachability test says: the directory,
+        // not the relay's good manners, must keep it out.
+        publish_untested: hostile,
         ..RelayConfig::default()
     };
     if exit {
@@ -117,6 +121,7 @@ async fn relays_that_sign_addresses_they_do_not_listen_on_carry_no_hop() {
             i >= 4,
             first,
             &mut dirs,
+            false,
         )
         .await;
         honest.push(relay);
@@ -130,11 +135,25 @@ async fn relays_that_sign_addresses_they_do_not_listen_on_carry_no_hop() {
             true,
             honest.first(),
             &mut dirs,
+            true,
         )
         .await;
         spoofers.push(relay);
     }
     let spoofer_ids: HashSet<PeerId> = spoofers.iter().map(RelayHandle::peer_id).collect();
+    // Honest relays publish once their reachability is known (specs/04 §4.1): wait for every
+    // one, so that the view the client builds can hold them all.
+    let deadline = Instant::now() + LIMIT;
+    while honest
+        .iter()
+        .any(|r| r.reachability().publishable().is_none())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the honest relays did not learn their reachability"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let mut bootstrap: Vec<String> = honest
         .iter()

@@ -207,6 +207,11 @@ pub struct RelayConfig {
     /// tests. Not read from files.
     #[serde(skip)]
     pub transport: TransportConfig,
+    /// Publish the announced addresses whatever the reachability test says (specs/04 §4.1):
+    /// what a hostile relay's own code would do, for tests of the directory's defences against
+    /// it. Not read from files.
+    #[serde(skip)]
+    pub publish_untested: bool,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -322,6 +327,7 @@ impl Default for RelayConfig {
             descriptor_lifetime_secs: DESCRIPTOR_LIFETIME_SECS,
             onion_key_rotation_secs: DEFAULT_ONION_KEY_ROTATION_SECS,
             transport: TransportConfig::default(),
+            publish_untested: false,
         }
     }
 }
