@@ -34,6 +34,8 @@ class Relay:
     dir: Path
     peer_id: str = ""
     proc: netsim.Proc | None = None
+    # Killed on purpose (churn): not expected to be alive.
+    killed: bool = False
 
     @property
     def multiaddr(self) -> str:
@@ -82,53 +84,67 @@ class ShallotNet:
         return sums
 
     def start_relays(self) -> None:
-        exe = str(netsim.SHALLOT)
         if not netsim.SHALLOT.exists():
-            raise RuntimeError(f"{exe} is missing: build it with `cargo build --release -p shallot`")
+            raise RuntimeError(f"{netsim.SHALLOT} is missing: build it with `cargo build --release -p shallot`")
+        placements = [(h, i) for i in range(self.per_host) for h in self.relay_hosts]
+        exit_slots = set(range(len(placements) - self.exits, len(placements)))
+        for n, (host_name, i) in enumerate(placements):
+            self.relays.append(self._keygen(host_name, RELAY_BASE_PORT + i, n in exit_slots))
+        for relay in self.relays:
+            self.launch(relay)
+
+    def seeds(self) -> list[Relay]:
+        """The bootstrap relays: the first relay of each of the first three hosts."""
+        return [r for r in self.relays if r.port == RELAY_BASE_PORT][:3]
+
+    def _keygen(self, host_name: str, port: int, is_exit: bool) -> Relay:
+        rdir = self.net.run_dir / f"relay-{len(self.relays)}"
+        out = subprocess.run([str(netsim.SHALLOT), "keygen", "--dir", str(rdir)], capture_output=True, text=True, timeout=30)
+        if out.returncode != 0:
+            raise RuntimeError(f"shallot keygen failed: {out.stderr}")
+        relay = Relay(f"relay-{len(self.relays)}", self.net.hosts[host_name], port, is_exit, rdir)
+        relay.peer_id = out.stdout.strip().splitlines()[-1]
+        return relay
+
+    def add_relay(self, host_name: str, is_exit: bool) -> Relay:
+        """A new relay (a new identity) on `host_name`, on the next free port there, started."""
+        port = max((r.port for r in self.relays if r.host.name == host_name), default=RELAY_BASE_PORT - 1) + 1
+        relay = self._keygen(host_name, port, is_exit)
+        self.relays.append(relay)
+        self.launch(relay)
+        return relay
+
+    def launch(self, relay: Relay) -> None:
         web = self.net.hosts["web"]
         policy = self.net.run_dir / "exit.policy"
         # Tor's default-like "accept everything" file; the reject-private prelude stays on and
         # only the web host's /16 is exempt from it (exit_policy_private_allowed), so exits reach
         # this internet's destinations and nothing else private, loopback included.
         policy.write_text("accept *:*\n")
-        placements = [(h, i) for i in range(self.per_host) for h in self.relay_hosts]
-        exit_slots = set(range(len(placements) - self.exits, len(placements)))
-        for n, (host_name, i) in enumerate(placements):
-            host = self.net.hosts[host_name]
-            rdir = self.net.run_dir / f"relay-{n}"
-            out = subprocess.run([exe, "keygen", "--dir", str(rdir)], capture_output=True, text=True, timeout=30)
-            if out.returncode != 0:
-                raise RuntimeError(f"shallot keygen failed: {out.stderr}")
-            relay = Relay(f"relay-{n}", host, RELAY_BASE_PORT + i, n in exit_slots, rdir)
-            relay.peer_id = out.stdout.strip().splitlines()[-1]
-            self.relays.append(relay)
-        # Bootstrap from the first relay of each of the first three hosts.
-        seeds = [r for r in self.relays if r.port == RELAY_BASE_PORT][:3]
-        for relay in self.relays:
-            lines = [
-                f"data_dir = {json.dumps(str(relay.dir))}",
-                f'listen = ["/ip4/{relay.host.addr}/tcp/{relay.port}"]',
-                f"bootstrap = {toml_list([s.multiaddr for s in seeds if s is not relay])}",
-                "allow_private_addresses = true",
-                "safe_logging = false",
+        lines = [
+            f"data_dir = {json.dumps(str(relay.dir))}",
+            f'listen = ["/ip4/{relay.host.addr}/tcp/{relay.port}"]',
+            f"bootstrap = {toml_list([s.multiaddr for s in self.seeds() if s is not relay])}",
+            "allow_private_addresses = true",
+            "safe_logging = false",
+        ]
+        if relay.is_exit:
+            lines += [
+                f"exit_policy_file = {json.dumps(str(policy))}",
+                f"exit_policy_private_allowed = [{json.dumps(web.prefix)}]",
+                f'dns_upstreams = ["{web.addr}:{DNS_PORT}"]',
             ]
-            if relay.is_exit:
-                lines += [
-                    f"exit_policy_file = {json.dumps(str(policy))}",
-                    f"exit_policy_private_allowed = [{json.dumps(web.prefix)}]",
-                    f'dns_upstreams = ["{web.addr}:{DNS_PORT}"]',
-                ]
-            # Last: a table in them takes every key after it.
-            lines += self.relay_settings
-            config = relay.dir / "relay.toml"
-            config.write_text("\n".join(lines) + "\n")
-            relay.proc = self.net.start(relay.name, relay.host.ns, [str(netsim.SHALLOT), "relay", "--config", str(config), "--stop-with-stdin"])
+        # Last: a table in them takes every key after it.
+        lines += self.relay_settings
+        config = relay.dir / "relay.toml"
+        config.write_text("\n".join(lines) + "\n")
+        relay.proc = self.net.start(relay.name, relay.host.ns, [str(netsim.SHALLOT), "relay", "--config", str(config), "--stop-with-stdin"])
 
     def start_client(self) -> None:
         home = self.net.hosts["home"]
         cdir = self.net.run_dir / "client"
         cdir.mkdir(parents=True, exist_ok=True)
-        seeds = [r for r in self.relays if r.port == RELAY_BASE_PORT][:3]
+        seeds = self.seeds()
         config = cdir / "client.toml"
         config.write_text(
             "\n".join(
@@ -150,7 +166,7 @@ class ShallotNet:
         )
 
     def check_alive(self) -> None:
-        for proc in [r.proc for r in self.relays if r.proc] + [self.client, self.servers]:
+        for proc in [r.proc for r in self.relays if r.proc and not r.killed] + [self.client, self.servers]:
             if proc and not proc.alive():
                 raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}); log {proc.log}:\n{proc.log.read_text(errors='replace')[-3000:]}")
 
@@ -449,7 +465,7 @@ def nat(run_dir: Path) -> list[str]:
         if out.returncode != 0:
             raise RuntimeError(f"shallot keygen failed: {out.stderr}")
         home_peer = out.stdout.strip().splitlines()[-1]
-        seeds = [r for r in sim.relays if r.port == RELAY_BASE_PORT][:3]
+        seeds = sim.seeds()
         (rdir / "relay.toml").write_text("\n".join([
             f"data_dir = {json.dumps(str(rdir))}",
             f'listen = ["/ip4/{home.addr}/tcp/{RELAY_BASE_PORT}"]',
@@ -504,4 +520,196 @@ def nat(run_dir: Path) -> list[str]:
     return figures
 
 
-SCENARIOS = {"smoke": smoke, "loss": loss, "latency": latency, "nat": nat}
+CHURN_HOSTS = 10
+CHURN_PER_HOST = 3
+CHURN_EXITS = 6
+CHURN_EVERY_SECS = 10.0
+CHURN_SECS = 300.0
+CHURN_RTT_MS = 40
+CHURN_FETCH_LIMIT_SECS = 60
+# The long download: paced so that it lasts the whole churn.
+LONG_RATE = 1_600_000
+LONG_MIB = 450
+STATUS_EVERY_SECS = 0.5
+
+
+def log_time(line: str) -> float | None:
+    """The Unix time of a tracing log line (UTC, RFC 3339)."""
+    from datetime import datetime
+
+    stamp = line.split(" ", 1)[0]
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def churn(run_dir: Path) -> list[str]:
+    """30 relays on 10 hosts (40 ms apart); every 10 s for 5 minutes one relay is killed
+    (SIGKILL, as a crash) and a new one (a new identity) starts on the same host, while the
+    client fetches 1 MiB files back to back (no retries) and one long paced download runs. The
+    bootstrap relays are never killed. Figures: the share of fetches that succeed, the time from a
+    relay's death until the client's circuits through it are gone, each new relay's time to its
+    first path, and the client's view size over time (a PNG plot)."""
+    import threading
+
+    figures = []
+    net = netsim.Internet(run_dir)
+    hosts = [f"h{i + 1}" for i in range(CHURN_HOSTS)]
+    rng = random.Random(18)
+    events: list[tuple[float, str, str]] = []  # (unix time, "kill"/"start", peer id)
+    view: list[tuple[float, float]] = []
+    circuits_seen: list[tuple[float, list[tuple[int, list[str]]]]] = []
+    fetches: list[tuple[float, bool, float]] = []  # (start, ok, seconds)
+    stop = threading.Event()
+    try:
+        net.build(hosts, rtt_ms=CHURN_RTT_MS)
+        sim = ShallotNet(net, hosts, per_host=CHURN_PER_HOST, exits=CHURN_EXITS)
+        www = run_dir / "www"
+        www.mkdir(parents=True, exist_ok=True)
+        with open(www / "long.bin", "wb") as f:
+            f.truncate(LONG_MIB << 20)
+        sim.start_servers({"ready.txt": b"ready\n", "1m.bin": rng.randbytes(1 << 20)})
+        sim.start_relays()
+        sim.start_client()
+        sim.wait_ready()
+        ready_at = time.time()
+
+        def watch() -> None:
+            while not stop.wait(STATUS_EVERY_SECS):
+                try:
+                    known = metric_value(sim.metrics(), "shallot_relays_known")
+                    status = sim.status()
+                except (RuntimeError, ValueError):
+                    continue
+                now = time.time()
+                if known is not None:
+                    view.append((now, known))
+                circuits_seen.append((now, [(c["id"], c["hops"]) for c in status["circuits"]]))
+
+        def fetch_loop() -> None:
+            while not stop.is_set():
+                start = time.time()
+                r = sim.curl(f"http://{WEB_NAME}:{HTTP_PORT}/1m.bin", max_time=CHURN_FETCH_LIMIT_SECS)
+                parts = r.stdout.split()
+                ok = r.returncode == 0 and bool(parts) and parts[0] == str(1 << 20)
+                fetches.append((start, ok, time.time() - start))
+
+        long_out = run_dir / "long.download"
+        long_dl = subprocess.Popen(
+            ["ip", "netns", "exec", net.hosts["home"].ns, "curl", "-sS", "--fail", "--limit-rate", str(LONG_RATE),
+             "--max-time", str(int(CHURN_SECS + 120)), "--socks5-hostname", SOCKS, f"http://{WEB_NAME}:{HTTP_PORT}/long.bin",
+             "-o", str(long_out), "--proxy-user", "long:x"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        threads = [threading.Thread(target=watch, daemon=True), threading.Thread(target=fetch_loop, daemon=True)]
+        for t in threads:
+            t.start()
+        seeds = {r.peer_id for r in sim.seeds()}
+        started = time.monotonic()
+        n = 0
+        while time.monotonic() - started < CHURN_SECS:
+            n += 1
+            next_at = started + n * CHURN_EVERY_SECS
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            sim.check_alive()
+            alive = [r for r in sim.relays if not r.killed and r.peer_id not in seeds]
+            victim = rng.choice(alive)
+            netsim.os.killpg(victim.proc.popen.pid, netsim.signal.SIGKILL)
+            victim.proc.popen.wait(10)
+            victim.killed = True
+            events.append((time.time(), "kill", victim.peer_id))
+            newcomer = sim.add_relay(victim.host.name, victim.is_exit)
+            events.append((time.time(), "start", newcomer.peer_id))
+        stop.set()
+        for t in threads:
+            t.join(CHURN_FETCH_LIMIT_SECS + 10)
+        long_got = long_out.stat().st_size if long_out.exists() else 0
+        long_alive = long_dl.poll() is None
+        if long_alive:
+            long_dl.terminate()
+        long_err = long_dl.communicate(timeout=30)[1]
+        # Fetches started after ready; a failure is a failure (no retries).
+        total = len(fetches)
+        ok = sum(1 for _, good, _ in fetches if good)
+        figures.append(f"{total} back-to-back 1 MiB fetches during {CHURN_SECS:.0f} s of churn ({len(events) // 2} relays killed "
+                       f"and as many started): {ok} succeeded ({100 * ok / max(total, 1):.1f} %, goal 99 %)")
+        figures.append(f"the long paced download: {long_got >> 20} MiB received, "
+                       f"{'still running at the end' if long_alive else 'ended: ' + (long_err.strip() or 'complete')}")
+        # Death to failure: circuits through a killed relay, until gone from /status.
+        gaps = []
+        for at, kind, peer in events:
+            if kind != "kill":
+                continue
+            before = [snap for t, snap in circuits_seen if t <= at]
+            if not before:
+                continue
+            carrying = {cid for cid, hops in before[-1] if peer in hops}
+            if not carrying:
+                continue
+            gone = next((t for t, snap in circuits_seen if t > at and not carrying & {cid for cid, _ in snap}), None)
+            if gone is not None:
+                gaps.append(gone - at)
+        if gaps:
+            gaps.sort()
+            figures.append(f"death of a relay carrying circuits to their end at the client: {len(gaps)} cases, median "
+                           f"{gaps[len(gaps) // 2]:.1f} s, worst {gaps[-1]:.1f} s (goal at most 5 s; /status polled every "
+                           f"{STATUS_EVERY_SECS} s)")
+        # New relay to its first path.
+        first_use = {}
+        for line in sim.client.log.read_text(errors="replace").splitlines() if sim.client else []:
+            if "path chosen" in line:
+                t = log_time(line)
+                for _, kind, peer in events:
+                    if kind == "start" and peer in line and peer not in first_use and t is not None:
+                        first_use[peer] = t
+        starts = [(at, peer) for at, kind, peer in events if kind == "start"]
+        uses = sorted(first_use[p] - at for at, p in starts if p in first_use)
+        figures.append(f"new relays in a path: {len(uses)} of {len(starts)}"
+                       + (f", first use after median {uses[len(uses) // 2]:.0f} s, fastest {uses[0]:.0f} s" if uses else ""))
+        if view:
+            sizes = [k for _, k in view]
+            figures.append(f"the client's view: {min(sizes):.0f} to {max(sizes):.0f} relays (30 alive at any time)")
+        plot = churn_plot(run_dir / "churn.png", ready_at, view, events, fetches)
+        figures.append(f"plot: {plot}")
+        sim.check_alive()
+    finally:
+        stop.set()
+        net.teardown()
+    left = net.leftovers()
+    if left:
+        raise RuntimeError(f"teardown left {left}")
+    return figures
+
+
+def churn_plot(path: Path, t0: float, view, events, fetches) -> str:
+    """The view size over time, with the kills and starts, and each fetch's outcome."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "not drawn: matplotlib is missing (python3 -m pip install -r integration/netsim/requirements.txt)"
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([t - t0 for t, _ in view], [k for _, k in view], label="relays in the client's view")
+    for at, kind, _ in events:
+        top.axvline(at - t0, color="red" if kind == "kill" else "green", alpha=0.15, linewidth=1)
+    top.set_ylabel("relays known")
+    top.set_ylim(bottom=0)
+    top.legend(loc="lower right")
+    top.set_title("netsim churn: a relay killed (red) and one started (green) every 10 s")
+    good = [(s - t0, d) for s, ok, d in fetches if ok]
+    bad = [(s - t0, d) for s, ok, d in fetches if not ok]
+    bottom.scatter([x for x, _ in good], [d for _, d in good], s=6, label="1 MiB fetch ok")
+    bottom.scatter([x for x, _ in bad], [d for _, d in bad], s=18, marker="x", color="red", label="failed")
+    bottom.set_ylabel("fetch s")
+    bottom.set_xlabel("seconds after ready")
+    bottom.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
+SCENARIOS = {"smoke": smoke, "loss": loss, "latency": latency, "nat": nat, "churn": churn}
