@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import contextmanager
 import signal
 import subprocess
 import sys
@@ -278,6 +279,20 @@ table inet filter {
             if name == ROUTER_TUN or (name.startswith("h") and name[1:].isdigit()) or name == "lan":
                 found.append(f"link {name} in the root namespace")
         return found
+
+
+@contextmanager
+def running(run_dir: Path):
+    """An Internet for the `with` block, torn down at its end however it ends; after a block
+    that ended normally, anything of it still left is an error."""
+    net = Internet(run_dir)
+    try:
+        yield net
+    finally:
+        net.teardown()
+    left = net.leftovers()
+    if left:
+        raise RuntimeError(f"teardown left {left}")
 
 
 def sha256_file(path: Path) -> str:

@@ -177,6 +177,18 @@ class ShallotNet:
                 "-o", str(out) if out else "/dev/null", "-w", "%{size_download} %{time_total} %{time_starttransfer}"]
         return netsim.sh(*argv, *(extra or []), ns=self.net.hosts["home"].ns, check=False, timeout=max_time + 15)
 
+    def fetch_intact(self, name: str, size: int, sha256: str, max_time: float) -> tuple[str, str, str]:
+        """Fetches `name` from the web host by name into the run folder and checks its size and
+        SHA-256; returns curl's size, seconds and time to first byte."""
+        out_file = self.net.run_dir / f"{name}.download"
+        out = self.curl(f"http://{WEB_NAME}:{HTTP_PORT}/{name}", out=out_file, max_time=max_time)
+        if out.returncode != 0:
+            raise RuntimeError(f"the fetch of {name} failed ({out.returncode}): {out.stderr}")
+        got, seconds, ttfb = out.stdout.split()
+        if int(got) != size or netsim.sha256_file(out_file) != sha256:
+            raise RuntimeError(f"{name} arrived different ({got} of {size} bytes)")
+        return got, seconds, ttfb
+
     def wait_ready(self) -> float:
         start = time.monotonic()
         last = "no attempt"
@@ -272,8 +284,7 @@ def smoke(run_dir: Path) -> list[str]:
     """3 hosts, 6 relays (2 exits), 40 ms RTT between hosts: a client behind NAT fetches 10 MiB
     by name, SHA-256 equal; the delay is checked with ping and a TCP handshake."""
     figures = []
-    net = netsim.Internet(run_dir)
-    try:
+    with netsim.running(run_dir) as net:
         net.build(["h1", "h2", "h3"], rtt_ms=40)
         rtt = ping_rtt_ms(net, "h1", "h2")
         figures.append(f"ping h1 -> h2: {rtt:.1f} ms average RTT (configured 40 ms)")
@@ -291,13 +302,7 @@ def smoke(run_dir: Path) -> list[str]:
         sim.start_client()
         ready = sim.wait_ready()
         figures.append(f"first fetch through the network from behind NAT {ready:.1f} s after the client started")
-        out_file = run_dir / "big.download"
-        out = sim.curl(f"http://{WEB_NAME}:{HTTP_PORT}/big.bin", out=out_file, max_time=120)
-        if out.returncode != 0:
-            raise RuntimeError(f"the 10 MiB fetch failed ({out.returncode}): {out.stderr}")
-        size, seconds, ttfb = out.stdout.split()
-        if int(size) != len(big) or netsim.sha256_file(out_file) != sums["big.bin"]:
-            raise RuntimeError(f"the 10 MiB file arrived different ({size} bytes)")
+        size, seconds, ttfb = sim.fetch_intact("big.bin", len(big), sums["big.bin"], max_time=120)
         figures.append(
             f"{SMOKE_FILE_MIB} MiB by name from behind NAT: SHA-256 equal, {float(seconds):.2f} s "
             f"({int(size) / float(seconds) / 1e6:.1f} MB/s), first byte after {float(ttfb) * 1000:.0f} ms"
@@ -310,11 +315,6 @@ def smoke(run_dir: Path) -> list[str]:
                 raise RuntimeError(f"a circuit has two relays of one host's /16: {path}")
         figures.append(f"{len(hops)} circuits in the client's /status, each through {len(hops[0]) if hops else 0} hosts")
         sim.check_alive()
-    finally:
-        net.teardown()
-    left = net.leftovers()
-    if left:
-        raise RuntimeError(f"teardown left {left}")
     figures.append("teardown: no namespace, link or process of the run is left")
     return figures
 
@@ -332,9 +332,8 @@ def loss(run_dir: Path) -> list[str]:
     host's /16. The relays give the client's NAT address the CREATE rate of a relay (its 1,000
     circuits would otherwise wait on the per-address rate, specs/00 §4.4)."""
     figures = []
-    net = netsim.Internet(run_dir)
     hosts = [f"h{i + 1}" for i in range(LOSS_HOSTS)]
-    try:
+    with netsim.running(run_dir) as net:
         net.build(hosts, rtt_ms=40, loss=LOSS_RATE)
         figures.append(f"ping h1 -> h2 over 0.5 % loss: {ping_rtt_ms(net, 'h1', 'h2', count=10):.1f} ms average RTT")
         sim = ShallotNet(net, hosts, per_host=LOSS_PER_HOST, exits=5, relay_settings=[
@@ -344,13 +343,7 @@ def loss(run_dir: Path) -> list[str]:
         sim.start_relays()
         sim.start_client()
         figures.append(f"first fetch after {sim.wait_ready():.1f} s")
-        out_file = run_dir / "big.download"
-        out = sim.curl(f"http://{WEB_NAME}:{HTTP_PORT}/big.bin", out=out_file, max_time=600)
-        if out.returncode != 0:
-            raise RuntimeError(f"the 50 MiB fetch failed ({out.returncode}): {out.stderr}")
-        size, seconds, _ = out.stdout.split()
-        if int(size) != len(big) or netsim.sha256_file(out_file) != sums["big.bin"]:
-            raise RuntimeError(f"the 50 MiB file arrived different ({size} bytes)")
+        size, seconds, _ = sim.fetch_intact("big.bin", len(big), sums["big.bin"], max_time=600)
         figures.append(f"{LOSS_FILE_MIB} MiB over 0.5 % loss: SHA-256 equal, {float(seconds):.1f} s "
                        f"({int(size) / float(seconds) / 1e6:.2f} MB/s)")
         stamp = time.time_ns()
@@ -370,11 +363,6 @@ def loss(run_dir: Path) -> list[str]:
         figures.append(f"{len(paths)} paths in {time.monotonic() - started:.0f} s ({ok} fetches succeeded): none has two "
                        f"relays of one host's /16; {len(middles)} distinct middles, {len(exits)} distinct exits")
         sim.check_alive()
-    finally:
-        net.teardown()
-    left = net.leftovers()
-    if left:
-        raise RuntimeError(f"teardown left {left}")
     return figures
 
 
@@ -392,8 +380,7 @@ def latency(run_dir: Path) -> list[str]:
                "|---|---|---|---|---|---|---|"]
     big = random.Random(16).randbytes(LATENCY_BIG_MIB << 20)
     for rtt in LATENCY_RTTS_MS:
-        net = netsim.Internet(run_dir / f"rtt-{rtt}")
-        try:
+        with netsim.running(run_dir / f"rtt-{rtt}") as net:
             net.build(["h1", "h2", "h3"], rtt_ms=rtt)
             sim = ShallotNet(net, ["h1", "h2", "h3"], per_host=2, exits=2)
             sim.start_servers({"ready.txt": b"ready\n", "big.bin": big, "1k.bin": b"x" * 1024})
@@ -427,11 +414,6 @@ def latency(run_dir: Path) -> list[str]:
             figures.append(f"| {rtt} | {direct_mbps:.1f} | {shallot_mbps:.1f} | {shallot_mbps / direct_mbps:.2f} | "
                            f"{ttfbs[len(ttfbs) // 2] if ttfbs else float('nan'):.0f} | {median_ms:.0f} / {mean_ms:.0f} | {in_rtts} |")
             sim.check_alive()
-        finally:
-            net.teardown()
-        left = net.leftovers()
-        if left:
-            raise RuntimeError(f"teardown left {left}")
     return figures
 
 
@@ -453,8 +435,7 @@ def nat(run_dir: Path) -> list[str]:
     publishes nothing, and over 90 s of browsing the client behind the same NAT never picks it,
     never counts it in its view, and fetches normally."""
     figures = []
-    net = netsim.Internet(run_dir)
-    try:
+    with netsim.running(run_dir) as net:
         net.build(["h1", "h2", "h3"], rtt_ms=40)
         sim = ShallotNet(net, ["h1", "h2", "h3"], per_host=2, exits=2)
         sim.start_servers({"ready.txt": b"ready\n", "1m.bin": random.Random(17).randbytes(1 << 20)})
@@ -512,11 +493,6 @@ def nat(run_dir: Path) -> list[str]:
         figures.append(f"the client behind the same NAT: {ok} of {fetches} isolated 1 MiB fetches over "
                        f"{NAT_WATCH_SECS:.0f} s, {len(paths)} paths, none through the NATed relay; relays known: {known:.0f}")
         sim.check_alive()
-    finally:
-        net.teardown()
-    left = net.leftovers()
-    if left:
-        raise RuntimeError(f"teardown left {left}")
     return figures
 
 
@@ -554,7 +530,6 @@ def churn(run_dir: Path) -> list[str]:
     import threading
 
     figures = []
-    net = netsim.Internet(run_dir)
     hosts = [f"h{i + 1}" for i in range(CHURN_HOSTS)]
     rng = random.Random(18)
     events: list[tuple[float, str, str]] = []  # (unix time, "kill"/"start", peer id)
@@ -562,123 +537,121 @@ def churn(run_dir: Path) -> list[str]:
     circuits_seen: list[tuple[float, list[tuple[int, list[str]]]]] = []
     fetches: list[tuple[float, bool, float]] = []  # (start, ok, seconds)
     stop = threading.Event()
-    try:
-        net.build(hosts, rtt_ms=CHURN_RTT_MS)
-        sim = ShallotNet(net, hosts, per_host=CHURN_PER_HOST, exits=CHURN_EXITS)
-        www = run_dir / "www"
-        www.mkdir(parents=True, exist_ok=True)
-        with open(www / "long.bin", "wb") as f:
-            f.truncate(LONG_MIB << 20)
-        sim.start_servers({"ready.txt": b"ready\n", "1m.bin": rng.randbytes(1 << 20)})
-        sim.start_relays()
-        sim.start_client()
-        sim.wait_ready()
-        ready_at = time.time()
+    with netsim.running(run_dir) as net:
+        try:
+            net.build(hosts, rtt_ms=CHURN_RTT_MS)
+            sim = ShallotNet(net, hosts, per_host=CHURN_PER_HOST, exits=CHURN_EXITS)
+            www = run_dir / "www"
+            www.mkdir(parents=True, exist_ok=True)
+            with open(www / "long.bin", "wb") as f:
+                f.truncate(LONG_MIB << 20)
+            sim.start_servers({"ready.txt": b"ready\n", "1m.bin": rng.randbytes(1 << 20)})
+            sim.start_relays()
+            sim.start_client()
+            sim.wait_ready()
+            ready_at = time.time()
 
-        def watch() -> None:
-            while not stop.wait(STATUS_EVERY_SECS):
-                try:
-                    known = metric_value(sim.metrics(), "shallot_relays_known")
-                    status = sim.status()
-                except (RuntimeError, ValueError):
+            def watch() -> None:
+                while not stop.wait(STATUS_EVERY_SECS):
+                    try:
+                        known = metric_value(sim.metrics(), "shallot_relays_known")
+                        status = sim.status()
+                    except (RuntimeError, ValueError):
+                        continue
+                    now = time.time()
+                    if known is not None:
+                        view.append((now, known))
+                    circuits_seen.append((now, [(c["id"], c["hops"]) for c in status["circuits"]]))
+
+            def fetch_loop() -> None:
+                while not stop.is_set():
+                    start = time.time()
+                    r = sim.curl(f"http://{WEB_NAME}:{HTTP_PORT}/1m.bin", max_time=CHURN_FETCH_LIMIT_SECS)
+                    parts = r.stdout.split()
+                    ok = r.returncode == 0 and bool(parts) and parts[0] == str(1 << 20)
+                    fetches.append((start, ok, time.time() - start))
+
+            long_out = run_dir / "long.download"
+            long_dl = subprocess.Popen(
+                ["ip", "netns", "exec", net.hosts["home"].ns, "curl", "-sS", "--fail", "--limit-rate", str(LONG_RATE),
+                 "--max-time", str(int(CHURN_SECS + 120)), "--socks5-hostname", SOCKS, f"http://{WEB_NAME}:{HTTP_PORT}/long.bin",
+                 "-o", str(long_out), "--proxy-user", "long:x"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            )
+            threads = [threading.Thread(target=watch, daemon=True), threading.Thread(target=fetch_loop, daemon=True)]
+            for t in threads:
+                t.start()
+            seeds = {r.peer_id for r in sim.seeds()}
+            started = time.monotonic()
+            n = 0
+            while time.monotonic() - started < CHURN_SECS:
+                n += 1
+                next_at = started + n * CHURN_EVERY_SECS
+                time.sleep(max(0.0, next_at - time.monotonic()))
+                sim.check_alive()
+                alive = [r for r in sim.relays if not r.killed and r.peer_id not in seeds]
+                victim = rng.choice(alive)
+                netsim.os.killpg(victim.proc.popen.pid, netsim.signal.SIGKILL)
+                victim.proc.popen.wait(10)
+                victim.killed = True
+                events.append((time.time(), "kill", victim.peer_id))
+                newcomer = sim.add_relay(victim.host.name, victim.is_exit)
+                events.append((time.time(), "start", newcomer.peer_id))
+            stop.set()
+            for t in threads:
+                t.join(CHURN_FETCH_LIMIT_SECS + 10)
+            long_got = long_out.stat().st_size if long_out.exists() else 0
+            long_alive = long_dl.poll() is None
+            if long_alive:
+                long_dl.terminate()
+            long_err = long_dl.communicate(timeout=30)[1]
+            # Fetches started after ready; a failure is a failure (no retries).
+            total = len(fetches)
+            ok = sum(1 for _, good, _ in fetches if good)
+            figures.append(f"{total} back-to-back 1 MiB fetches during {CHURN_SECS:.0f} s of churn ({len(events) // 2} relays killed "
+                           f"and as many started): {ok} succeeded ({100 * ok / max(total, 1):.1f} %, goal 99 %)")
+            figures.append(f"the long paced download: {long_got >> 20} MiB received, "
+                           f"{'still running at the end' if long_alive else 'ended: ' + (long_err.strip() or 'complete')}")
+            # Death to failure: circuits through a killed relay, until gone from /status.
+            gaps = []
+            for at, kind, peer in events:
+                if kind != "kill":
                     continue
-                now = time.time()
-                if known is not None:
-                    view.append((now, known))
-                circuits_seen.append((now, [(c["id"], c["hops"]) for c in status["circuits"]]))
-
-        def fetch_loop() -> None:
-            while not stop.is_set():
-                start = time.time()
-                r = sim.curl(f"http://{WEB_NAME}:{HTTP_PORT}/1m.bin", max_time=CHURN_FETCH_LIMIT_SECS)
-                parts = r.stdout.split()
-                ok = r.returncode == 0 and bool(parts) and parts[0] == str(1 << 20)
-                fetches.append((start, ok, time.time() - start))
-
-        long_out = run_dir / "long.download"
-        long_dl = subprocess.Popen(
-            ["ip", "netns", "exec", net.hosts["home"].ns, "curl", "-sS", "--fail", "--limit-rate", str(LONG_RATE),
-             "--max-time", str(int(CHURN_SECS + 120)), "--socks5-hostname", SOCKS, f"http://{WEB_NAME}:{HTTP_PORT}/long.bin",
-             "-o", str(long_out), "--proxy-user", "long:x"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        )
-        threads = [threading.Thread(target=watch, daemon=True), threading.Thread(target=fetch_loop, daemon=True)]
-        for t in threads:
-            t.start()
-        seeds = {r.peer_id for r in sim.seeds()}
-        started = time.monotonic()
-        n = 0
-        while time.monotonic() - started < CHURN_SECS:
-            n += 1
-            next_at = started + n * CHURN_EVERY_SECS
-            time.sleep(max(0.0, next_at - time.monotonic()))
+                before = [snap for t, snap in circuits_seen if t <= at]
+                if not before:
+                    continue
+                carrying = {cid for cid, hops in before[-1] if peer in hops}
+                if not carrying:
+                    continue
+                gone = next((t for t, snap in circuits_seen if t > at and not carrying & {cid for cid, _ in snap}), None)
+                if gone is not None:
+                    gaps.append(gone - at)
+            if gaps:
+                gaps.sort()
+                figures.append(f"death of a relay carrying circuits to their end at the client: {len(gaps)} cases, median "
+                               f"{gaps[len(gaps) // 2]:.1f} s, worst {gaps[-1]:.1f} s (goal at most 5 s; /status polled every "
+                               f"{STATUS_EVERY_SECS} s)")
+            # New relay to its first path.
+            first_use = {}
+            for line in sim.client.log.read_text(errors="replace").splitlines() if sim.client else []:
+                if "path chosen" in line:
+                    t = log_time(line)
+                    for _, kind, peer in events:
+                        if kind == "start" and peer in line and peer not in first_use and t is not None:
+                            first_use[peer] = t
+            starts = [(at, peer) for at, kind, peer in events if kind == "start"]
+            uses = sorted(first_use[p] - at for at, p in starts if p in first_use)
+            figures.append(f"new relays in a path: {len(uses)} of {len(starts)}"
+                           + (f", first use after median {uses[len(uses) // 2]:.0f} s, fastest {uses[0]:.0f} s" if uses else ""))
+            if view:
+                sizes = [k for _, k in view]
+                figures.append(f"the client's view: {min(sizes):.0f} to {max(sizes):.0f} relays (30 alive at any time)")
+            plot = churn_plot(run_dir / "churn.png", ready_at, view, events, fetches)
+            figures.append(f"plot: {plot}")
             sim.check_alive()
-            alive = [r for r in sim.relays if not r.killed and r.peer_id not in seeds]
-            victim = rng.choice(alive)
-            netsim.os.killpg(victim.proc.popen.pid, netsim.signal.SIGKILL)
-            victim.proc.popen.wait(10)
-            victim.killed = True
-            events.append((time.time(), "kill", victim.peer_id))
-            newcomer = sim.add_relay(victim.host.name, victim.is_exit)
-            events.append((time.time(), "start", newcomer.peer_id))
-        stop.set()
-        for t in threads:
-            t.join(CHURN_FETCH_LIMIT_SECS + 10)
-        long_got = long_out.stat().st_size if long_out.exists() else 0
-        long_alive = long_dl.poll() is None
-        if long_alive:
-            long_dl.terminate()
-        long_err = long_dl.communicate(timeout=30)[1]
-        # Fetches started after ready; a failure is a failure (no retries).
-        total = len(fetches)
-        ok = sum(1 for _, good, _ in fetches if good)
-        figures.append(f"{total} back-to-back 1 MiB fetches during {CHURN_SECS:.0f} s of churn ({len(events) // 2} relays killed "
-                       f"and as many started): {ok} succeeded ({100 * ok / max(total, 1):.1f} %, goal 99 %)")
-        figures.append(f"the long paced download: {long_got >> 20} MiB received, "
-                       f"{'still running at the end' if long_alive else 'ended: ' + (long_err.strip() or 'complete')}")
-        # Death to failure: circuits through a killed relay, until gone from /status.
-        gaps = []
-        for at, kind, peer in events:
-            if kind != "kill":
-                continue
-            before = [snap for t, snap in circuits_seen if t <= at]
-            if not before:
-                continue
-            carrying = {cid for cid, hops in before[-1] if peer in hops}
-            if not carrying:
-                continue
-            gone = next((t for t, snap in circuits_seen if t > at and not carrying & {cid for cid, _ in snap}), None)
-            if gone is not None:
-                gaps.append(gone - at)
-        if gaps:
-            gaps.sort()
-            figures.append(f"death of a relay carrying circuits to their end at the client: {len(gaps)} cases, median "
-                           f"{gaps[len(gaps) // 2]:.1f} s, worst {gaps[-1]:.1f} s (goal at most 5 s; /status polled every "
-                           f"{STATUS_EVERY_SECS} s)")
-        # New relay to its first path.
-        first_use = {}
-        for line in sim.client.log.read_text(errors="replace").splitlines() if sim.client else []:
-            if "path chosen" in line:
-                t = log_time(line)
-                for _, kind, peer in events:
-                    if kind == "start" and peer in line and peer not in first_use and t is not None:
-                        first_use[peer] = t
-        starts = [(at, peer) for at, kind, peer in events if kind == "start"]
-        uses = sorted(first_use[p] - at for at, p in starts if p in first_use)
-        figures.append(f"new relays in a path: {len(uses)} of {len(starts)}"
-                       + (f", first use after median {uses[len(uses) // 2]:.0f} s, fastest {uses[0]:.0f} s" if uses else ""))
-        if view:
-            sizes = [k for _, k in view]
-            figures.append(f"the client's view: {min(sizes):.0f} to {max(sizes):.0f} relays (30 alive at any time)")
-        plot = churn_plot(run_dir / "churn.png", ready_at, view, events, fetches)
-        figures.append(f"plot: {plot}")
-        sim.check_alive()
-    finally:
-        stop.set()
-        net.teardown()
-    left = net.leftovers()
-    if left:
-        raise RuntimeError(f"teardown left {left}")
+        finally:
+            # The watcher and fetcher threads stop before the network they use goes.
+            stop.set()
     return figures
 
 
