@@ -634,7 +634,25 @@ class Network:
             cdir / "log.txt",
         )
         self.wait_ready(probe_port)
+        self.wait_view_complete()
         return self
+
+    def wait_view_complete(self, timeout: float = READY_TIMEOUT_SECS) -> None:
+        """Waits (bounded) until the client's view holds every relay: relays publish only once
+        their reachability is known (specs/04 §4.1), so a first stream can work before the
+        last relay is in the view, and a test that kills one exit needs the other."""
+        start = time.monotonic()
+        known = None
+        for _ in range(int(timeout / 0.25) + 1):
+            for line in self.metrics_text().splitlines():
+                if line.startswith("shallot_relays_known "):
+                    known = float(line.split()[-1])
+            if known is not None and known >= self.relays_count:
+                return
+            if time.monotonic() - start > timeout:
+                break
+            time.sleep(0.25)
+        raise AssertionError(f"the client's view held {known} of {self.relays_count} relays after {timeout:.0f} s")
 
     @property
     def client_dir(self) -> Path:
