@@ -495,15 +495,9 @@ impl CircuitTask {
                 // writers: their bytes are what the budget needs back.
                 debug!("circuit destroyed to keep the relay within its memory budget");
                 self.ctx.stats.circuits_destroyed_memory.inc();
+                // `close` then returns at once, and the task's drop aborts every helper.
                 self.over_budget = true;
                 self.circ.destroy(DestroyReason::ResourceLimit);
-                let ids: Vec<u16> = self.exits.keys().copied().collect();
-                for id in ids {
-                    self.forget_exit(StreamId(id));
-                }
-                for (_, w, _) in self.closing.drain(..) {
-                    w.abort();
-                }
             }
             Wake::Opened(opened) => self.next_opened(opened),
             Wake::Exit(ev) => self.exit_event(ev),
@@ -521,10 +515,7 @@ impl CircuitTask {
     fn next_deadline(&self) -> Option<Instant> {
         let circuit = self.circ.poll_timeout().map(Instant::from_std);
         let closing = self.closing.iter().map(|(t, _, _)| *t).min();
-        match (circuit, closing) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        earliest(circuit, closing)
     }
 
     fn timers(&mut self) {

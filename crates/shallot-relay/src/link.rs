@@ -64,7 +64,15 @@ impl Run {
 /// the memory back and took it again (`brk`, page faults) about once per run, 5 % of the
 /// relays' CPU. At most [`SPARE_BUFFERS`] of each kind; emptied after [`SPARE_IDLE`].
 #[derive(Clone, Default)]
-pub(crate) struct Spares(Arc<Mutex<SparesInner>>);
+pub(crate) struct Spares(Arc<SparesShared>);
+
+#[derive(Default)]
+struct SparesShared {
+    buffers: Mutex<SparesInner>,
+    /// Bytes the buffers hold, kept with every change so that the circuit task's memory
+    /// account (after each of its wake-ups) reads it without the lock.
+    bytes: AtomicUsize,
+}
 
 #[derive(Default)]
 struct SparesInner {
@@ -76,7 +84,16 @@ struct SparesInner {
 
 impl Spares {
     fn with<T>(&self, f: impl FnOnce(&mut SparesInner) -> T) -> T {
-        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+        let mut inner = self
+            .0
+            .buffers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let out = f(&mut inner);
+        let bytes = inner.runs.iter().map(Vec::len).sum::<usize>()
+            + inner.batches.iter().map(Vec::capacity).sum::<usize>();
+        self.0.bytes.store(bytes, Ordering::Relaxed);
+        out
     }
 
     /// A read buffer of `len` bytes.
@@ -121,10 +138,7 @@ impl Spares {
 
     /// Bytes the spare buffers hold.
     fn bytes(&self) -> usize {
-        self.with(|s| {
-            s.runs.iter().map(Vec::len).sum::<usize>()
-                + s.batches.iter().map(Vec::capacity).sum::<usize>()
-        })
+        self.0.bytes.load(Ordering::Relaxed)
     }
 
     fn clear(&self) {

@@ -63,7 +63,7 @@ struct State {
 }
 
 /// What one reclaim did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Reclaimed {
     pub(crate) circuits: usize,
     pub(crate) bytes: usize,
@@ -107,10 +107,7 @@ impl MemoryBudget {
     fn reclaim(&self, now: Instant) -> Reclaimed {
         let budget = &self.0;
         let accounts = lock(&budget.accounts);
-        let mut done = Reclaimed {
-            circuits: 0,
-            bytes: 0,
-        };
+        let mut done = Reclaimed::default();
         if budget.used.load(Ordering::Relaxed) <= budget.limit {
             return done;
         }
@@ -170,10 +167,7 @@ impl CircuitAccount {
         let grew = {
             let mut state = lock(&self.shared.state);
             if state.destroyed {
-                return Reclaimed {
-                    circuits: 0,
-                    bytes: 0,
-                };
+                return Reclaimed::default();
             }
             state.oldest = if bytes > 0 {
                 oldest.or(Some(now))
@@ -192,10 +186,7 @@ impl CircuitAccount {
         if grew && self.budget.used() > self.budget.limit() {
             return self.budget.reclaim(now);
         }
-        Reclaimed {
-            circuits: 0,
-            bytes: 0,
-        }
+        Reclaimed::default()
     }
 
     /// Resolves once a reclaim chose this circuit (at once if it already did).
@@ -251,12 +242,9 @@ impl Waiting {
     }
 }
 
-/// The earlier of two waits.
-pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+/// The earlier of two times, either of which may be absent (waits, deadlines).
+pub(crate) fn earliest<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+    a.into_iter().chain(b).min()
 }
 
 #[cfg(test)]
