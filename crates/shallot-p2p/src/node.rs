@@ -1017,14 +1017,6 @@ impl SwarmTask {
     }
 
     fn handle_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
-        if let SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
-            connection_id,
-            info,
-            ..
-        })) = &event
-        {
-            self.note_autonat_server(*connection_id, info);
-        }
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.handle_kad(event),
             SwarmEvent::Behaviour(BehaviourEvent::Dir(event)) => self.handle_dir(event),
@@ -1042,9 +1034,13 @@ impl SwarmTask {
             // Identify does not feed Kademlia (docs/dependencies.md §3); only DHT servers go in.
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
+                connection_id,
                 info,
-                ..
-            })) if info.protocols.contains(&KAD_PROTOCOL) => {
+            })) => {
+                self.note_autonat_server(connection_id, &info);
+                if !info.protocols.contains(&KAD_PROTOCOL) {
+                    return;
+                }
                 // Self-declared: routing only (a dial there authenticates the PeerId), and
                 // never an address this node would not dial.
                 for addr in info.listen_addrs {
