@@ -25,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
 use crate::err::StreamFailure;
-use crate::front::Connector;
+use crate::front::{Connector, accept_bounded};
 use crate::pool::Isolation;
 use crate::sensitive::Sensitive;
 
@@ -268,26 +268,11 @@ async fn send_udp(socket: &UdpSocket, reply: Option<Vec<u8>>, peer: SocketAddr) 
 /// Accepts TCP connections until the task is dropped, at most [`MAX_DNS_TCP_CONNECTIONS`] at
 /// once (the rest wait in the listen backlog).
 pub(crate) async fn serve_tcp<C: Connector>(listener: TcpListener, front: Arc<DnsFront<C>>) {
-    let permits = Arc::new(Semaphore::new(MAX_DNS_TCP_CONNECTIONS));
-    loop {
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            return;
-        };
-        let conn = match listener.accept().await {
-            Ok((conn, _peer)) => conn,
-            Err(err) => {
-                debug!(%err, "dns port: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    accept_bounded(listener, MAX_DNS_TCP_CONNECTIONS, "dns port", move |conn| {
         let front = Arc::clone(&front);
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _ = conn.set_nodelay(true);
-            serve_tcp_conn(conn, &front).await;
-        });
-    }
+        async move { serve_tcp_conn(conn, &front).await }
+    })
+    .await;
 }
 
 /// Serves one TCP connection (RFC 1035 §4.2.2 framing, RFC 7766 pipelining): frames are read

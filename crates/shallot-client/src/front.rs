@@ -104,7 +104,26 @@ pub(crate) async fn serve<C: Connector>(
     connector: Arc<C>,
     cfg: FrontConfig,
 ) {
-    let permits = Arc::new(Semaphore::new(cfg.max_connections));
+    accept_bounded(listener, cfg.max_connections, "proxy", move |conn| {
+        let connector = Arc::clone(&connector);
+        async move { serve_conn(conn, &*connector, cfg).await }
+    })
+    .await;
+}
+
+/// Accepts TCP connections on `listener` until the task is dropped and serves each with
+/// `serve` in its own task, at most `max` at once: the rest wait in the listen backlog, where
+/// the kernel bounds them. `what` names the listener in logs.
+pub(crate) async fn accept_bounded<F, Fut>(
+    listener: TcpListener,
+    max: usize,
+    what: &'static str,
+    serve: F,
+) where
+    F: Fn(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(max));
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             return;
@@ -112,16 +131,16 @@ pub(crate) async fn serve<C: Connector>(
         let (conn, _peer) = match listener.accept().await {
             Ok(c) => c,
             Err(err) => {
-                debug!(%err, "accept failed");
+                debug!(%err, listener = what, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let connector = Arc::clone(&connector);
+        let _ = conn.set_nodelay(true);
+        let served = serve(conn);
         tokio::spawn(async move {
             let _permit = permit;
-            let _ = conn.set_nodelay(true);
-            serve_conn(conn, &*connector, cfg).await;
+            served.await;
         });
     }
 }

@@ -1307,15 +1307,21 @@ mod tests {
         assert!(matches!(f.choose(&retry, f.at(2)), Decision::Build { .. }));
     }
 
-    #[test]
-    fn a_circuit_counts_one_use_attempt_and_one_use_success() {
-        let mut f = Fixture::new(4);
+    /// A circuit reserved for a stream of group "a" and given a random 3-hop path, not built.
+    fn reserved_with_path(f: &mut Fixture) -> (CircuitId, Vec<PeerId>) {
         let a = iso("a");
         let Decision::Build { id, .. } = f.choose(&req(&a, Some(80)), f.at(0)) else {
             panic!("build");
         };
         let path: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
         f.pool.path_chosen(id, path.clone(), None);
+        (id, path)
+    }
+
+    #[test]
+    fn a_circuit_counts_one_use_attempt_and_one_use_success() {
+        let mut f = Fixture::new(4);
+        let (id, path) = reserved_with_path(&mut f);
         assert_eq!(f.pool.stream_sent(id), None, "not built yet");
         assert_eq!(f.pool.stream_answered(id), None, "nothing sent");
         f.pool
@@ -1333,12 +1339,7 @@ mod tests {
     #[test]
     fn a_circuit_gone_with_its_stream_unanswered_is_a_use_failure_of_its_guard() {
         let mut f = Fixture::new(4);
-        let a = iso("a");
-        let Decision::Build { id, .. } = f.choose(&req(&a, Some(80)), f.at(0)) else {
-            panic!("build");
-        };
-        let path: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
-        f.pool.path_chosen(id, path.clone(), None);
+        let (id, path) = reserved_with_path(&mut f);
         f.pool
             .build_finished(id, Ok(Duration::from_millis(3)), |_| {});
         assert_eq!(f.pool.stream_sent(id), Some(path[0]));
