@@ -17,22 +17,26 @@ from __future__ import annotations
 
 import hashlib
 import os
-from contextlib import contextmanager
 import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 PREFIX = "nsim-"
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+
+# The integration tests' child process (own process group, stopped through its standard input
+# then killed, and killed at exit if still running).
+sys.path.insert(0, str(REPO / "integration" / "tests"))
+from harness import Proc  # noqa: E402
 SHALLOT = REPO / "target" / "release" / "shallot"
 ROUTER_TUN = "lat0"
 # Policy-routing table the router sends host traffic to (the TUN's).
 EMU_TABLE = "100"
-STOP_GRACE_SECS = 10.0
 NAT_WAN_INDEX = 100
 HOME_LAN = "192.168.77"
 
@@ -102,38 +106,6 @@ def cleanup_stale(everything: bool = False) -> list[str]:
 
 
 @dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen
-    log: Path
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self) -> None:
-        if self.popen.stdin:
-            try:
-                self.popen.stdin.close()
-            except OSError:
-                pass
-        try:
-            self.popen.wait(STOP_GRACE_SECS)
-            return
-        except subprocess.TimeoutExpired:
-            pass
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.popen.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.popen.wait(5)
-                return
-            except subprocess.TimeoutExpired:
-                continue
-
-
-@dataclass
 class Host:
     name: str
     ns: str
@@ -170,15 +142,7 @@ class Internet:
 
     def start(self, name: str, ns: str, argv: list[str], stdin: bool = True) -> Proc:
         """Starts argv inside namespace ns, in its own process group, logging to run_dir."""
-        log = self.run_dir / f"{name}.log"
-        popen = subprocess.Popen(
-            ["ip", "netns", "exec", ns, *argv],
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=open(log, "wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        proc = Proc(name, popen, log)
+        proc = Proc(name, ["ip", "netns", "exec", ns, *argv], self.run_dir / f"{name}.log", stdin_pipe=stdin)
         self.procs.append(proc)
         return proc
 

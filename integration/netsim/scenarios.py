@@ -591,8 +591,7 @@ def churn(run_dir: Path) -> list[str]:
                 sim.check_alive()
                 alive = [r for r in sim.relays if not r.killed and r.peer_id not in seeds]
                 victim = rng.choice(alive)
-                netsim.os.killpg(victim.proc.popen.pid, netsim.signal.SIGKILL)
-                victim.proc.popen.wait(10)
+                victim.proc.kill()
                 victim.killed = True
                 events.append((time.time(), "kill", victim.peer_id))
                 newcomer = sim.add_relay(victim.host.name, victim.is_exit)

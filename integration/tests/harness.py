@@ -450,15 +450,27 @@ class DnsServer:
     `PTR` queries for names in `ptr` with their target, NODATA for the other types of those
     names, NXDOMAIN for every other name. For each query it records the name, the type, the
     source, and which of the watched processes holds the source socket: a resolver waits for
-    the answer, so its socket is still open while the query is being handled."""
+    the answer, so its socket is still open while the query is being handled.
 
-    def __init__(self, table: dict[str, str], ptr: dict[str, str] | None = None):
+    `bind` and `ttl` let the simulated internet (integration/netsim/servers.py) run it as its
+    destination network's DNS server, with `record` off: a long run would keep every query."""
+
+    def __init__(
+        self,
+        table: dict[str, str],
+        ptr: dict[str, str] | None = None,
+        bind: tuple[str, int] = ("127.0.0.1", 0),
+        ttl: int = 5,
+        record: bool = True,
+    ):
         self.table = {k.lower().rstrip("."): v for k, v in table.items()}
         self.ptr = {k.lower().rstrip("."): v for k, v in (ptr or {}).items()}
+        self.ttl = ttl
+        self.record = record
         self.queries: list[DnsQuery] = []
         self.watched_pids: list[int] = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(bind)
         self.sock.settimeout(0.2)
         self.addr = self.sock.getsockname()
         self._stop = threading.Event()
@@ -497,21 +509,22 @@ class DnsServer:
         qtype, qclass = struct.unpack(">HH", data[i : i + 4])
         question = data[12 : i + 4]
         name = ".".join(labels).lower()
-        owner = owner_of_udp_port(source[1], list(self.watched_pids))
-        self.queries.append(DnsQuery(name, qtype, source, owner))
+        if self.record:
+            owner = owner_of_udp_port(source[1], list(self.watched_pids))
+            self.queries.append(DnsQuery(name, qtype, source, owner))
         answers = b""
         rcode = 0
         address = self.table.get(name, "")
         if name not in self.table and name not in self.ptr:
             rcode = 3  # NXDOMAIN
         elif qtype == 1 and ":" not in address:
-            answers = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 5, 4) + socket.inet_aton(address)
+            answers = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, self.ttl, 4) + socket.inet_aton(address)
         elif qtype == 28 and ":" in address:
             packed = socket.inet_pton(socket.AF_INET6, address)
-            answers = b"\xc0\x0c" + struct.pack(">HHIH", 28, 1, 5, 16) + packed
+            answers = b"\xc0\x0c" + struct.pack(">HHIH", 28, 1, self.ttl, 16) + packed
         elif qtype == 12 and name in self.ptr:
             target = b"".join(bytes([len(p)]) + p.encode() for p in self.ptr[name].rstrip(".").split(".")) + b"\x00"
-            answers = b"\xc0\x0c" + struct.pack(">HHIH", 12, 1, 5, len(target)) + target
+            answers = b"\xc0\x0c" + struct.pack(">HHIH", 12, 1, self.ttl, len(target)) + target
         ancount = 1 if answers else 0
         rd = flags & 0x0100
         header = struct.pack(">HHHHHH", qid, 0x8000 | 0x0400 | rd | 0x0080 | rcode, 1, ancount, 0, 0)
