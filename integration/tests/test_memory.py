@@ -38,6 +38,49 @@ OVERHEAD_ALLOWANCE_BYTES = 40 << 20
 HOLD_SECS = 10.0
 SAMPLE_EVERY_SECS = 0.25
 RECLAIM_LOG = "destroyed the circuits whose data waited longest"
+# The quiet-streams test: what each destination sends once before it goes quiet, and the
+# exit's growth allowed per quiet stream (its state: tasks, socket, stream and circuit
+# records; a read buffer held while waiting would be EXIT_READ_CHUNK, 64 KiB, more).
+QUIET_STREAMS = 1000
+QUIET_BURST = len(CHUNK)
+QUIET_ALLOWANCE_PER_STREAM = 24 * 1024
+
+
+class BurstServer:
+    """A TCP server on 127.0.0.1 that sends every connection QUIET_BURST bytes once, then holds
+    it open, quiet, until the client closes it (for FLOOD_SECS at most)."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
+        self.port = self.listener.getsockname()[1]
+        self.listener.settimeout(0.2)
+        self.done = threading.Event()
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + FLOOD_SECS
+        while not self.done.is_set() and time.monotonic() < deadline:
+            try:
+                conn, _ = self.listener.accept()
+            except (socket.timeout, OSError):
+                continue
+            self.connections += 1
+            try:
+                conn.sendall(CHUNK)
+            except OSError:
+                conn.close()
+                continue
+            self.held.append(conn)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(5)
+        for conn in self.held:
+            conn.close()
+        self.listener.close()
 
 
 class FloodServer:
@@ -260,3 +303,69 @@ def test_unread_exit_streams_stay_within_the_exit_memory_budget(make_network, we
     # Once the attack is gone, a fresh stream through the same exit works.
     body = harness.http_get_via_socks(net.socks, "127.0.0.1", web.port, "/", timeout=30, auth=("after", "x"))
     assert b"Shallot integration page" in body
+
+
+async def _open_and_drain(proxy: tuple[str, int], port: int, sockets: list[socket.socket]) -> int:
+    """A SOCKS5 CONNECT to 127.0.0.1:port that reads the destination's whole burst, then keeps
+    the stream open, quiet. Returns the SOCKS reply code (-1: failed, -2: short burst)."""
+    loop = asyncio.get_running_loop()
+    code = await _open_unread_stream(proxy, port, sockets)
+    if code != 0:
+        return code
+    sock = sockets[-1]
+    try:
+        await _recv_exact(loop, sock, QUIET_BURST)
+    except (OSError, ConnectionError):
+        return -2
+    return 0
+
+
+def test_quiet_exit_streams_hold_no_read_buffer(make_network, record):
+    """1,000 exit streams whose destinations each send 64 KiB, which the client reads, and then
+    go quiet: nothing is queued anywhere, and the exit must not keep a 64 KiB read buffer per
+    stream while it waits for more (memory no budget counts: the exit held one per quiet
+    stream before its reader dropped the buffer before waiting). The exit's RSS may grow by
+    QUIET_ALLOWANCE_PER_STREAM per stream at most."""
+    net = make_network(relays_count=4, exits_count=1)
+    exit_relay = net.relays[-1]
+    assert exit_relay.is_exit and exit_relay.proc
+    pid = exit_relay.proc.popen.pid
+    idle_rss = rss_bytes(pid)
+    server = BurstServer()
+    sockets: list[socket.socket] = []
+    try:
+
+        async def run() -> dict[int, int]:
+            gate = asyncio.Semaphore(ATTACK_PARALLEL)
+
+            async def one() -> int:
+                async with gate:
+                    try:
+                        return await asyncio.wait_for(_open_and_drain(net.socks, server.port, sockets), 60)
+                    except asyncio.TimeoutError:
+                        return -3
+
+            codes: dict[int, int] = {}
+            for code in await asyncio.gather(*(one() for _ in range(QUIET_STREAMS))):
+                codes[code] = codes.get(code, 0) + 1
+            return codes
+
+        codes = asyncio.run(run())
+        time.sleep(2)
+        quiet_rss = rss_bytes(pid)
+        grown = quiet_rss - idle_rss
+        record(
+            f"{QUIET_STREAMS} quiet exit streams after a {QUIET_BURST // 1024} KiB burst each (outcomes "
+            f"{dict(sorted(codes.items()))}): exit RSS idle {idle_rss / 2**20:.1f} MiB, with them "
+            f"{quiet_rss / 2**20:.1f} MiB (+{grown / 1024 / QUIET_STREAMS:.1f} KiB per stream)"
+        )
+        assert codes.get(0, 0) >= QUIET_STREAMS * 9 // 10, f"too few streams opened and drained: {codes}"
+        assert grown <= QUIET_STREAMS * QUIET_ALLOWANCE_PER_STREAM, (
+            f"the exit grew {grown / 1024 / QUIET_STREAMS:.1f} KiB per quiet stream, above "
+            f"{QUIET_ALLOWANCE_PER_STREAM // 1024} KiB: does it hold a read buffer while it waits?"
+        )
+        net.check_alive()
+    finally:
+        for s in sockets:
+            s.close()
+        server.stop()
