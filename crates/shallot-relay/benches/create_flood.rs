@@ -11,15 +11,18 @@
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{IpAddr, Ipv4Addr};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{hop_of_relay, memory_client, memory_relay};
 use shallot_client::CircuitHandle;
-use shallot_p2p::{MemoryNet, Node, NodeConfig, Role, TransportConfig, identity::Keypair};
+use shallot_p2p::{MemoryNet, Node};
 use shallot_proto::HopSpec;
-use shallot_relay::{Relay, RelayConfig, RelayHandle};
 
 /// Honest builds per row, one after another.
 const HONEST_BUILDS: usize = 100;
@@ -41,46 +44,6 @@ const FLOOD_AT_MOST: Duration =
     Duration::from_secs(FLOOD_WARM_UP.as_secs() + (HONEST_BUILDS as u64) * BUILD_TIMEOUT.as_secs());
 
 const RELAY_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-
-/// A relay with its default limits on `net`, alone (clients are told its address).
-async fn relay_on(net: &MemoryNet) -> (RelayHandle, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = RelayConfig {
-        data_dir: dir.path().to_owned(),
-        listen: vec![format!("/ip4/{RELAY_IP}/tcp/0").parse().unwrap()],
-        allow_private_addresses: true,
-        transport: TransportConfig::Memory {
-            net: net.clone(),
-            ip: IpAddr::V4(RELAY_IP),
-        },
-        ..RelayConfig::default()
-    };
-    (Relay::start(config).await.expect("start relay"), dir)
-}
-
-/// A client node on `net` dialing from `ip`, told `relay`'s address.
-async fn client_at(net: &MemoryNet, ip: Ipv4Addr, relay: &RelayHandle) -> Node {
-    let mut config = NodeConfig::new(Role::Client, Vec::new(), Vec::new());
-    config.transport = TransportConfig::Memory {
-        net: net.clone(),
-        ip: IpAddr::V4(ip),
-    };
-    let node = Node::start(Keypair::generate_ed25519(), config)
-        .await
-        .expect("start client");
-    node.add_address(relay.peer_id(), relay.listen_addrs()[0].clone())
-        .await
-        .unwrap();
-    node
-}
-
-fn hop_of(relay: &RelayHandle) -> HopSpec {
-    HopSpec {
-        peer_id: relay.peer_id().to_bytes(),
-        addrs: relay.announced_addrs().iter().map(|a| a.to_vec()).collect(),
-        onion_key: relay.onion_key(),
-    }
-}
 
 /// One one-hop build; `true` if it was built within [`BUILD_TIMEOUT`]. The circuit is dropped
 /// (destroyed) at once.
@@ -123,8 +86,8 @@ struct Row {
 /// flooding it meanwhile (none: no flood).
 async fn measure(what: &'static str, flooders: usize) -> Row {
     let net = MemoryNet::new();
-    let (relay, _dir) = relay_on(&net).await;
-    let hop = hop_of(&relay);
+    let (relay, _dir) = memory_relay(&net, RELAY_IP, |_| {}).await;
+    let hop = hop_of_relay(&relay);
     let stop = Arc::new(AtomicBool::new(false));
     let flood_built = Arc::new(AtomicU64::new(0));
     let mut flood = Vec::new();
@@ -136,7 +99,7 @@ async fn measure(what: &'static str, flooders: usize) -> Row {
             u8::try_from(i / 200).unwrap(),
             u8::try_from(i % 200 + 1).unwrap(),
         );
-        nodes.push(Arc::new(client_at(&net, ip, &relay).await));
+        nodes.push(Arc::new(memory_client(&net, ip, &relay).await));
     }
     let flood_started = Instant::now();
     for node in &nodes {
@@ -162,7 +125,7 @@ async fn measure(what: &'static str, flooders: usize) -> Row {
 
     let mut honest = Vec::new();
     for i in 0..HONEST_CLIENTS {
-        let client = client_at(
+        let client = memory_client(
             &net,
             Ipv4Addr::new(10, 8, 0, u8::try_from(i + 1).unwrap()),
             &relay,

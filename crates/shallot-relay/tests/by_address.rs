@@ -8,19 +8,16 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::{build_circuit, hop_of_relay, init_tracing, step};
+use common::{build_circuit, hop_of_relay, memory_client, memory_relay, step};
 use shallot_cell::DestroyReason;
 use shallot_client::{BuildFailure, CircuitHandle};
-use shallot_p2p::{
-    CIRCUIT_PROTOCOL, MemoryNet, Multiaddr, Node, NodeConfig, Role, TransportConfig,
-    identity::Keypair,
-};
+use shallot_p2p::{CIRCUIT_PROTOCOL, MemoryNet, Node};
 use shallot_relay::{
     CreateRate, DEFAULT_MAX_CIRCUITS_PER_ADDRESS, MAX_PENDING_HANDSHAKES,
-    MAX_PENDING_HANDSHAKES_PER_SOURCE, Relay, RelayConfig, RelayHandle,
+    MAX_PENDING_HANDSHAKES_PER_SOURCE, RelayConfig, RelayHandle,
 };
 
 /// Identities the attacker makes on its one address.
@@ -35,44 +32,20 @@ const RELAY_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const ATTACKER_IP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
 const HONEST_IP: Ipv4Addr = Ipv4Addr::new(10, 8, 0, 1);
 
-/// A relay on `net`, alone (no DHT: clients are told its address).
+/// A relay on `net`, alone, with these tests' 10 s handshake timeout.
 async fn relay_on(
     net: &MemoryNet,
     tweak: impl FnOnce(&mut RelayConfig),
 ) -> (RelayHandle, tempfile::TempDir) {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = RelayConfig {
-        data_dir: dir.path().to_owned(),
-        listen: vec![format!("/ip4/{RELAY_IP}/tcp/0").parse().unwrap()],
-        allow_private_addresses: true,
-        safe_logging: false,
-        handshake_timeout_secs: 10,
-        transport: TransportConfig::Memory {
-            net: net.clone(),
-            ip: IpAddr::V4(RELAY_IP),
-        },
-        ..RelayConfig::default()
-    };
-    tweak(&mut config);
-    (Relay::start(config).await.expect("start relay"), dir)
+    memory_relay(net, RELAY_IP, |config| {
+        config.handshake_timeout_secs = 10;
+        tweak(config);
+    })
+    .await
 }
 
-/// A client node on `net` dialing from `ip`, told `relay`'s address.
 async fn client_at(net: &MemoryNet, ip: Ipv4Addr, relay: &RelayHandle) -> Node {
-    let mut config = NodeConfig::new(Role::Client, Vec::new(), Vec::new());
-    config.transport = TransportConfig::Memory {
-        net: net.clone(),
-        ip: IpAddr::V4(ip),
-    };
-    let node = Node::start(Keypair::generate_ed25519(), config)
-        .await
-        .expect("start client");
-    let addr: &Multiaddr = &relay.listen_addrs()[0];
-    node.add_address(relay.peer_id(), addr.clone())
-        .await
-        .unwrap();
-    node
+    memory_client(net, ip, relay).await
 }
 
 async fn one_hop(client: &Node, relay: &RelayHandle) -> Result<CircuitHandle, BuildFailure> {

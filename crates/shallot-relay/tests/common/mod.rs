@@ -5,13 +5,14 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use libp2p::identity::Keypair;
 use shallot_client::{BuildFailure, CircuitHandle};
 use shallot_directory::SignedDescriptor;
-use shallot_p2p::{Multiaddr, Node, NodeConfig, PeerId, Role};
+use shallot_p2p::{MemoryNet, Multiaddr, Node, NodeConfig, PeerId, Role, TransportConfig};
 use shallot_proto::HopSpec;
 use shallot_relay::{Relay, RelayConfig, RelayHandle};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -202,6 +203,46 @@ pub fn hop_of(d: &SignedDescriptor) -> HopSpec {
         addrs: d.descriptor().addrs.iter().map(|a| a.to_vec()).collect(),
         onion_key: d.descriptor().onion_key,
     }
+}
+
+/// A relay alone on the in-memory network `net` at `ip` (no DHT: clients are told its
+/// address), its config changed by `tweak`.
+pub async fn memory_relay(
+    net: &MemoryNet,
+    ip: Ipv4Addr,
+    tweak: impl FnOnce(&mut RelayConfig),
+) -> (RelayHandle, tempfile::TempDir) {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = RelayConfig {
+        data_dir: dir.path().to_owned(),
+        listen: vec![format!("/ip4/{ip}/tcp/0").parse().unwrap()],
+        allow_private_addresses: true,
+        safe_logging: false,
+        transport: TransportConfig::Memory {
+            net: net.clone(),
+            ip: IpAddr::V4(ip),
+        },
+        ..RelayConfig::default()
+    };
+    tweak(&mut config);
+    (Relay::start(config).await.expect("start relay"), dir)
+}
+
+/// A client node on the in-memory network `net` dialing from `ip`, told `relay`'s address.
+pub async fn memory_client(net: &MemoryNet, ip: Ipv4Addr, relay: &RelayHandle) -> Node {
+    let mut config = NodeConfig::new(Role::Client, Vec::new(), Vec::new());
+    config.transport = TransportConfig::Memory {
+        net: net.clone(),
+        ip: IpAddr::V4(ip),
+    };
+    let node = Node::start(Keypair::generate_ed25519(), config)
+        .await
+        .expect("start client");
+    node.add_address(relay.peer_id(), relay.listen_addrs()[0].clone())
+        .await
+        .unwrap();
+    node
 }
 
 /// A hop from a running relay (for tests that skip the DHT).
