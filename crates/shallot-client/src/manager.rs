@@ -264,6 +264,9 @@ impl Manager {
                 .map(|e| e.descriptor.peer_id())
                 .collect::<HashSet<_>>()
         });
+        if self.with_view(|v| self.paths.view_refreshed(v)) {
+            self.metrics.guard_states(&self.paths.guard_bias());
+        }
         let retired = self.with_pool(|p| p.retire_departed(|peer| known.contains(peer)));
         if retired > 0 {
             debug!(
@@ -794,7 +797,7 @@ fn settle_build<C: Clone>(
         paths.guard_outcome(&guard, ok);
     }
     if let Some((guard, built)) = verdict.bias {
-        paths.circuit_outcome(&guard, built);
+        paths.circuit_outcome(&guard, built, verdict.adding);
     }
     (verdict, removed)
 }
@@ -952,6 +955,11 @@ mod tests {
             };
             let ok = result.is_ok();
             settle_build(&mut pool, &paths, id, result, |_| {});
+            // A view refresh every second of the client's time: failures are judged two
+            // refreshes after they happen, against the guard while the relay is still listed.
+            if n % 10 == 9 {
+                paths.view_refreshed(&view);
+            }
             if ok {
                 built.push((peers[1], peers[0]));
                 assert_eq!(pool.closed(id), Some(()));

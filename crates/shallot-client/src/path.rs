@@ -103,10 +103,39 @@ impl Paths {
     }
 
     /// Records a circuit through `guard` that got past it and then was `built` or not
-    /// (specs/05 §5.6), and logs a change of the guard's path-bias state.
-    pub(crate) fn circuit_outcome(&self, guard: &PeerId, built: bool) {
-        let result = self.lock().record_circuit(guard, built);
-        self.report_bias(guard, result);
+    /// (specs/05 §5.6), and logs a change of the guard's path-bias state. A failure while the
+    /// circuit was `adding` a known relay waits for later view refreshes to be judged.
+    pub(crate) fn circuit_outcome(&self, guard: &PeerId, built: bool, adding: Option<PeerId>) {
+        let Some(adding) = adding.filter(|_| !built) else {
+            let result = self.lock().record_circuit(guard, built);
+            self.report_bias(guard, result);
+            return;
+        };
+        let result = self.lock().record_circuit_failed_adding(guard, adding);
+        match result {
+            Ok(Some((judged, state))) => self.report_bias(&judged, Ok(Some(state))),
+            Ok(None) => {}
+            Err(err) => self.report_bias(guard, Err(err)),
+        }
+    }
+
+    /// The view was refreshed: judges the circuit failures that waited for it (specs/05 §5.6).
+    /// Returns whether a guard's path-bias state changed.
+    pub(crate) fn view_refreshed(&self, view: &NetworkView) -> bool {
+        let relays = RelayIndex::new(view);
+        let result = self.lock().view_refreshed(&relays);
+        match result {
+            Ok(changes) => {
+                for (guard, state) in &changes {
+                    self.report_bias(guard, Ok(Some(*state)));
+                }
+                !changes.is_empty()
+            }
+            Err(err) => {
+                warn!(%err, "cannot record the guards' path-bias counts");
+                false
+            }
+        }
     }
 
     /// Records the first stream sent on a circuit through `guard` (§5.6).

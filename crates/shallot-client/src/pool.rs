@@ -207,6 +207,9 @@ pub(crate) struct BuildVerdict {
     /// The guard, and whether the circuit was built (`true`) or failed after the guard
     /// answered (`false`): a path-bias observation (specs/05 §5.6).
     pub(crate) bias: Option<(PeerId, bool)>,
+    /// For a failure in `bias`: the relay the circuit was adding when it failed, so that the
+    /// failure is not held against the guard if that relay turns out to be gone (§5.6).
+    pub(crate) adding: Option<PeerId>,
     /// The relay a refused EXTEND named, which the retries of the stream this build was for
     /// may leave out (specs/05 §9.1 rule 7), and nothing else.
     pub(crate) named: Option<PeerId>,
@@ -559,6 +562,7 @@ impl<C: Clone> Pool<C> {
                     BuildVerdict {
                         guard: guard.map(|g| (g, true)),
                         bias: guard.map(|g| (g, true)),
+                        adding: None,
                         named: None,
                     },
                     None,
@@ -582,11 +586,14 @@ impl<C: Clone> Pool<C> {
                     }
                     _ => None,
                 };
+                let adding =
+                    bias.and_then(|_| self.entries[i].path.get(failure.hops_built()).copied());
                 let removed = self.remove(id);
                 (
                     BuildVerdict {
                         guard: reach,
                         bias,
+                        adding,
                         named,
                     },
                     removed,

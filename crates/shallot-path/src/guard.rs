@@ -1,5 +1,6 @@
 //! The client's pinned guards: choice, replacement rules and failure counters (specs/05 §5–§6).
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
 use libp2p_identity::PeerId;
@@ -10,8 +11,11 @@ use crate::err::PathError;
 use crate::relays::RelayIndex;
 use crate::state;
 
-/// How many guards a client pins (specs/05 §4: Tor's primary guards).
+/// How many guards a client pins at first (specs/05 §4: Tor's primary guards).
 pub const NUM_GUARDS: usize = 3;
+/// Most guards a client ever holds pinned: beyond [`NUM_GUARDS`] it pins another only when
+/// every pinned guard is down (specs/05 §5.2; Tor's sample of about 20).
+pub const MAX_SAMPLED_GUARDS: usize = 20;
 /// How long a relay must have been in this client's view before it may become a guard.
 pub const GUARD_MIN_AGE_SECS: u64 = 4 * 24 * 3600;
 /// How long a pinned guard may be missing from the view before it is replaced.
@@ -24,6 +28,13 @@ pub const GUARD_FAILURE_PERIOD_SECS: u64 = 24 * 3600;
 pub const GUARD_RETRY_DELAY_SECS: u64 = 600;
 /// The state file's name in the client's data directory.
 pub const GUARD_STATE_FILE: &str = "guards.state";
+/// Circuit failures past the guard that wait to be judged (specs/05 §5.6); when more come, the
+/// oldest is counted against its guard at once.
+pub const MAX_UNSETTLED_FAILURES: usize = 256;
+/// View refreshes a failure waits before it is judged: the first refresh after it may have
+/// begun before the directory noticed that the relay it was adding had died, the second
+/// began at least one refresh interval later.
+pub const PATH_BIAS_SETTLE_REFRESHES: u64 = 2;
 
 /// A success is written to the state file at most this often (a reset failure streak always is).
 const SUCCESS_WRITE_INTERVAL_SECS: u64 = 3600;
@@ -121,6 +132,15 @@ pub struct GuardChanges {
     pub removed: Vec<(PeerId, RemovalReason)>,
 }
 
+/// A circuit that failed after its guard answered, waiting for the view to say whether the
+/// relay it was adding is still there (specs/05 §5.6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UnsettledFailure {
+    guard: PeerId,
+    adding: PeerId,
+    refresh: u64,
+}
+
 /// The client's pinned guards, in order of preference, optionally backed by a state file.
 #[derive(Debug, Clone, Default)]
 pub struct GuardSet {
@@ -128,6 +148,11 @@ pub struct GuardSet {
     state_path: Option<PathBuf>,
     /// Path-bias changes since the state file was last written.
     unsaved_bias: u32,
+    /// At most [`MAX_UNSETTLED_FAILURES`], oldest first. Not kept in the state file: a
+    /// restart forgets them, as it forgets pending uses.
+    unsettled: VecDeque<UnsettledFailure>,
+    /// View refreshes seen ([`Self::view_refreshed`]).
+    refreshes: u64,
 }
 
 impl GuardSet {
@@ -144,7 +169,7 @@ impl GuardSet {
         Ok(Self {
             guards,
             state_path: Some(path),
-            unsaved_bias: 0,
+            ..Self::default()
         })
     }
 
@@ -163,9 +188,10 @@ impl GuardSet {
         self.state_path.as_deref()
     }
 
-    /// Brings the set up to date with the view at `now` (specs/05 §5.3): notes which guards are
-    /// listed, replaces those the rules say must go, and pins new guards until there are
-    /// [`NUM_GUARDS`] or no candidate is left. Writes the state file if anything changed.
+    /// Brings the set up to date with the view at `now` (specs/05 §5.2–§5.3): notes which
+    /// guards are listed, replaces those the rules say must go, and pins new guards until there
+    /// are [`NUM_GUARDS`], then one more whenever every pinned guard is down, up to
+    /// [`MAX_SAMPLED_GUARDS`]. Writes the state file if anything changed.
     pub fn update<R: Rng + ?Sized>(
         &mut self,
         relays: &RelayIndex<'_>,
@@ -207,7 +233,7 @@ impl GuardSet {
             None => true,
         });
 
-        while self.guards.len() < NUM_GUARDS {
+        while self.wants_another_guard(relays, now) {
             let just_removed: Vec<PeerId> = changes.removed.iter().map(|(p, _)| *p).collect();
             let Some((i, provisional)) = self.pick_new_guard(relays, &just_removed, now, rng)
             else {
@@ -222,6 +248,31 @@ impl GuardSet {
             self.save()?;
         }
         Ok(changes)
+    }
+
+    /// specs/05 §5.2: fewer than [`NUM_GUARDS`] pinned, or every pinned guard down (missing
+    /// from the view, or backing off after a failure) and the set not yet full. A guard
+    /// disabled by path bias counts as up: failures that a middle or an exit can cause must
+    /// never widen the set (§5.6). Nor does a set whose newest guard has never worked and is
+    /// still listed: when even a fresh guard cannot be reached, the client's own network is the
+    /// likelier fault, and pinning more would only show it to more relays once it is back.
+    fn wants_another_guard(&self, relays: &RelayIndex<'_>, now: u64) -> bool {
+        let pinned = self.guards.len();
+        if pinned < NUM_GUARDS {
+            return true;
+        }
+        if pinned >= MAX_SAMPLED_GUARDS {
+            return false;
+        }
+        let listed = |g: &Guard| relays.position(&g.peer).is_some();
+        if self.guards.iter().any(|g| listed(g) && !g.backing_off(now)) {
+            return false;
+        }
+        let newest_never_worked = self
+            .guards
+            .last()
+            .is_some_and(|g| g.last_success.is_none() && listed(g));
+        !(pinned > NUM_GUARDS && newest_never_worked)
     }
 
     /// specs/05 §5.3: the only two reasons a guard leaves the set.
@@ -353,6 +404,67 @@ impl GuardSet {
         built: bool,
     ) -> Result<Option<BiasState>, PathError> {
         self.record_bias(peer, |bias| bias.record_circuit(built))
+    }
+
+    /// specs/05 §5.6: a circuit through guard `peer` got past it and then failed while it was
+    /// adding relay `adding`. The failure is judged [`PATH_BIAS_SETTLE_REFRESHES`] view
+    /// refreshes later ([`Self::view_refreshed`]): against the guard if `adding` is still in
+    /// the view then, not at all if it has left it (the client found it gone, specs/04 §6.3).
+    /// Returns the state change of a guard whose oldest waiting failure had to be judged at
+    /// once to make room.
+    pub fn record_circuit_failed_adding(
+        &mut self,
+        peer: &PeerId,
+        adding: PeerId,
+    ) -> Result<Option<(PeerId, BiasState)>, PathError> {
+        if !self.contains(peer) {
+            return Ok(None);
+        }
+        self.unsettled.push_back(UnsettledFailure {
+            guard: *peer,
+            adding,
+            refresh: self.refreshes,
+        });
+        if self.unsettled.len() <= MAX_UNSETTLED_FAILURES {
+            return Ok(None);
+        }
+        let Some(oldest) = self.unsettled.pop_front() else {
+            return Ok(None);
+        };
+        let change = self.record_circuit(&oldest.guard, false)?;
+        Ok(change.map(|state| (oldest.guard, state)))
+    }
+
+    /// Failures waiting to be judged ([`Self::record_circuit_failed_adding`]).
+    pub fn unsettled_failures(&self) -> usize {
+        self.unsettled.len()
+    }
+
+    /// The view was refreshed: judges the failures that have waited
+    /// [`PATH_BIAS_SETTLE_REFRESHES`] refreshes, each against its guard if the relay it was
+    /// adding is in `relays`, and drops the others. Returns the guards whose state changed.
+    pub fn view_refreshed(
+        &mut self,
+        relays: &RelayIndex<'_>,
+    ) -> Result<Vec<(PeerId, BiasState)>, PathError> {
+        self.refreshes += 1;
+        let mut changes = Vec::new();
+        while self
+            .unsettled
+            .front()
+            .is_some_and(|f| f.refresh + PATH_BIAS_SETTLE_REFRESHES <= self.refreshes)
+        {
+            let Some(failure) = self.unsettled.pop_front() else {
+                break;
+            };
+            if relays.position(&failure.adding).is_none() {
+                continue;
+            }
+            if let Some(state) = self.record_circuit(&failure.guard, false)? {
+                changes.push((failure.guard, state));
+            }
+        }
+        Ok(changes)
     }
 
     /// specs/05 §5.6: a circuit through guard `peer` was given its first stream.
@@ -770,8 +882,28 @@ mod tests {
         assert_eq!(on_disk(), PATH_BIAS_WRITE_EVERY + 1);
     }
 
+    /// `n` relays, relay `i` alone in `10.i.0.0/16`, every second one an exit.
+    fn relays_apart(n: u8, first_seen: u64) -> Vec<Spec<'static>> {
+        (1..=n)
+            .map(|i| {
+                let addr: &'static str =
+                    Box::leak(format!("/ip4/10.{i}.0.1/tcp/1").into_boxed_str());
+                let addrs: &'static [&'static str] = Box::leak(vec![addr].into_boxed_slice());
+                let mut spec = if i % 2 == 0 {
+                    Spec::exit(addrs, "accept 1-65535")
+                } else {
+                    Spec::relay(addrs)
+                };
+                spec.first_seen = first_seen;
+                spec
+            })
+            .collect()
+    }
+
     #[test]
-    fn no_guard_in_view_is_an_error_not_a_new_guard() {
+    fn every_guard_gone_from_the_view_pins_one_more() {
+        // The churn the simulated internet showed: the three guards died and left the view.
+        // Before the sample, the client then had no path at all until GUARD_EXPIRY (3 days).
         let (view, _) = view_of(&ten_relays(OLD));
         let mut selector = PathSelector::in_memory();
         selector
@@ -782,16 +914,184 @@ mod tests {
         for peer in &pinned {
             without.remove(peer);
         }
-        let err = selector
+        let path = selector
             .select_path(
                 &RelayIndex::new(&without),
                 ExitTarget::Any,
                 NOW + 1,
                 &mut rng(22),
             )
-            .expect_err("no pinned guard listed");
+            .expect("a fourth guard makes a path");
+        let now_pinned = peers(selector.guards());
+        assert_eq!(now_pinned.len(), NUM_GUARDS + 1, "exactly one more");
+        assert_eq!(
+            now_pinned[..NUM_GUARDS],
+            pinned[..],
+            "the first three stay pinned"
+        );
+        assert_eq!(path.peers()[0], now_pinned[NUM_GUARDS]);
+
+        // The first guards come back: the first of them is used again, nothing more pinned.
+        let back = selector
+            .select_path(
+                &RelayIndex::new(&view),
+                ExitTarget::Any,
+                NOW + 2,
+                &mut rng(23),
+            )
+            .expect("path");
+        assert_eq!(back.peers()[0], pinned[0]);
+        assert_eq!(peers(selector.guards()).len(), NUM_GUARDS + 1);
+    }
+
+    #[test]
+    fn guards_down_after_failures_pin_one_more_only_once_the_newest_has_worked() {
+        let (view, _) = view_of(&ten_relays(OLD));
+        let relays = RelayIndex::new(&view);
+        let mut set = GuardSet::in_memory();
+        set.update(&relays, NOW, &mut rng(24)).expect("update");
+        for g in peers(&set) {
+            set.mark_succeeded(&g, NOW).expect("mark");
+            set.mark_failed(&g, NOW + 1).expect("mark");
+        }
+        let changes = set.update(&relays, NOW + 2, &mut rng(25)).expect("update");
+        assert_eq!(changes.added.len(), 1, "every guard backing off: one more");
+        let fourth = peers(&set)[NUM_GUARDS];
+        assert_eq!(
+            set.usable(&relays, NOW + 2)[0].0,
+            relays.position(&fourth).expect("listed")
+        );
+
+        // The new guard fails before it ever worked: the client's own network is the likelier
+        // fault, so nothing more is pinned (an offline client would otherwise pin 20).
+        set.mark_failed(&fourth, NOW + 3).expect("mark");
+        let changes = set.update(&relays, NOW + 4, &mut rng(26)).expect("update");
+        assert_eq!(changes, GuardChanges::default());
+        assert_eq!(set.guards().len(), NUM_GUARDS + 1);
+
+        // Once it has worked and then failed too, one more.
+        set.mark_succeeded(&fourth, NOW + 5).expect("mark");
+        set.mark_failed(&fourth, NOW + 6).expect("mark");
+        let changes = set.update(&relays, NOW + 7, &mut rng(27)).expect("update");
+        assert_eq!(changes.added.len(), 1);
+
+        // After the retry delay the first guard is up again as far as the set knows: the
+        // growth stops and it is preferred again.
+        let later = NOW + 1 + GUARD_RETRY_DELAY_SECS;
+        let changes = set.update(&relays, later, &mut rng(28)).expect("update");
+        assert_eq!(changes, GuardChanges::default());
+        let first = relays.position(&peers(&set)[0]).expect("listed");
+        assert_eq!(set.usable(&relays, later)[0].0, first);
+    }
+
+    #[test]
+    fn the_sample_stops_at_its_bound() {
+        let (view, _) = view_of(&relays_apart(MAX_SAMPLED_GUARDS as u8 + 6, OLD));
+        let mut set = GuardSet::in_memory();
+        let mut t = NOW;
+        for round in 0..(MAX_SAMPLED_GUARDS as u64 + 10) {
+            set.update(&RelayIndex::new(&view), t, &mut rng(30 + round))
+                .expect("update");
+            for g in peers(&set) {
+                set.mark_succeeded(&g, t).expect("mark");
+                set.mark_failed(&g, t).expect("mark");
+            }
+            t += 1;
+        }
+        assert_eq!(set.guards().len(), MAX_SAMPLED_GUARDS);
+        let mut selector = PathSelector::new(set);
+        let path = selector
+            .select_path(&RelayIndex::new(&view), ExitTarget::Any, t, &mut rng(99))
+            .expect("a backing-off guard is still tried");
+        assert!(selector.guards().contains(&path.peers()[0]));
+        assert_eq!(selector.guards().guards().len(), MAX_SAMPLED_GUARDS);
+    }
+
+    #[test]
+    fn guards_disabled_by_path_bias_never_widen_the_set() {
+        let (view, _) = view_of(&ten_relays(OLD));
+        let relays = RelayIndex::new(&view);
+        let mut selector = PathSelector::in_memory();
+        selector
+            .update_guards(&relays, NOW, &mut rng(40))
+            .expect("update");
+        let pinned = peers(selector.guards());
+        for g in &pinned {
+            for _ in 0..crate::PATH_BIAS_MIN_CIRCS {
+                selector.record_circuit(g, false).expect("record");
+            }
+            assert_eq!(
+                selector
+                    .guards()
+                    .guards()
+                    .iter()
+                    .find(|x| x.peer() == g)
+                    .map(|x| x.path_bias().state()),
+                Some(BiasState::Disabled)
+            );
+        }
+        let err = selector
+            .select_path(&relays, ExitTarget::Any, NOW + 1, &mut rng(41))
+            .expect_err("no usable guard");
         assert!(matches!(err, crate::PathError::NoUsableGuard), "{err}");
         assert_eq!(peers(selector.guards()), pinned);
+    }
+
+    #[test]
+    fn a_failure_adding_a_relay_that_then_left_the_view_is_not_held_against_the_guard() {
+        let (view, _) = view_of(&ten_relays(OLD));
+        let relays = RelayIndex::new(&view);
+        let mut set = GuardSet::in_memory();
+        set.update(&relays, NOW, &mut rng(50)).expect("update");
+        let guard = peers(&set)[0];
+        let others: Vec<PeerId> = (0..relays.len())
+            .map(|i| relays.relay(i).peer)
+            .filter(|p| !set.contains(p))
+            .collect();
+        let (dead, alive) = (others[0], others[1]);
+        set.record_circuit_failed_adding(&guard, dead)
+            .expect("record");
+        set.record_circuit_failed_adding(&guard, alive)
+            .expect("record");
+        assert_eq!(set.unsettled_failures(), 2);
+        let mut gone = view.clone();
+        gone.remove(&dead);
+        // The first refresh may have started before the directory noticed: nothing judged.
+        set.view_refreshed(&RelayIndex::new(&gone))
+            .expect("refresh");
+        assert_eq!(set.guards()[0].path_bias().circ_attempts(), 0);
+        set.view_refreshed(&RelayIndex::new(&gone))
+            .expect("refresh");
+        assert_eq!(set.unsettled_failures(), 0);
+        let bias = set.guards()[0].path_bias();
+        assert_eq!(
+            (bias.circ_attempts(), bias.circ_built()),
+            (1, 0),
+            "only the live relay's"
+        );
+    }
+
+    #[test]
+    fn unsettled_failures_are_bounded_and_the_oldest_counts_at_once() {
+        let (view, _) = view_of(&ten_relays(OLD));
+        let relays = RelayIndex::new(&view);
+        let mut set = GuardSet::in_memory();
+        set.update(&relays, NOW, &mut rng(51)).expect("update");
+        let guard = peers(&set)[0];
+        let other = (0..relays.len())
+            .map(|i| relays.relay(i).peer)
+            .find(|p| !set.contains(p))
+            .expect("an unpinned relay");
+        for _ in 0..MAX_UNSETTLED_FAILURES + 3 {
+            set.record_circuit_failed_adding(&guard, other)
+                .expect("record");
+        }
+        assert_eq!(set.unsettled_failures(), MAX_UNSETTLED_FAILURES);
+        assert_eq!(set.guards()[0].path_bias().circ_attempts(), 3);
+        // A relay that is not pinned records nothing.
+        set.record_circuit_failed_adding(&other, guard)
+            .expect("record");
+        assert_eq!(set.unsettled_failures(), MAX_UNSETTLED_FAILURES);
     }
 
     #[test]

@@ -17,8 +17,9 @@ pub use bias::{
 pub use err::{PathError, Role};
 pub use guard::{
     GUARD_EXPIRY_SECS, GUARD_FAILURE_PERIOD_SECS, GUARD_MAX_FAILURES, GUARD_MIN_AGE_SECS,
-    GUARD_RETRY_DELAY_SECS, GUARD_STATE_FILE, Guard, GuardChanges, GuardSet, NUM_GUARDS,
-    PATH_BIAS_WRITE_EVERY, RemovalReason,
+    GUARD_RETRY_DELAY_SECS, GUARD_STATE_FILE, Guard, GuardChanges, GuardSet, MAX_SAMPLED_GUARDS,
+    MAX_UNSETTLED_FAILURES, NUM_GUARDS, PATH_BIAS_SETTLE_REFRESHES, PATH_BIAS_WRITE_EVERY,
+    RemovalReason,
 };
 pub use relays::{PathSubnet, RelayIndex};
 pub use select::{ExitTarget, Path, PathSelector};

@@ -133,6 +133,23 @@ impl PathSelector {
         self.guards.record_circuit(peer, built)
     }
 
+    /// See [`GuardSet::record_circuit_failed_adding`].
+    pub fn record_circuit_failed_adding(
+        &mut self,
+        peer: &PeerId,
+        adding: PeerId,
+    ) -> Result<Option<(PeerId, BiasState)>, PathError> {
+        self.guards.record_circuit_failed_adding(peer, adding)
+    }
+
+    /// See [`GuardSet::view_refreshed`].
+    pub fn view_refreshed(
+        &mut self,
+        relays: &RelayIndex<'_>,
+    ) -> Result<Vec<(PeerId, BiasState)>, PathError> {
+        self.guards.view_refreshed(relays)
+    }
+
     /// Records that a circuit through guard `peer` was given its first stream (§5.6).
     pub fn record_use_attempt(&mut self, peer: &PeerId) -> Result<Option<BiasState>, PathError> {
         self.guards.record_use_attempt(peer)

@@ -10,7 +10,7 @@ use libp2p_identity::PeerId;
 
 use crate::bias::BiasState;
 use crate::err::PathError;
-use crate::guard::{GUARD_MAX_FAILURES, Guard, NUM_GUARDS};
+use crate::guard::{GUARD_MAX_FAILURES, Guard, MAX_SAMPLED_GUARDS};
 
 /// The line that opens a guard state file of this version.
 pub const GUARD_STATE_HEADER: &str = "shallot-guard-state 1";
@@ -25,7 +25,7 @@ pub(crate) fn encode(guards: &[Guard]) -> String {
     );
     out.push_str(GUARD_STATE_HEADER);
     out.push('\n');
-    for g in guards.iter().take(NUM_GUARDS) {
+    for g in guards.iter().take(MAX_SAMPLED_GUARDS) {
         out.push_str(&format!(
             "guard {} added={} provisional={} unlisted-since={} failures={} failing-since={} \
              last-failure={} last-success={} pb-attempts={} pb-built={} pb-use-attempts={} \
@@ -141,7 +141,7 @@ pub(crate) fn decode(text: &str) -> Result<Vec<Guard>, (usize, &'static str)> {
         if guards.iter().any(|g| g.peer == guard.peer) {
             return Err((n, "guard listed twice"));
         }
-        if guards.len() < NUM_GUARDS {
+        if guards.len() < MAX_SAMPLED_GUARDS {
             guards.push(guard);
         }
     }
@@ -298,11 +298,14 @@ mod tests {
     }
 
     #[test]
-    fn at_most_num_guards_are_kept() {
+    fn at_most_max_sampled_guards_are_kept() {
         let text: String = std::iter::once(format!("{GUARD_STATE_HEADER}\n"))
-            .chain((0..5).map(|_| format!("guard {} added=1\n", PeerId::random())))
+            .chain(
+                (0..MAX_SAMPLED_GUARDS + 5)
+                    .map(|_| format!("guard {} added=1\n", PeerId::random())),
+            )
             .collect();
-        assert_eq!(decode(&text).expect("decode").len(), NUM_GUARDS);
+        assert_eq!(decode(&text).expect("decode").len(), MAX_SAMPLED_GUARDS);
     }
 
     #[test]
