@@ -525,20 +525,7 @@ mod tests {
     use crate::{ExitTarget, PathSelector};
 
     fn ten_relays(first_seen: u64) -> Vec<Spec<'static>> {
-        (1..=10u8)
-            .map(|i| {
-                let addr: &'static str =
-                    Box::leak(format!("/ip4/10.{i}.0.1/tcp/1").into_boxed_str());
-                let addrs: &'static [&'static str] = Box::leak(vec![addr].into_boxed_slice());
-                let mut spec = if i % 2 == 0 {
-                    Spec::exit(addrs, "accept 1-65535")
-                } else {
-                    Spec::relay(addrs)
-                };
-                spec.first_seen = first_seen;
-                spec
-            })
-            .collect()
+        relays_apart(10, first_seen)
     }
 
     fn peers(set: &GuardSet) -> Vec<PeerId> {
