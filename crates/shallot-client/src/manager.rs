@@ -258,13 +258,15 @@ impl Manager {
             Ok(mut view) => f(&mut view),
             Err(poisoned) => f(&mut poisoned.into_inner()),
         };
-        let known = self.with_view(|v| {
+        let (known, bias_changed) = self.with_view(|v| {
             self.metrics.relays_known.set(v.len() as i64);
-            v.entries()
+            let known = v
+                .entries()
                 .map(|e| e.descriptor.peer_id())
-                .collect::<HashSet<_>>()
+                .collect::<HashSet<_>>();
+            (known, self.paths.view_refreshed(v))
         });
-        if self.with_view(|v| self.paths.view_refreshed(v)) {
+        if bias_changed {
             self.metrics.guard_states(&self.paths.guard_bias());
         }
         let retired = self.with_pool(|p| p.retire_departed(|peer| known.contains(peer)));

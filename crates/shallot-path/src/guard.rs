@@ -1024,17 +1024,26 @@ mod tests {
         assert_eq!(peers(selector.guards()), pinned);
     }
 
-    #[test]
-    fn a_failure_adding_a_relay_that_then_left_the_view_is_not_held_against_the_guard() {
-        let (view, _) = view_of(&ten_relays(OLD));
-        let relays = RelayIndex::new(&view);
+    /// A guard set pinned from `view`, and the relays of `view` it did not pin.
+    fn pinned_and_unpinned(
+        view: &shallot_directory::NetworkView,
+        seed: u64,
+    ) -> (GuardSet, Vec<PeerId>) {
+        let relays = RelayIndex::new(view);
         let mut set = GuardSet::in_memory();
-        set.update(&relays, NOW, &mut rng(50)).expect("update");
-        let guard = peers(&set)[0];
-        let others: Vec<PeerId> = (0..relays.len())
+        set.update(&relays, NOW, &mut rng(seed)).expect("update");
+        let unpinned = (0..relays.len())
             .map(|i| relays.relay(i).peer)
             .filter(|p| !set.contains(p))
             .collect();
+        (set, unpinned)
+    }
+
+    #[test]
+    fn a_failure_adding_a_relay_that_then_left_the_view_is_not_held_against_the_guard() {
+        let (view, _) = view_of(&ten_relays(OLD));
+        let (mut set, others) = pinned_and_unpinned(&view, 50);
+        let guard = peers(&set)[0];
         let (dead, alive) = (others[0], others[1]);
         set.record_circuit_failed_adding(&guard, dead)
             .expect("record");
@@ -1061,14 +1070,9 @@ mod tests {
     #[test]
     fn unsettled_failures_are_bounded_and_the_oldest_counts_at_once() {
         let (view, _) = view_of(&ten_relays(OLD));
-        let relays = RelayIndex::new(&view);
-        let mut set = GuardSet::in_memory();
-        set.update(&relays, NOW, &mut rng(51)).expect("update");
+        let (mut set, others) = pinned_and_unpinned(&view, 51);
         let guard = peers(&set)[0];
-        let other = (0..relays.len())
-            .map(|i| relays.relay(i).peer)
-            .find(|p| !set.contains(p))
-            .expect("an unpinned relay");
+        let other = others[0];
         for _ in 0..MAX_UNSETTLED_FAILURES + 3 {
             set.record_circuit_failed_adding(&guard, other)
                 .expect("record");
