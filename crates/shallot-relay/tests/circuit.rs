@@ -421,8 +421,17 @@ async fn an_extend_whose_link_never_comes_up_times_out() {
             hop: 2,
             reason: DestroyReason::Timeout
         }),
-        "after {:?}",
-        started.elapsed()
+        "after {:?}; extends refused before dialing: {}, probes failed: {}, still in the guard's directory: {}",
+        started.elapsed(),
+        guard.stats().extends_refused.get(),
+        guard
+            .node_stats()
+            .probes_failed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        guard
+            .directory()
+            .get(&nobody.public().to_peer_id())
+            .is_some(),
     );
     assert_eq!(guard.stats().extends_failed.get(), 1);
     assert_eq!(circuit.hops(), 1);

@@ -339,15 +339,22 @@ pub async fn source_server(len: usize) -> Server {
     .await
 }
 
-/// Accepts connections and never reads from them.
+/// Accepts connections and never reads from them. A failed accept (a connection reset while
+/// queued, a moment without descriptors) does not end it: a tarpit that stopped listening
+/// would turn the timeouts the tests expect into refused connections.
 pub async fn tarpit_server() -> Server {
+    const MAX_HELD: usize = 1024;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let task = tokio::spawn(async move {
         let mut held = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
-            held.push(s);
+        while held.len() < MAX_HELD {
+            match listener.accept().await {
+                Ok((s, _)) => held.push(s),
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
         }
+        std::future::pending::<()>().await;
     });
     Server { port, task }
 }
