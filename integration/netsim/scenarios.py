@@ -29,6 +29,11 @@ SMOKE_FILE_MIB = 10
 class Relay:
     name: str
     host: netsim.Host
+    # The relay's own address in its host's /16 (10.K.S.2, S its slot on the host): the
+    # view admits at most two relays per /24, and on the real internet relays that share a
+    # /24 are rarely many, so each relay gets a /24 of its own while a host's relays still
+    # share its /16 (the family rule no path may break).
+    addr: str
     port: int
     is_exit: bool
     dir: Path
@@ -39,7 +44,7 @@ class Relay:
 
     @property
     def multiaddr(self) -> str:
-        return f"/ip4/{self.host.addr}/tcp/{self.port}/p2p/{self.peer_id}"
+        return f"/ip4/{self.addr}/tcp/{self.port}/p2p/{self.peer_id}"
 
 
 def toml_list(items: list[str]) -> str:
@@ -102,7 +107,14 @@ class ShallotNet:
         out = subprocess.run([str(netsim.SHALLOT), "keygen", "--dir", str(rdir)], capture_output=True, text=True, timeout=30)
         if out.returncode != 0:
             raise RuntimeError(f"shallot keygen failed: {out.stderr}")
-        relay = Relay(f"relay-{len(self.relays)}", self.net.hosts[host_name], port, is_exit, rdir)
+        host = self.net.hosts[host_name]
+        slot = 1 + sum(1 for r in self.relays if r.host.name == host_name)
+        if slot > 254:
+            raise RuntimeError(f"no address left on {host_name} for another relay")
+        sixteen = host.prefix.split(".")[:2]
+        addr = f"{sixteen[0]}.{sixteen[1]}.{slot}.2"
+        netsim.sh("ip", "addr", "add", f"{addr}/16", "dev", "eth0", ns=host.ns)
+        relay = Relay(f"relay-{len(self.relays)}", host, addr, port, is_exit, rdir)
         relay.peer_id = out.stdout.strip().splitlines()[-1]
         return relay
 
@@ -123,7 +135,7 @@ class ShallotNet:
         policy.write_text("accept *:*\n")
         lines = [
             f"data_dir = {json.dumps(str(relay.dir))}",
-            f'listen = ["/ip4/{relay.host.addr}/tcp/{relay.port}"]',
+            f'listen = ["/ip4/{relay.addr}/tcp/{relay.port}"]',
             f"bootstrap = {toml_list([s.multiaddr for s in self.seeds() if s is not relay])}",
             "allow_private_addresses = true",
             "safe_logging = false",
@@ -140,7 +152,8 @@ class ShallotNet:
         config.write_text("\n".join(lines) + "\n")
         relay.proc = self.net.start(relay.name, relay.host.ns, [str(netsim.SHALLOT), "relay", "--config", str(config), "--stop-with-stdin"])
 
-    def start_client(self) -> None:
+    def start_client(self, extra: list[str] | None = None) -> None:
+        """The client in the home namespace; `extra` lines go last in its config."""
         home = self.net.hosts["home"]
         cdir = self.net.run_dir / "client"
         cdir.mkdir(parents=True, exist_ok=True)
@@ -153,6 +166,7 @@ class ShallotNet:
                     f"bootstrap = {toml_list([s.multiaddr for s in seeds])}",
                     f"data_dir = {json.dumps(str(cdir))}",
                     "safe_logging = false",
+                    *(extra or []),
                 ]
             )
             + "\n"
@@ -503,6 +517,7 @@ CHURN_EVERY_SECS = 10.0
 CHURN_SECS = 300.0
 CHURN_RTT_MS = 40
 CHURN_FETCH_LIMIT_SECS = 60
+CHURN_VIEW_REFRESH_SECS = 30
 # The long download: paced so that it lasts the whole churn.
 LONG_RATE = 1_600_000
 LONG_MIB = 450
@@ -547,7 +562,11 @@ def churn(run_dir: Path) -> list[str]:
                 f.truncate(LONG_MIB << 20)
             sim.start_servers({"ready.txt": b"ready\n", "1m.bin": rng.randbytes(1 << 20)})
             sim.start_relays()
-            sim.start_client()
+            # Time runs fast here: a relay dies every 10 s, where on a real network relays
+            # live for days and a client refreshes every 10 minutes. The refresh is
+            # compressed with it (CHURN_VIEW_REFRESH_SECS), as a real client's would matter
+            # against a real network's churn.
+            sim.start_client([f"view_refresh_secs = {CHURN_VIEW_REFRESH_SECS}"])
             sim.wait_ready()
             ready_at = time.time()
 

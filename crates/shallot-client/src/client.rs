@@ -369,13 +369,29 @@ async fn refresh_view(
                 let dials = node
                     .verify_contests(&gathered, &snapshot, &mut verdicts)
                     .await;
+                // A relay a source reports down leaves the view only if this client cannot
+                // reach it either (specs/04 §6.1): one source's word removes no one.
+                let gone = node
+                    .check_down_reports(&gathered, &snapshot, &mut verdicts)
+                    .await;
                 drop(snapshot);
                 let now = node.clock().now();
                 let (known, usable, assembled) = manager.update_view(|view| {
+                    for peer in &gone {
+                        view.remove(peer);
+                    }
                     let assembled = gathered.offer_to(view, Some(&verdicts));
                     view.prune_expired(now);
                     (view.len(), view.clone(), assembled)
                 });
+                if assembled.reported_down > 0 {
+                    info!(
+                        reported = assembled.reported_down,
+                        removed = gone.len(),
+                        "relays reported down by a directory source; those this client could \
+                         not reach either left the view"
+                    );
+                }
                 info!(
                     known,
                     sources = assembled.sources_used,

@@ -29,7 +29,7 @@
 //! Disagreements (a relay some sources list and others do not) are counted, not resolved by
 //! vote.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use libp2p_identity::PeerId;
 use multiaddr::Multiaddr;
@@ -53,6 +53,10 @@ pub const MAX_CANDIDATES: usize = 2 * MAX_VIEW_RELAYS;
 pub const MAX_VERDICTS: usize = 4096;
 /// How long a verdict holds: a relay that was unreachable may come back.
 pub const VERDICT_LIFETIME_SECS: u64 = 3600;
+/// Most relays reported down that one assembly remembers.
+pub const MAX_DOWN_REPORTS: usize = 1024;
+/// Most relays reported down that the client dials after one refresh.
+pub const MAX_DOWN_CHECKS: usize = 64;
 
 /// What one source listed.
 #[derive(Debug, Clone)]
@@ -96,6 +100,8 @@ pub struct AssemblyReport {
     pub unproven: usize,
     /// Relays listed by no more than half of the sources used, not yet verified by the client.
     pub minority: usize,
+    /// Relays some source listed as down (no address proven).
+    pub reported_down: usize,
 }
 
 /// What the client found when it dialed relays at the addresses they claim, keyed by PeerId
@@ -207,6 +213,8 @@ impl Ranked {
 /// (see the module documentation).
 pub struct Gathered {
     ranked: Vec<Ranked>,
+    /// Relays a source listed as down: the client checks those in its view itself.
+    reported_down: BTreeSet<PeerId>,
     report: AssemblyReport,
     sources_used: usize,
     now: u64,
@@ -217,6 +225,7 @@ pub fn gather(listings: Vec<SourceListing>, now: u64) -> Gathered {
     let mut report = AssemblyReport::default();
     let mut blocks = HashSet::new();
     let mut candidates: BTreeMap<PeerId, Candidate> = BTreeMap::new();
+    let mut reported_down = BTreeSet::new();
     let mut used = 0usize;
     for listing in listings {
         if !blocks.insert(listing.block) {
@@ -227,6 +236,19 @@ pub fn gather(listings: Vec<SourceListing>, now: u64) -> Gathered {
         let mut invalid = 0;
         let mut stale = 0;
         for entry in listing.entries.iter().take(MAX_VIEW_RELAYS) {
+            // A relay listed with no address proven is one the source found down (specs/04
+            // §7.4): not a candidate, and not believed either; the client dials it itself if
+            // it is in the view (Gathered::down_checks), so a source that calls everyone down
+            // costs bounded dials and removes no one who answers.
+            if entry.proven.is_empty() {
+                if let Some(peer) = SignedDescriptor::peer_of_bytes(&entry.descriptor)
+                    && peer != listing.source
+                    && reported_down.len() < MAX_DOWN_REPORTS
+                {
+                    reported_down.insert(peer);
+                }
+                continue;
+            }
             // Bytes another source listed already are not checked twice.
             let known = SignedDescriptor::peer_of_bytes(&entry.descriptor)
                 .and_then(|p| candidates.get(&p))
@@ -291,6 +313,7 @@ pub fn gather(listings: Vec<SourceListing>, now: u64) -> Gathered {
     }
     report.sources_used = used;
     report.candidates = candidates.len();
+    report.reported_down = reported_down.len();
     let mut ranked: Vec<Ranked> = candidates
         .into_iter()
         .map(|(peer, mut c)| {
@@ -340,6 +363,7 @@ pub fn gather(listings: Vec<SourceListing>, now: u64) -> Gathered {
     });
     Gathered {
         ranked,
+        reported_down,
         report,
         sources_used: used,
         now,
@@ -347,6 +371,19 @@ pub fn gather(listings: Vec<SourceListing>, now: u64) -> Gathered {
 }
 
 impl Gathered {
+    /// The relays of `view` a source reported down, each with the first address the view
+    /// holds proven, at most `max`: the client dials them and removes those it does not reach.
+    pub fn down_checks(&self, view: &NetworkView, max: usize) -> Vec<(PeerId, Multiaddr)> {
+        self.reported_down
+            .iter()
+            .filter_map(|peer| {
+                let addr = view.get(peer)?.proven_addrs().next()?.clone();
+                Some((*peer, addr))
+            })
+            .take(max)
+            .collect()
+    }
+
     /// The subnets and blocks where more relays claim a slot than `view`'s caps allow
     /// (counting the view's relays that are not candidates).
     fn contested(&self, view: &NetworkView) -> (HashSet<Subnet>, HashSet<Block>) {
@@ -854,5 +891,53 @@ mod tests {
         gather(listings, NOW).offer_to(&mut view, Some(&verdicts));
         assert!(view.get(&loner.peer_id()).is_some());
         assert_eq!(view.len(), 4);
+    }
+
+    fn down_listing_of(relays: &[SignedDescriptor]) -> Vec<ListingEntry> {
+        relays
+            .iter()
+            .map(|d| entry(d, AddrSet::NONE, NOW - 86_400))
+            .collect()
+    }
+
+    #[test]
+    fn a_source_that_calls_everyone_down_removes_no_one_and_admits_no_one() {
+        let relays = honest(100);
+        let mut view = NetworkView::new(ViewConfig::default());
+        assemble(
+            &mut view,
+            vec![
+                source(1, listing_of(&relays)),
+                source(2, listing_of(&relays)),
+            ],
+            NOW,
+        );
+        assert_eq!(view.len(), 100);
+        // The liar calls every relay down, and a few it made up too.
+        let made_up = honest(5);
+        let mut lies = down_listing_of(&relays);
+        lies.extend(down_listing_of(&made_up));
+        let gathered = gather(vec![source(3, lies)], NOW);
+        let checks = gathered.down_checks(&view, MAX_DOWN_CHECKS);
+        assert_eq!(
+            checks.len(),
+            MAX_DOWN_CHECKS,
+            "bounded dials, only of the view's relays"
+        );
+        assert!(checks.iter().all(|(peer, _)| view.get(peer).is_some()));
+        let report = gathered.offer_to(&mut view, None);
+        assert_eq!(report.reported_down, 105);
+        assert_eq!(report.added, 0, "a down report is no candidate");
+        assert_eq!(view.len(), 100, "the word alone removes no one");
+    }
+
+    #[test]
+    fn down_reports_are_bounded() {
+        let relays: Vec<SignedDescriptor> = (0..MAX_DOWN_REPORTS + 10)
+            .map(|i| relay(&format!("/ip4/{}.{}.0.1/tcp/1", 1 + i / 250, i % 250)))
+            .collect();
+        let gathered = gather(vec![source(3, down_listing_of(&relays))], NOW);
+        let report = gathered.offer_to(&mut NetworkView::new(ViewConfig::default()), None);
+        assert_eq!(report.reported_down, MAX_DOWN_REPORTS);
     }
 }

@@ -16,8 +16,15 @@
 //!
 //! The caps of listed entries count only proven addresses, so descriptors that sign addresses
 //! in an honest relay's /24 where nothing of theirs listens take no listed slot there.
+//!
+//! A listed relay is **checked** again while it is listed: every [`LIVENESS_RECHECK_SECS`], and
+//! at once when this relay's last connection to it closes. After [`LIVENESS_FAILURES_TO_DOWN`]
+//! failed checks in a row it is **down**: it keeps its descriptor, holds no cap slot, and is
+//! listed with no address proven, under a new sequence number, so that a listing of changes
+//! carries the news to everyone who has it (specs/04 §7.4). A down relay that answers a later
+//! check, or announces itself again, is listed again.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 
 use libp2p_identity::PeerId;
@@ -50,6 +57,16 @@ pub const MAX_PENDING_PER_BLOCK: usize = 16;
 pub const MAX_PENDING_PROBES: usize = 4096;
 /// Most descriptors remembered as refuted (every probe failed), oldest forgotten first.
 pub const MAX_REFUTED: usize = 4096;
+/// How long a listed relay's last proof holds before the store checks it again.
+pub const LIVENESS_RECHECK_SECS: u64 = 60;
+/// How soon a relay whose check failed is checked again.
+pub const LIVENESS_RETRY_SECS: u64 = 5;
+/// Failed checks in a row after which a listed relay is down.
+pub const LIVENESS_FAILURES_TO_DOWN: u8 = 2;
+/// How often a down relay is checked for its return.
+pub const DOWN_RECHECK_SECS: u64 = 600;
+/// Most down relays a store keeps (the one down longest goes first).
+pub const MAX_DOWN: usize = 1024;
 
 /// Settings of a [`DirStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +104,19 @@ pub enum Standing {
     Vouched,
     /// Unproven, heard of from elsewhere.
     Heard,
+    /// Was listed; failed its last checks. Listed with no address proven.
+    Down,
+}
+
+/// When a listed or down entry is checked next, and how its checks went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Liveness {
+    /// When the next check is due (store time); 0 for entries that are not checked.
+    due: u64,
+    /// Checks failed in a row.
+    failures: u8,
+    /// The store's relay's own entry: never checked.
+    own: bool,
 }
 
 /// A descriptor in the store.
@@ -102,6 +132,7 @@ pub struct StoreEntry {
     pub standing: Standing,
     /// When the entry last changed, in the store's sequence.
     seq: u64,
+    liveness: Liveness,
 }
 
 /// An address to dial to prove that a relay is there.
@@ -224,6 +255,7 @@ impl Networks {
     fn of_entry(e: &StoreEntry) -> Self {
         match e.standing {
             Standing::Listed => Self::of(&e.descriptor, Some(e.proven)),
+            Standing::Down => Self::of(&e.descriptor, Some(AddrSet::NONE)),
             Standing::Vouched | Standing::Heard => Self::of(&e.descriptor, None),
         }
     }
@@ -240,6 +272,13 @@ pub struct DirStore {
     listed: Load,
     vouched: Load,
     heard: Load,
+    down: Load,
+    /// Listed and down entries by when their next check is due.
+    checks: BTreeSet<(u64, PeerId)>,
+    /// Checks handed out and not yet answered.
+    checks_in_flight: HashSet<PeerId>,
+    /// The latest time the store was told (every call that takes `now` moves it).
+    now: u64,
     /// Probes of vouched entries, which go first.
     urgent_probes: VecDeque<Probe>,
     probes: VecDeque<Probe>,
@@ -264,6 +303,10 @@ impl DirStore {
             listed: Load::default(),
             vouched: Load::default(),
             heard: Load::default(),
+            down: Load::default(),
+            checks: BTreeSet::new(),
+            checks_in_flight: HashSet::new(),
+            now: 0,
             urgent_probes: VecDeque::new(),
             probes: VecDeque::new(),
             queued: HashSet::new(),
@@ -286,6 +329,11 @@ impl DirStore {
     /// Pending descriptors in the vouched and the heard lane.
     pub fn pending_len(&self) -> (usize, usize) {
         (self.vouched.entries, self.heard.entries)
+    }
+
+    /// Relays that failed their checks and are listed as down.
+    pub fn down_len(&self) -> usize {
+        self.down.entries
     }
 
     /// Whether the heard lane holds as many pending descriptors as it may: a descriptor heard
@@ -329,6 +377,7 @@ impl DirStore {
             Standing::Listed => &mut self.listed,
             Standing::Vouched => &mut self.vouched,
             Standing::Heard => &mut self.heard,
+            Standing::Down => &mut self.down,
         }
     }
 
@@ -353,6 +402,8 @@ impl DirStore {
                 MAX_PENDING_PER_SUBNET,
                 MAX_PENDING_PER_BLOCK,
             ),
+            // Takes no slot in any network; make_room_down keeps the count bounded.
+            Standing::Down => self.down.entries < MAX_DOWN,
         }
     }
 
@@ -366,15 +417,28 @@ impl DirStore {
         self.by_seq.insert(self.seq, peer);
     }
 
-    fn insert(&mut self, peer: PeerId, entry: StoreEntry) {
+    fn insert(&mut self, peer: PeerId, mut entry: StoreEntry) {
         let nets = Networks::of_entry(&entry);
         self.load_mut(entry.standing).add(&nets);
+        let checked = matches!(entry.standing, Standing::Listed | Standing::Down);
+        if checked && !entry.liveness.own {
+            if entry.liveness.due == 0 {
+                entry.liveness.due = self.now + LIVENESS_RECHECK_SECS;
+            }
+            self.checks.insert((entry.liveness.due, peer));
+        } else {
+            entry.liveness = Liveness {
+                own: entry.liveness.own,
+                ..Liveness::default()
+            };
+        }
         self.entries.insert(peer, entry);
         self.bump(peer);
     }
 
     fn take(&mut self, peer: &PeerId) -> Option<StoreEntry> {
         let entry = self.entries.remove(peer)?;
+        self.checks.remove(&(entry.liveness.due, *peer));
         self.by_seq.remove(&entry.seq);
         let nets = Networks::of_entry(&entry);
         self.load_mut(entry.standing).remove(&nets);
@@ -453,6 +517,7 @@ impl DirStore {
     /// still lists (it stays listed if any is left); every unproven address is queued for a
     /// probe.
     fn offer_in(&mut self, descriptor: SignedDescriptor, now: u64, lane: Standing) -> Offered {
+        self.now = self.now.max(now);
         if descriptor.descriptor().check_time(now).is_err() {
             return Offered::Invalid(RecordRefusal::Expired);
         }
@@ -469,6 +534,11 @@ impl DirStore {
         }
         let (kept, first_seen, outcome, was) = match self.entries.get(&peer) {
             Some(old) if !is_newer(&descriptor, &old.descriptor) => {
+                // A down relay announcing itself again is checked at once.
+                if old.standing == Standing::Down && lane == Standing::Vouched {
+                    self.reschedule(peer, now);
+                    return Offered::Unchanged;
+                }
                 // The same descriptor announced by its relay from its own address moves up.
                 if old.standing == Standing::Heard
                     && lane == Standing::Vouched
@@ -527,6 +597,7 @@ impl DirStore {
                 proven: kept,
                 standing,
                 seq: 0,
+                liveness: Liveness::default(),
             },
         );
         self.queue_probes(peer);
@@ -639,6 +710,11 @@ impl DirStore {
                 StoreEntry {
                     proven,
                     standing: Standing::Listed,
+                    liveness: if old.standing == Standing::Listed {
+                        old.liveness
+                    } else {
+                        Liveness::default()
+                    },
                     ..old
                 },
             );
@@ -682,6 +758,7 @@ impl DirStore {
     /// Lists `peer`'s own descriptor with every address proven (a relay's own entry: it
     /// listens at its own addresses).
     pub fn insert_own(&mut self, descriptor: SignedDescriptor, now: u64) -> Offered {
+        self.now = self.now.max(now);
         if descriptor.descriptor().check_time(now).is_err() {
             return Offered::Invalid(RecordRefusal::Expired);
         }
@@ -702,6 +779,10 @@ impl DirStore {
                 proven: AddrSet::ALL,
                 standing: Standing::Listed,
                 seq: 0,
+                liveness: Liveness {
+                    own: true,
+                    ..Liveness::default()
+                },
             },
         );
         outcome
@@ -709,6 +790,7 @@ impl DirStore {
 
     /// Takes out every descriptor no longer valid at `now`; returns how many went.
     pub fn prune_expired(&mut self, now: u64) -> usize {
+        self.now = self.now.max(now);
         let expired: Vec<PeerId> = self
             .entries
             .iter()
@@ -719,6 +801,174 @@ impl DirStore {
             self.take(peer);
         }
         expired.len()
+    }
+
+    /// The next liveness check due at `now`, if any: a listed relay's first proven address, a
+    /// down relay's first IP address. Answer it with [`DirStore::checked`].
+    pub fn next_check(&mut self, now: u64) -> Option<Probe> {
+        self.now = self.now.max(now);
+        while let Some(&(due, peer)) = self.checks.first() {
+            if due > now {
+                return None;
+            }
+            self.checks.remove(&(due, peer));
+            if self.checks_in_flight.contains(&peer) {
+                continue;
+            }
+            let Some(e) = self.entries.get(&peer) else {
+                continue;
+            };
+            let down = e.standing == Standing::Down;
+            let target = e
+                .descriptor
+                .descriptor()
+                .addrs
+                .iter()
+                .enumerate()
+                .find(|(i, a)| (down || e.proven.contains(*i)) && ip_of(a).is_some());
+            if let Some((index, addr)) = target {
+                let probe = Probe {
+                    peer,
+                    index,
+                    addr: addr.clone(),
+                };
+                self.checks_in_flight.insert(peer);
+                return Some(probe);
+            }
+        }
+        None
+    }
+
+    /// Checks handed out by [`DirStore::next_check`] and not answered yet.
+    pub fn checks_in_flight(&self) -> usize {
+        self.checks_in_flight.len()
+    }
+
+    /// The outcome of a liveness check: `reached` when the dial to `probe.addr` authenticated
+    /// `probe.peer` there. A listed relay that failed [`LIVENESS_FAILURES_TO_DOWN`] in a row
+    /// is down; a down relay that answers is listed again if the caps leave room (and leaves
+    /// the store otherwise).
+    pub fn checked(&mut self, probe: &Probe, reached: bool, now: u64) {
+        self.now = self.now.max(now);
+        self.checks_in_flight.remove(&probe.peer);
+        let peer = probe.peer;
+        let Some(e) = self.entries.get_mut(&peer) else {
+            return;
+        };
+        if !matches!(e.standing, Standing::Listed | Standing::Down) || e.liveness.own {
+            return;
+        }
+        if e.descriptor.descriptor().addrs.get(probe.index) != Some(&probe.addr) {
+            // A newer descriptor came meanwhile; its own schedule holds.
+            self.reschedule(peer, now + LIVENESS_RECHECK_SECS);
+            return;
+        }
+        let down = e.standing == Standing::Down;
+        if reached {
+            e.liveness.failures = 0;
+            if !down {
+                self.reschedule(peer, now + LIVENESS_RECHECK_SECS);
+                return;
+            }
+            let Some(old) = self.take(&peer) else {
+                return;
+            };
+            let proven = AddrSet::NONE.with(probe.index);
+            if self.fits(&old.descriptor, Standing::Listed, proven) {
+                self.insert(
+                    peer,
+                    StoreEntry {
+                        proven,
+                        standing: Standing::Listed,
+                        liveness: Liveness::default(),
+                        ..old
+                    },
+                );
+            }
+            return;
+        }
+        let failures = e.liveness.failures.saturating_add(1);
+        e.liveness.failures = failures;
+        if down {
+            self.reschedule(peer, now + DOWN_RECHECK_SECS);
+            return;
+        }
+        if failures < LIVENESS_FAILURES_TO_DOWN {
+            self.reschedule(peer, now + LIVENESS_RETRY_SECS);
+            return;
+        }
+        let Some(old) = self.take(&peer) else {
+            return;
+        };
+        self.make_room_down();
+        self.insert(
+            peer,
+            StoreEntry {
+                proven: AddrSet::NONE,
+                standing: Standing::Down,
+                liveness: Liveness {
+                    due: now + DOWN_RECHECK_SECS,
+                    failures,
+                    own: false,
+                },
+                ..old
+            },
+        );
+    }
+
+    /// A check that could not be tried (the dial was refused locally): it proves and
+    /// refutes nothing, and is tried again after [`LIVENESS_RETRY_SECS`].
+    pub fn check_not_tried(&mut self, probe: &Probe, now: u64) {
+        self.now = self.now.max(now);
+        if self.checks_in_flight.remove(&probe.peer) {
+            self.reschedule(probe.peer, now + LIVENESS_RETRY_SECS);
+        }
+    }
+
+    /// This relay's last connection to `peer` closed: a listed relay is checked at once (a
+    /// relay that crashed closes every connection it had).
+    pub fn connection_lost(&mut self, peer: &PeerId, now: u64) {
+        self.now = self.now.max(now);
+        let Some(e) = self.entries.get(peer) else {
+            return;
+        };
+        if e.standing == Standing::Listed
+            && !e.liveness.own
+            && e.liveness.due > now
+            && !self.checks_in_flight.contains(peer)
+        {
+            self.reschedule(*peer, now);
+        }
+    }
+
+    fn reschedule(&mut self, peer: PeerId, due: u64) {
+        let Some(e) = self.entries.get_mut(&peer) else {
+            return;
+        };
+        self.checks.remove(&(e.liveness.due, peer));
+        e.liveness.due = due;
+        self.checks.insert((due, peer));
+    }
+
+    /// Makes room for one more down relay: the one down longest goes.
+    fn make_room_down(&mut self) {
+        while self.down.entries >= MAX_DOWN {
+            let oldest = self
+                .by_seq
+                .values()
+                .find(|p| {
+                    self.entries
+                        .get(p)
+                        .is_some_and(|e| e.standing == Standing::Down)
+                })
+                .copied();
+            match oldest {
+                Some(peer) => {
+                    self.take(&peer);
+                }
+                None => return,
+            }
+        }
     }
 
     /// A listing for a client that last saw `since` in epoch `epoch`: the listed entries that
@@ -740,8 +990,14 @@ impl DirStore {
             let Some(e) = self.entries.get(peer) else {
                 continue;
             };
-            if e.standing != Standing::Listed || e.descriptor.descriptor().check_time(now).is_err()
-            {
+            // A down relay is news only to whoever listed it before: a whole store leaves it
+            // out.
+            let listable = match e.standing {
+                Standing::Listed => true,
+                Standing::Down => !full,
+                Standing::Vouched | Standing::Heard => false,
+            };
+            if !listable || e.descriptor.descriptor().check_time(now).is_err() {
                 continue;
             }
             let len = ENTRY_OVERHEAD + e.descriptor.as_bytes().len();
@@ -1137,5 +1393,169 @@ mod tests {
             s.offer_verified(late, NOW + 7200),
             Offered::Invalid(RecordRefusal::Expired)
         );
+    }
+
+    /// Runs every check due at `now`, answering each with `reached`; returns how many ran.
+    fn check_all(s: &mut DirStore, now: u64, reached: bool) -> usize {
+        let mut n = 0;
+        while let Some(p) = s.next_check(now) {
+            s.checked(&p, reached, now);
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn a_listed_relay_that_fails_its_checks_is_listed_down_to_followers_only() {
+        let mut s = store();
+        let peer = listed_relay(&mut s, "/ip4/10.0.0.1/tcp/1");
+        let before = s.listing(0, 0, NOW);
+        assert_eq!(check_all(&mut s, NOW + 1, false), 0, "its proof is fresh");
+        let due = NOW + LIVENESS_RECHECK_SECS;
+        assert_eq!(check_all(&mut s, due, false), 1);
+        assert_eq!(s.get(&peer).map(|e| e.standing), Some(Standing::Listed));
+        assert_eq!(check_all(&mut s, due + 1, false), 0);
+        assert_eq!(check_all(&mut s, due + LIVENESS_RETRY_SECS, false), 1);
+        let e = s.get(&peer).expect("kept");
+        assert_eq!((e.standing, e.proven), (Standing::Down, AddrSet::NONE));
+        assert_eq!((s.listed_len(), s.down_len()), (0, 1));
+        let news = s.listing(before.epoch, before.seq, NOW + 100);
+        assert_eq!(news.entries.len(), 1, "a follower hears that it is down");
+        assert_eq!(news.entries[0].proven, AddrSet::NONE);
+        assert!(
+            s.listing(0, 0, NOW + 100).entries.is_empty(),
+            "a stranger's whole store leaves it out"
+        );
+    }
+
+    #[test]
+    fn a_check_that_answers_keeps_the_relay_listed_and_unchanged() {
+        let mut s = store();
+        let peer = listed_relay(&mut s, "/ip4/10.0.0.1/tcp/1");
+        let before = s.listing(0, 0, NOW);
+        let mut at = NOW;
+        for _ in 0..5 {
+            at += LIVENESS_RECHECK_SECS;
+            assert_eq!(check_all(&mut s, at, true), 1);
+        }
+        // One failure, then an answer: the count starts again.
+        at += LIVENESS_RECHECK_SECS;
+        assert_eq!(check_all(&mut s, at, false), 1);
+        at += LIVENESS_RETRY_SECS;
+        assert_eq!(check_all(&mut s, at, true), 1);
+        at += LIVENESS_RECHECK_SECS;
+        assert_eq!(check_all(&mut s, at, false), 1);
+        assert_eq!(s.get(&peer).map(|e| e.standing), Some(Standing::Listed));
+        assert!(
+            s.listing(before.epoch, before.seq, at).entries.is_empty(),
+            "nothing changed for a follower"
+        );
+    }
+
+    #[test]
+    fn a_lost_connection_checks_at_once_and_a_relay_back_is_listed_again() {
+        let mut s = store();
+        let peer = listed_relay(&mut s, "/ip4/10.0.0.1/tcp/1");
+        s.connection_lost(&peer, NOW + 1);
+        assert_eq!(check_all(&mut s, NOW + 1, false), 1);
+        assert_eq!(check_all(&mut s, NOW + 1 + LIVENESS_RETRY_SECS, false), 1);
+        assert_eq!(s.get(&peer).map(|e| e.standing), Some(Standing::Down));
+        let before = s.listing(0, 0, NOW + 10);
+        let back = NOW + 1 + LIVENESS_RETRY_SECS + DOWN_RECHECK_SECS;
+        assert_eq!(check_all(&mut s, back - 1, true), 0);
+        assert_eq!(check_all(&mut s, back, true), 1);
+        let e = s.get(&peer).expect("kept");
+        assert_eq!(
+            (e.standing, e.proven),
+            (Standing::Listed, AddrSet::NONE.with(0))
+        );
+        let news = s.listing(before.epoch, before.seq, back);
+        assert_eq!(news.entries.len(), 1);
+        assert_eq!(news.entries[0].proven, AddrSet::NONE.with(0));
+    }
+
+    #[test]
+    fn a_down_relay_announcing_itself_is_checked_at_once() {
+        let mut s = store();
+        let (_, d) = relay("/ip4/10.0.0.1/tcp/1");
+        let peer = d.peer_id();
+        s.offer_verified(d.clone(), NOW);
+        probe_all(&mut s, |_| true);
+        s.connection_lost(&peer, NOW);
+        check_all(&mut s, NOW, false);
+        check_all(&mut s, NOW + LIVENESS_RETRY_SECS, false);
+        assert_eq!(s.get(&peer).map(|e| e.standing), Some(Standing::Down));
+        let from = "10.0.0.1".parse().ok();
+        assert_eq!(s.offer_announced(d, from, NOW + 20), Offered::Unchanged);
+        assert_eq!(check_all(&mut s, NOW + 20, true), 1);
+        assert_eq!(s.get(&peer).map(|e| e.standing), Some(Standing::Listed));
+    }
+
+    #[test]
+    fn the_own_entry_is_never_checked() {
+        let mut s = store();
+        let (_, d) = relay("/ip4/10.0.0.1/tcp/1");
+        s.insert_own(d.clone(), NOW);
+        s.connection_lost(&d.peer_id(), NOW);
+        assert_eq!(
+            check_all(&mut s, NOW + 10 * LIVENESS_RECHECK_SECS, false),
+            0
+        );
+        assert_eq!(s.listed_len(), 1);
+    }
+
+    #[test]
+    fn down_relays_hold_no_cap_slot_and_are_bounded() {
+        let mut s = store();
+        let first: Vec<PeerId> = (0..MAX_STORE_PER_SUBNET)
+            .map(|i| listed_relay(&mut s, &format!("/ip4/10.0.0.{}/tcp/1", i + 1)))
+            .collect();
+        let (_, late) = relay("/ip4/10.0.0.99/tcp/1");
+        let late_peer = late.peer_id();
+        s.offer_verified(late.clone(), NOW);
+        probe_all(&mut s, |_| true);
+        assert!(
+            !s.get(&late_peer)
+                .is_some_and(|e| e.standing == Standing::Listed),
+            "the /24 is full"
+        );
+        s.connection_lost(&first[0], NOW);
+        check_all(&mut s, NOW, false);
+        check_all(&mut s, NOW + LIVENESS_RETRY_SECS, false);
+        assert_eq!(s.down_len(), 1);
+        s.offer_verified(late, NOW + 10);
+        probe_all(&mut s, |_| true);
+        assert_eq!(
+            s.get(&late_peer).map(|e| e.standing),
+            Some(Standing::Listed),
+            "the down relay's slot is free"
+        );
+        // The bound: one more down relay than MAX_DOWN, and the one down longest is gone.
+        let mut s = DirStore::new(
+            StoreConfig {
+                max_heard: 2 * MAX_DOWN,
+                ..StoreConfig::default()
+            },
+            1,
+        );
+        let peers: Vec<PeerId> = (0..=MAX_DOWN)
+            .map(|i| {
+                let (_, d) = relay(&distinct(i));
+                let peer = d.peer_id();
+                s.offer_verified(d, NOW);
+                peer
+            })
+            .collect();
+        probe_all(&mut s, |_| true);
+        for peer in &peers {
+            s.connection_lost(peer, NOW);
+            check_all(&mut s, NOW, false);
+        }
+        check_all(&mut s, NOW + LIVENESS_RETRY_SECS, false);
+        assert_eq!(s.down_len(), MAX_DOWN);
+        assert_eq!(s.len(), MAX_DOWN);
+        // Checks run in PeerId order, so the smallest went down first.
+        let first_down = peers.iter().min().expect("peers");
+        assert!(s.get(first_down).is_none(), "the first one down went first");
     }
 }

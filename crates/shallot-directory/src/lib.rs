@@ -12,8 +12,9 @@ mod subnet;
 mod view;
 
 pub use assemble::{
-    AssemblyReport, Gathered, MAX_CANDIDATES, MAX_SOURCE_INVALID, MAX_SOURCE_STALE, MAX_VERDICTS,
-    SourceListing, VERDICT_LIFETIME_SECS, Verdicts, assemble, gather,
+    AssemblyReport, Gathered, MAX_CANDIDATES, MAX_DOWN_CHECKS, MAX_DOWN_REPORTS,
+    MAX_SOURCE_INVALID, MAX_SOURCE_STALE, MAX_VERDICTS, SourceListing, VERDICT_LIFETIME_SECS,
+    Verdicts, assemble, gather,
 };
 pub use cache::{CACHE_MAGIC, CacheContents, decode_cache, encode_cache, load_cache, write_cache};
 pub use clock::WallClock;
@@ -28,9 +29,10 @@ pub use dirproto::{
     Listing, ListingEntry, MAX_LISTING_ENTRIES, MAX_REQUEST_LEN, MAX_RESPONSE_LEN,
 };
 pub use dirstore::{
-    DirStore, MAX_HEARD, MAX_PENDING_PER_BLOCK, MAX_PENDING_PER_SUBNET, MAX_PENDING_PROBES,
-    MAX_REFUTED, MAX_STORE_ENTRIES, MAX_STORE_PER_BLOCK, MAX_STORE_PER_SUBNET, MAX_VOUCHED,
-    Offered, Probe, Standing, StoreConfig, StoreEntry,
+    DOWN_RECHECK_SECS, DirStore, LIVENESS_FAILURES_TO_DOWN, LIVENESS_RECHECK_SECS,
+    LIVENESS_RETRY_SECS, MAX_DOWN, MAX_HEARD, MAX_PENDING_PER_BLOCK, MAX_PENDING_PER_SUBNET,
+    MAX_PENDING_PROBES, MAX_REFUTED, MAX_STORE_ENTRIES, MAX_STORE_PER_BLOCK, MAX_STORE_PER_SUBNET,
+    MAX_VOUCHED, Offered, Probe, Standing, StoreConfig, StoreEntry,
 };
 pub use err::DirectoryError;
 pub use records::{

@@ -24,9 +24,9 @@ use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify};
 use shallot_directory::{
     AnnounceStatus, Block, DirRequest, DirResponse, DirStore, ENTRY_OVERHEAD, Gathered,
-    LISTING_HEADER_LEN, Listing, ListingEntry, NetworkView, Offered, Probe, RecordRefusal,
-    SignedDescriptor, SourceListing, Standing, StoreConfig, StoreEntry, Verdicts, WallClock,
-    canonical_ip, descriptor_key, ip_of, is_newer, peer_of_descriptor_key, socket_of,
+    LISTING_HEADER_LEN, Listing, ListingEntry, MAX_DOWN_CHECKS, NetworkView, Offered, Probe,
+    RecordRefusal, SignedDescriptor, SourceListing, Standing, StoreConfig, StoreEntry, Verdicts,
+    WallClock, canonical_ip, descriptor_key, ip_of, is_newer, peer_of_descriptor_key, socket_of,
     validate_record,
 };
 use tokio::sync::{mpsc, oneshot, watch};
@@ -107,6 +107,10 @@ pub struct NodeStats {
     pub probes_reached: AtomicU64,
     /// Probes that did not.
     pub probes_failed: AtomicU64,
+    /// Liveness checks of listed relays that reached them.
+    pub checks_reached: AtomicU64,
+    /// Liveness checks that did not.
+    pub checks_failed: AtomicU64,
     /// Inbound connections denied by a per-address limit (address_limits.rs).
     pub connections_refused_by_address: AtomicU64,
 }
@@ -393,6 +397,7 @@ impl Node {
                 conns: HashMap::new(),
                 relay_peers: HashSet::new(),
                 probes: HashMap::new(),
+                probe_ticks: 0,
                 sources: Vec::new(),
                 refresh: None,
                 refreshes: 0,
@@ -557,6 +562,36 @@ impl Node {
             }
         }
         dials
+    }
+
+    /// Dials the relays of `view` that a source of `gathered` reported down (specs/04 §6.1,
+    /// at most [`MAX_DOWN_CHECKS`], within [`MAX_VERIFY_TIME`]) and returns those it did not
+    /// reach, for the caller to remove; every outcome goes into `verdicts`. One source's word
+    /// removes no relay that answers.
+    pub async fn check_down_reports(
+        &self,
+        gathered: &Gathered,
+        view: &NetworkView,
+        verdicts: &mut Verdicts,
+    ) -> Vec<PeerId> {
+        let targets = gathered.down_checks(view, MAX_DOWN_CHECKS.min(MAX_VERIFY_TARGETS));
+        if targets.is_empty() {
+            return Vec::new();
+        }
+        let deadline = tokio::time::Instant::now() + MAX_VERIFY_TIME;
+        let Ok(Ok(reached)) = tokio::time::timeout_at(deadline, self.verify(targets.clone())).await
+        else {
+            return Vec::new();
+        };
+        let now = self.clock.now();
+        targets
+            .into_iter()
+            .zip(reached)
+            .filter_map(|((peer, addr), reached)| {
+                verdicts.record(peer, addr, reached, now);
+                (!reached).then_some(peer)
+            })
+            .collect()
     }
 
     /// Tells the swarm an address of `peer` (so a stream to it can be opened).
@@ -789,8 +824,10 @@ struct SwarmTask {
     conns: HashMap<ConnectionId, (PeerId, ConnectedPoint)>,
     /// Connected peers that are relays (they speak the DHT as servers).
     relay_peers: HashSet<PeerId>,
-    /// Probes in flight, by the connection dialed for them.
-    probes: HashMap<ConnectionId, Probe>,
+    /// Probes and liveness checks in flight, by the connection dialed for them.
+    probes: HashMap<ConnectionId, (Probe, ProbeKind)>,
+    /// Probe ticks so far: every other one offers its turn to a liveness check first.
+    probe_ticks: u64,
     /// The sources of the last refresh.
     sources: Vec<SourceState>,
     refresh: Option<Refresh>,
@@ -804,6 +841,15 @@ struct SwarmTask {
     /// A relay's own reachability (specs/04 §4.1).
     reachability: ReachabilityTracker,
     reachability_tx: watch::Sender<Reachability>,
+}
+
+/// Why a relay dials an address it holds in its store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProbeKind {
+    /// To prove an address of a descriptor before listing it.
+    Proof,
+    /// To check that a listed (or down) relay still answers there.
+    Liveness,
 }
 
 /// One [`Node::verify`] call.
@@ -1063,11 +1109,11 @@ impl SwarmTask {
                 // handshake authenticated the peer: it is closed at once, so that proving
                 // thousands of relays does not hold thousands of connections open.
                 let mut dial_only = false;
-                if let Some(probe) = self.probes.remove(&connection_id) {
+                if let Some((probe, kind)) = self.probes.remove(&connection_id) {
                     let reached = peer_id == probe.peer
                         && matches!(&endpoint, ConnectedPoint::Dialer { address, .. }
                             if without_peer(address) == probe.addr);
-                    self.probe_done(&probe, reached);
+                    self.probe_done(&probe, kind, reached);
                     dial_only = true;
                 }
                 if let Some(target) = self.verify_dials.remove(&connection_id) {
@@ -1092,9 +1138,17 @@ impl SwarmTask {
                 num_established,
                 ..
             } => {
-                self.conns.remove(&connection_id);
+                // A probe's own connection (never in `conns`) says nothing when it closes.
+                let ours = self.conns.remove(&connection_id).is_some();
                 if num_established == 0 {
                     self.relay_peers.remove(&peer_id);
+                    if ours && let Some(dir) = &self.directory {
+                        let now = self.clock.now();
+                        dir.0
+                            .write()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .connection_lost(&peer_id, now);
+                    }
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -1102,8 +1156,9 @@ impl SwarmTask {
                 peer_id,
                 error,
             } => {
-                if let Some(probe) = self.probes.remove(&connection_id) {
-                    if matches!(error, DialError::Denied { .. } | DialError::Aborted) {
+                if let Some((probe, kind)) = self.probes.remove(&connection_id) {
+                    let local = matches!(error, DialError::Denied { .. } | DialError::Aborted);
+                    if local && kind == ProbeKind::Proof {
                         // Refused here (a connection limit), not by the address: try again.
                         if let Some(dir) = &self.directory {
                             dir.0
@@ -1111,8 +1166,17 @@ impl SwarmTask {
                                 .unwrap_or_else(PoisonError::into_inner)
                                 .retry_later(probe);
                         }
+                    } else if local {
+                        // Nothing learnt about the relay: its schedule holds.
+                        let now = self.clock.now();
+                        if let Some(dir) = &self.directory {
+                            dir.0
+                                .write()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .check_not_tried(&probe, now);
+                        }
                     } else {
-                        self.probe_done(&probe, false);
+                        self.probe_done(&probe, kind, false);
                     }
                 }
                 if let Some(target) = self.verify_dials.remove(&connection_id) {
@@ -1214,9 +1278,11 @@ impl SwarmTask {
 
     // ---- probes (relays) ----------------------------------------------------------------
 
-    /// Starts the next probe, if there is room: dials the address and lets the handshake
-    /// authenticate the relay there. A connection we dialed to that address already proves
-    /// it.
+    /// Starts the next probe or liveness check, if there is room: dials the address and lets
+    /// the handshake authenticate the relay there. A connection we dialed to that address
+    /// and still hold answers either at once: a relay that crashed closed it (and its closing
+    /// asked for the check). Checks and proofs take turns first, so that neither a flood of
+    /// heard descriptors nor a large store starves the other.
     fn probe_next(&mut self) {
         if self.probes.len() >= MAX_PROBES_IN_FLIGHT {
             return;
@@ -1224,15 +1290,25 @@ impl SwarmTask {
         let Some(dir) = self.directory.clone() else {
             return;
         };
-        let probe = {
+        self.probe_ticks += 1;
+        let now = self.clock.now();
+        let checks_first = self.probe_ticks.is_multiple_of(2);
+        let next = {
             let mut store = dir.0.write().unwrap_or_else(PoisonError::into_inner);
-            store.next_probe()
+            let proof = |store: &mut DirStore| store.next_probe().map(|p| (p, ProbeKind::Proof));
+            let check =
+                |store: &mut DirStore| store.next_check(now).map(|p| (p, ProbeKind::Liveness));
+            if checks_first {
+                check(&mut store).or_else(|| proof(&mut store))
+            } else {
+                proof(&mut store).or_else(|| check(&mut store))
+            }
         };
-        let Some(probe) = probe else {
+        let Some((probe, kind)) = next else {
             return;
         };
         if !dialable(&probe.addr, &self.dir_config) {
-            self.probe_done(&probe, false);
+            self.probe_done(&probe, kind, false);
             return;
         }
         let already = self.conns.values().any(|(peer, endpoint)| {
@@ -1241,7 +1317,7 @@ impl SwarmTask {
                     if without_peer(address) == probe.addr)
         });
         if already {
-            self.probe_done(&probe, true);
+            self.probe_done(&probe, kind, true);
             return;
         }
         let opts = DialOpts::peer_id(probe.peer)
@@ -1251,27 +1327,33 @@ impl SwarmTask {
         let connection = opts.connection_id();
         match self.swarm.dial(opts) {
             Ok(()) => {
-                self.probes.insert(connection, probe);
+                self.probes.insert(connection, (probe, kind));
             }
             Err(err) => {
                 debug!(%err, "probe dial refused");
-                self.probe_done(&probe, false);
+                self.probe_done(&probe, kind, false);
             }
         }
     }
 
-    fn probe_done(&mut self, probe: &Probe, reached: bool) {
-        if reached {
-            self.stats.probes_reached.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.stats.probes_failed.fetch_add(1, Ordering::Relaxed);
-            debug!(peer = %probe.peer, addr = %probe.addr, "a signed address did not answer as its relay");
+    fn probe_done(&mut self, probe: &Probe, kind: ProbeKind, reached: bool) {
+        let counter = match (kind, reached) {
+            (ProbeKind::Proof, true) => &self.stats.probes_reached,
+            (ProbeKind::Proof, false) => &self.stats.probes_failed,
+            (ProbeKind::Liveness, true) => &self.stats.checks_reached,
+            (ProbeKind::Liveness, false) => &self.stats.checks_failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if !reached {
+            debug!(peer = %probe.peer, addr = %probe.addr, ?kind, "a signed address did not answer as its relay");
         }
+        let now = self.clock.now();
         if let Some(dir) = &self.directory {
-            dir.0
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .probed(probe, reached);
+            let mut store = dir.0.write().unwrap_or_else(PoisonError::into_inner);
+            match kind {
+                ProbeKind::Proof => store.probed(probe, reached),
+                ProbeKind::Liveness => store.checked(probe, reached, now),
+            }
         }
     }
 

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::hostile::{
-    Lie, flood_stores, grind_near, junk_listing_body, listing_body, listing_body_of_bytes,
-    start_hostile,
+    Lie, down_listing_body, flood_stores, grind_near, junk_listing_body, listing_body,
+    listing_body_of_bytes, start_hostile,
 };
 use common::*;
 use libp2p::identity::{Keypair, ed25519};
@@ -21,8 +21,8 @@ use libp2p::{Multiaddr, PeerId};
 use shallot_crypto::OnionPublicKey;
 use shallot_directory::MAX_RESPONSE_LEN;
 use shallot_directory::{
-    DEFAULT_MAX_RELAYS_PER_SUBNET, Descriptor, PROTOCOL_CIRCUIT_V1, RelayFlags, SignedDescriptor,
-    descriptor_key,
+    DEFAULT_MAX_RELAYS_PER_SUBNET, Descriptor, MAX_DOWN_CHECKS, PROTOCOL_CIRCUIT_V1, RelayFlags,
+    SignedDescriptor, descriptor_key,
 };
 use shallot_p2p::{MAX_PAGES_PER_SOURCE, MAX_REFRESH_TIME, MAX_VERIFY_TIME};
 
@@ -352,6 +352,56 @@ async fn lying_sources_cost_a_bounded_refresh_and_hide_no_honest_relay() {
         }
     }
     panic!("the view lacks honest relays after 8 refreshes from lying sources");
+}
+
+/// specs/04 §6.1 and §7.4, a source that calls every relay down: a client whose view holds
+/// every honest relay (as from its cache) starts with a liar among its bootstrap peers, which
+/// lists each of them with no address proven, as a store lists a relay that stopped answering
+/// its checks. The client dials the relays itself, at most [`MAX_DOWN_CHECKS`] per refresh,
+/// finds every one, and removes none: a client that took the word of one source would have
+/// lost its whole view to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_calls_every_relay_down_removes_none_that_answer() {
+    // Fewer than one refresh's dials, so that every relay is checked in the first.
+    const HONEST: usize = 20;
+    const _: () = assert!(HONEST <= MAX_DOWN_CHECKS);
+    let wire = Wire::memory();
+    let net = wire.net();
+    let (relays, _) = converged_relays(&wire, HONEST).await;
+    let store = relays[0].node.directory().expect("a relay's store");
+    let honest_entries: Vec<SignedDescriptor> = relays
+        .iter()
+        .map(|r| store.get(&r.peer_id()).expect("listed").descriptor)
+        .collect();
+    let honest: HashSet<PeerId> = relays.iter().map(TestRelay::peer_id).collect();
+    let first = start_client(&wire, vec![relays[0].node.bootstrap_addr().expect("addr")]).await;
+    let (_, mut view) = wait_for_view(&first, &honest).await;
+
+    let contacts = vec![relays[1].node.bootstrap_addr().expect("addr")];
+    let liar = liar(
+        net,
+        Ipv4Addr::new(10, 215, 0, 1),
+        down_listing_body(&honest_entries),
+        contacts,
+    )
+    .await;
+    let bootstrap = vec![
+        liar.addr
+            .clone()
+            .with(libp2p::multiaddr::Protocol::P2p(liar.peer)),
+        relays[2].node.bootstrap_addr().expect("addr"),
+    ];
+    let second = start_client(&wire, bootstrap).await;
+    let mut verdicts = shallot_directory::Verdicts::new();
+    let (_, report) = refresh_into(&second, &mut view, &mut verdicts).await;
+    println!("{report:?}");
+    assert_eq!(
+        report.reported_down, HONEST,
+        "the liar's listing was not read"
+    );
+    let kept: HashSet<PeerId> = view.entries().map(|e| e.descriptor.peer_id()).collect();
+    assert_eq!(kept, honest, "relays that answer left the view");
+    drop(liar);
 }
 
 /// specs/04 §1, store filling: one host sends 20,000 validly signed fresh descriptors (each in

@@ -234,50 +234,82 @@ async fn a_source_that_misses_a_synchronisation_is_not_read_in_full_again() {
     );
 }
 
+fn standing_at(relay: &TestRelay, peer: &PeerId) -> Option<shallot_directory::Standing> {
+    relay
+        .node
+        .directory()
+        .and_then(|d| d.get(peer))
+        .map(|entry| entry.standing)
+}
+
+/// A relay that stops (its connections close, its address answers no more) is checked by
+/// the relays that list it, listed as down within seconds of the wall clock, and leaves the
+/// view of a client that follows their listings once the client's own dial fails too; a
+/// fresh client never takes it. Before the stores checked what they listed, it stayed listed,
+/// and in every view, until its descriptor expired hours later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stopped_relay_stays_listed_until_expiry_then_leaves_views() {
-    const LIFETIME: u64 = 600;
+async fn a_stopped_relay_is_listed_down_and_leaves_the_views_that_follow_it() {
+    use shallot_directory::Standing;
     let wire = Wire::memory();
     let mut relays = start_relays(&wire, 6).await;
-    // The relay that will stop publishes only a short-lived descriptor.
-    let leaving = relays.pop().expect("relay");
     publish_all(&relays, 3600).await;
+    let leaving = relays.pop().expect("relay");
     let leaving_peer = leaving.peer_id();
-    publish_all(std::slice::from_ref(&leaving), LIFETIME).await;
-    // Others list it (they proved its address) before it goes: a relay only held pending
-    // when its publisher leaves can never be proven, so it would rightly never be listed.
-    let deadline = Instant::now() + CONVERGE_LIMIT;
-    while !relays.iter().all(|r| {
-        r.node.directory().is_some_and(|d| {
-            d.get(&leaving_peer)
-                .is_some_and(|entry| entry.standing == shallot_directory::Standing::Listed)
-        })
-    }) {
-        assert!(
-            Instant::now() < deadline,
-            "not every relay learned the leaving one"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    drop(leaving);
-
-    // Its publisher is offline, yet the other relays still list it.
+    until("every relay lists the leaving one", || {
+        relays
+            .iter()
+            .all(|r| standing_at(r, &leaving_peer) == Some(Standing::Listed))
+    })
+    .await;
     let client = start_client(&wire, vec![relays[0].node.bootstrap_addr().expect("addr")]).await;
     let mut expected: HashSet<PeerId> = relays.iter().map(TestRelay::peer_id).collect();
     expected.insert(leaving_peer);
-    wait_for_view(&client, &expected).await;
+    let (_, mut view) = wait_for_view(&client, &expected).await;
 
-    // After its lifetime (the wall clock moved, no waiting), a fresh view does not hold it.
-    wire.skip(LIFETIME + 1);
-    let fresh = start_client(&wire, vec![relays[1].node.bootstrap_addr().expect("addr")]).await;
-    let mut view = fresh_view();
-    let (_, report) =
-        refresh_into(&fresh, &mut view, &mut shallot_directory::Verdicts::new()).await;
+    drop(leaving);
+    // A relay connected to it checks at once; others when its proof is a minute old. The
+    // clock moves a second every 100 ms, so a minute passes in six.
+    let stopped = Instant::now();
+    let mut clock_moved = 0;
+    while !relays
+        .iter()
+        .all(|r| standing_at(r, &leaving_peer) == Some(Standing::Down))
+    {
+        assert!(
+            stopped.elapsed() < CONVERGE_LIMIT,
+            "not every relay found it down: {:?}",
+            relays
+                .iter()
+                .map(|r| standing_at(r, &leaving_peer))
+                .collect::<Vec<_>>()
+        );
+        wire.skip(1);
+        clock_moved += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "every relay listed the stopped one as down after {:?} ({clock_moved} s of wall clock)",
+        stopped.elapsed()
+    );
+
+    let mut verdicts = shallot_directory::Verdicts::new();
+    let (_, report) = refresh_into(&client, &mut view, &mut verdicts).await;
+    assert!(report.reported_down >= 1, "{report:?}");
     assert!(
         view.get(&leaving_peer).is_none(),
-        "an expired relay is still in a fresh view"
+        "the stopped relay is still in the following client's view"
+    );
+    assert!(
+        view.departed().any(|(peer, _)| *peer == leaving_peer),
+        "its first sighting is kept"
     );
     assert_eq!(view.len(), relays.len());
+
+    let fresh = start_client(&wire, vec![relays[1].node.bootstrap_addr().expect("addr")]).await;
+    let mut fresh_clients_view = fresh_view();
+    let (_, report) = refresh_into(&fresh, &mut fresh_clients_view, &mut verdicts).await;
+    assert!(fresh_clients_view.get(&leaving_peer).is_none());
+    assert_eq!(fresh_clients_view.len(), relays.len());
     assert!(report.sources_dropped.is_empty(), "{report:?}");
 }
 

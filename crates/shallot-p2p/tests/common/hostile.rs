@@ -302,6 +302,17 @@ pub fn listing_body(entries: &[SignedDescriptor]) -> Arc<Vec<u8>> {
 
 /// As [`listing_body`], with descriptors given as bytes (forged ones, that no longer verify).
 pub fn listing_body_of_bytes(entries: &[Vec<u8>]) -> Arc<Vec<u8>> {
+    listing_body_proven(entries, AddrSet::ALL)
+}
+
+/// A listing body with `entries`, each with no address proven: what a store lists for a relay
+/// that stopped answering its checks (specs/04 §7.4).
+pub fn down_listing_body(entries: &[SignedDescriptor]) -> Arc<Vec<u8>> {
+    let bytes: Vec<Vec<u8>> = entries.iter().map(|d| d.as_bytes().to_vec()).collect();
+    listing_body_proven(&bytes, AddrSet::NONE)
+}
+
+fn listing_body_proven(entries: &[Vec<u8>], proven: AddrSet) -> Arc<Vec<u8>> {
     let listing = Listing {
         epoch: 1,
         seq: u64::MAX / 2,
@@ -311,7 +322,7 @@ pub fn listing_body_of_bytes(entries: &[Vec<u8>]) -> Arc<Vec<u8>> {
             .iter()
             .map(|d| ListingEntry {
                 first_seen: 1,
-                proven: AddrSet::ALL,
+                proven,
                 descriptor: d.clone(),
             })
             .collect(),

@@ -279,6 +279,9 @@ pub async fn refresh_into(
     let listings = std::mem::take(&mut outcome.listings);
     let gathered = gather(listings, client.clock().now());
     let dials = client.verify_contests(&gathered, view, verdicts).await;
+    for gone in client.check_down_reports(&gathered, view, verdicts).await {
+        view.remove(&gone);
+    }
     if std::env::var_os("SHALLOT_TEST_VERBOSE").is_some() {
         println!(
             "fetched in {fetched:?}; {dials} verification dials in {:?}",
