@@ -17,8 +17,12 @@ pub const DEFAULT_SOCKS_LISTEN: SocketAddr =
 pub const DEFAULT_CIRCUIT_REUSE_SECS: u64 = 600;
 /// Default ports the client keeps a clean circuit ready for, before any application asks.
 pub const DEFAULT_PREEMPTIVE_PORTS: [u16; 2] = [80, 443];
-/// Default most circuits open (built or building) at once.
-pub const DEFAULT_MAX_CIRCUITS: usize = 32;
+/// Default most circuits open (built or building) at once. A browser that isolates sites by
+/// credentials (Tor Browser) holds one for each site it keeps an idle keep-alive connection to,
+/// every site of the last couple of minutes: with 32, the 33rd site waited and failed. Tor
+/// caps only circuits being built (MaxClientCircuitsPending, 32); this caps all of them, well
+/// above what a browser keeps open and at half a guard's per-address circuit limit.
+pub const DEFAULT_MAX_CIRCUITS: usize = 128;
 /// Default build timeout before enough build times were measured to learn one.
 pub const DEFAULT_BUILD_TIMEOUT_INITIAL_SECS: u64 = 60;
 /// Default lower bound of the learned build timeout.

@@ -1067,6 +1067,28 @@ mod tests {
         assert!(!left.contains(&ids[1]));
     }
 
+    /// A browser that isolates sites (Tor Browser's first-party isolation, one set of SOCKS
+    /// credentials per site) keeps an idle keep-alive connection open to each site it visited
+    /// in the last couple of minutes (Firefox: 115 s), so each of those sites holds a lease on
+    /// its circuit. With the default budget, the sites a browser keeps open at once must each
+    /// get a circuit: with 32, the 33rd waited `stream_timeout_secs` and failed.
+    #[test]
+    fn a_browser_with_many_isolated_sites_open_gets_a_circuit_for_each() {
+        const OPEN_SITES: usize = 100;
+        let mut f = Fixture::new(crate::config::DEFAULT_MAX_CIRCUITS);
+        let sites: Vec<Isolation> = (0..OPEN_SITES).map(|i| iso(&format!("site-{i}"))).collect();
+        for (i, site) in sites.iter().enumerate() {
+            // Each build keeps its lease: the site's keep-alive stream stays open.
+            match f.choose(&req(site, Some(443)), f.at(1)) {
+                Decision::Build { id, .. } => {
+                    f.finish(id, "accept 1-65535");
+                }
+                _ => panic!("site {} of {OPEN_SITES} got no circuit", i + 1),
+            }
+        }
+        const _: () = assert!(OPEN_SITES < crate::config::DEFAULT_MAX_CIRCUITS);
+    }
+
     #[test]
     fn at_the_cap_with_every_circuit_busy_streams_queue_and_room_goes_in_order() {
         let mut f = Fixture::new(2);
