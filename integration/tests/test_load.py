@@ -102,3 +102,32 @@ def test_100_isolation_groups_one_after_another_all_fetch(make_network, web, rec
         f"{circuits} circuits open at the end"
     )
     assert not failures, f"{len(failures)} groups failed, first: {failures[:5]}"
+
+
+OPEN_SITES = 40
+
+
+def test_40_isolated_sites_held_open_at_once_each_get_a_circuit(make_network, web, record):
+    """A browser that isolates sites keeps an idle keep-alive connection open to each site it
+    visited lately, so each site holds its circuit: 40 distinct SOCKS credentials, each with a
+    connection to the web server that stays open while the next ones connect. Every one is
+    connected (with the old default of 32 circuits, the 33rd waited `stream_timeout_secs` and
+    got SOCKS reply 0x01: sites 33 to 40 were refused after 15.0 s each)."""
+    net = make_network(relays_count=5, exits_count=2)
+    held = []
+    refused = []
+    start = time.monotonic()
+    try:
+        for i in range(OPEN_SITES):
+            reply = harness.socks5_connect(net.socks, "127.0.0.1", web.port, timeout=30, auth=(f"open-site-{i}", "x"))
+            if reply.sock is None:
+                refused.append((i + 1, f"{reply.code:#04x} after {reply.seconds:.1f} s"))
+            else:
+                held.append(reply.sock)
+        took = time.monotonic() - start
+        circuits = len(net.status()["circuits"])
+    finally:
+        for sock in held:
+            sock.close()
+    record(f"{OPEN_SITES} isolated sites held open at once: {len(held)} connected in {took:.2f} s, {circuits} circuits open")
+    assert not refused, f"sites refused (number, reply): {refused[:5]}"
