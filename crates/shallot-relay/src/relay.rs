@@ -87,6 +87,9 @@ pub struct RelayStats {
     pub refused_malformed: Counter,
     /// Circuit streams that sent no preamble and first cell in time.
     pub refused_timeout: Counter,
+    /// Circuit streams whose connection had closed before the relay took them (nothing was
+    /// wrong with them; nothing could be answered).
+    pub refused_connection_gone: Counter,
     /// Circuits refused because the relay holds `max_circuits`.
     pub refused_total_limit: Counter,
     /// Circuits refused because the previous-hop relay holds `max_circuits_per_peer`.
@@ -447,7 +450,7 @@ async fn accept_loop(
                     }
                     None => {
                         // The peer's connection is gone: so is the stream.
-                        ctx.stats.refused_malformed.inc();
+                        ctx.stats.refused_connection_gone.inc();
                     }
                     Some(Err(_)) => {
                         // Dropping the stream closes it, unread.
