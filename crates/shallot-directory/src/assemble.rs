@@ -564,9 +564,14 @@ mod tests {
     }
 
     fn listing_of(relays: &[SignedDescriptor]) -> Vec<ListingEntry> {
+        listing_proven(relays, AddrSet::ALL)
+    }
+
+    /// Every relay in `relays` with `proven`, first seen a day ago.
+    fn listing_proven(relays: &[SignedDescriptor], proven: AddrSet) -> Vec<ListingEntry> {
         relays
             .iter()
-            .map(|d| entry(d, AddrSet::ALL, NOW - 86_400))
+            .map(|d| entry(d, proven, NOW - 86_400))
             .collect()
     }
 
@@ -894,10 +899,7 @@ mod tests {
     }
 
     fn down_listing_of(relays: &[SignedDescriptor]) -> Vec<ListingEntry> {
-        relays
-            .iter()
-            .map(|d| entry(d, AddrSet::NONE, NOW - 86_400))
-            .collect()
+        listing_proven(relays, AddrSet::NONE)
     }
 
     #[test]

@@ -704,25 +704,42 @@ impl DirStore {
             return;
         };
         let proven = old.proven.with(probe.index);
-        if self.fits(&old.descriptor, Standing::Listed, proven) {
-            self.insert(
-                peer,
-                StoreEntry {
-                    proven,
-                    standing: Standing::Listed,
-                    liveness: if old.standing == Standing::Listed {
-                        old.liveness
-                    } else {
-                        Liveness::default()
-                    },
-                    ..old
-                },
-            );
-        } else if old.standing == Standing::Listed {
+        let liveness = if old.standing == Standing::Listed {
+            old.liveness
+        } else {
+            Liveness::default()
+        };
+        if let Some(old) = self.list_if_room(peer, old, proven, liveness)
+            && old.standing == Standing::Listed
+        {
             // Listed through another address; this one's network is full: stays unproven.
             self.insert(peer, old);
         }
         // A pending entry proven in a full network is dropped: it could not be listed.
+    }
+
+    /// Lists `old` (taken out of the store) with `proven` and `liveness` if the caps leave
+    /// room; gives it back unchanged otherwise.
+    fn list_if_room(
+        &mut self,
+        peer: PeerId,
+        old: StoreEntry,
+        proven: AddrSet,
+        liveness: Liveness,
+    ) -> Option<StoreEntry> {
+        if !self.fits(&old.descriptor, Standing::Listed, proven) {
+            return Some(old);
+        }
+        self.insert(
+            peer,
+            StoreEntry {
+                proven,
+                standing: Standing::Listed,
+                liveness,
+                ..old
+            },
+        );
+        None
     }
 
     /// A probe that could not be tried (the dial was refused locally, e.g. by a connection
@@ -873,18 +890,9 @@ impl DirStore {
             let Some(old) = self.take(&peer) else {
                 return;
             };
+            // No room left for it: it leaves the store.
             let proven = AddrSet::NONE.with(probe.index);
-            if self.fits(&old.descriptor, Standing::Listed, proven) {
-                self.insert(
-                    peer,
-                    StoreEntry {
-                        proven,
-                        standing: Standing::Listed,
-                        liveness: Liveness::default(),
-                        ..old
-                    },
-                );
-            }
+            let _ = self.list_if_room(peer, old, proven, Liveness::default());
             return;
         }
         let failures = e.liveness.failures.saturating_add(1);
