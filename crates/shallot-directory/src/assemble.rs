@@ -233,6 +233,7 @@ pub fn gather(listings: Vec<SourceListing>, now: u64) -> Gathered {
             continue;
         }
         let mut verified: Vec<(SignedDescriptor, &ListingEntry)> = Vec::new();
+        let mut down: Vec<PeerId> = Vec::new();
         let mut invalid = 0;
         let mut stale = 0;
         for entry in listing.entries.iter().take(MAX_VIEW_RELAYS) {
@@ -241,12 +242,10 @@ pub fn gather(listings: Vec<SourceListing>, now: u64) -> Gathered {
             // it is in the view (Gathered::down_checks), so a source that calls everyone down
             // costs bounded dials and removes no one who answers.
             if entry.proven.is_empty() {
-                if let Some(peer) = SignedDescriptor::peer_of_bytes(&entry.descriptor)
-                    && peer != listing.source
-                    && reported_down.len() < MAX_DOWN_REPORTS
-                {
-                    reported_down.insert(peer);
-                }
+                down.extend(
+                    SignedDescriptor::peer_of_bytes(&entry.descriptor)
+                        .filter(|peer| *peer != listing.source),
+                );
                 continue;
             }
             // Bytes another source listed already are not checked twice.
@@ -282,6 +281,12 @@ pub fn gather(listings: Vec<SourceListing>, now: u64) -> Gathered {
         if invalid > MAX_SOURCE_INVALID || stale > MAX_SOURCE_STALE {
             report.sources_dropped.push(listing.source);
             continue;
+        }
+        for peer in down {
+            if reported_down.len() >= MAX_DOWN_REPORTS {
+                break;
+            }
+            reported_down.insert(peer);
         }
         let index = used;
         used += 1;
@@ -931,6 +936,29 @@ mod tests {
         assert_eq!(report.reported_down, 105);
         assert_eq!(report.added, 0, "a down report is no candidate");
         assert_eq!(view.len(), 100, "the word alone removes no one");
+    }
+
+    /// A source dropped for listing garbage is dropped with everything it listed (specs/04
+    /// §6.1 item 4), its down reports too: otherwise a source could list junk and still
+    /// make the client dial every relay of its view.
+    #[test]
+    fn a_dropped_source_reports_no_one_down() {
+        let relays = honest(20);
+        let mut view = NetworkView::new(ViewConfig::default());
+        assemble(&mut view, vec![source(1, listing_of(&relays))], NOW);
+        let mut lies = down_listing_of(&relays);
+        lies.extend((0..=MAX_SOURCE_INVALID as u32).map(|i| ListingEntry {
+            first_seen: 0,
+            proven: AddrSet::ALL,
+            descriptor: i.to_be_bytes().to_vec(),
+        }));
+        let liar = source(9, lies);
+        let liar_id = liar.source;
+        let gathered = gather(vec![liar], NOW);
+        assert!(gathered.down_checks(&view, MAX_DOWN_CHECKS).is_empty());
+        let report = gathered.offer_to(&mut view, None);
+        assert_eq!(report.sources_dropped, vec![liar_id]);
+        assert_eq!(report.reported_down, 0);
     }
 
     #[test]
