@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::hostile::{
-    Lie, down_listing_body, flood_stores, grind_near, junk_listing_body, listing_body,
+    Lie, down_changes_body, flood_stores, grind_near, junk_listing_body, listing_body,
     listing_body_of_bytes, start_hostile,
 };
 use common::*;
@@ -168,6 +168,7 @@ async fn an_adversary_with_two_thousand_peer_ids_on_four_addresses_does_not_shap
         ];
         let lie = Lie {
             listing: Arc::clone(&body),
+            changes: None,
             own: Some(descriptor.clone()),
         };
         hostile.push(start_hostile(net, ip, port, k, lie, &allies, contacts).await);
@@ -220,6 +221,7 @@ async fn liar(
 ) -> common::hostile::HostileNode {
     let lie = Lie {
         listing: body,
+        changes: None,
         own: None,
     };
     start_hostile(net, ip, 1, ed25519::Keypair::generate(), lie, &[], contacts).await
@@ -354,19 +356,19 @@ async fn lying_sources_cost_a_bounded_refresh_and_hide_no_honest_relay() {
     panic!("the view lacks honest relays after 8 refreshes from lying sources");
 }
 
-/// specs/04 §6.1 and §7.4, a source that calls every relay down: a client whose view holds
-/// every honest relay (as from its cache) starts with a liar among its bootstrap peers, which
-/// lists each of them with no address proven, as a store lists a relay that stopped answering
-/// its checks. The client dials the relays itself, at most [`MAX_DOWN_CHECKS`] per refresh,
-/// finds every one, and removes none: a client that took the word of one source would have
-/// lost its whole view to it.
+/// specs/04 §6.1 and §7.4, a source that calls every relay down: a client follows a liar and
+/// an honest relay. The liar's first listing is empty; from then on each listing of changes it
+/// sends lists every honest relay with no address proven, as a store lists a relay that
+/// stopped answering its checks, while the honest sources have nothing new. The client dials
+/// the relays itself, at most [`MAX_DOWN_CHECKS`] per refresh, finds every one, and removes
+/// none: a client that took the word of one source would lose its whole view to it, with no
+/// honest listing of changes to bring the relays back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_that_calls_every_relay_down_removes_none_that_answer() {
-    // Fewer than one refresh's dials, so that every relay is checked in the first.
+    // Fewer than one refresh's dials, so that every relay is checked in each.
     const HONEST: usize = 20;
     const _: () = assert!(HONEST <= MAX_DOWN_CHECKS);
     let wire = Wire::memory();
-    let net = wire.net();
     let (relays, _) = converged_relays(&wire, HONEST).await;
     let store = relays[0].node.directory().expect("a relay's store");
     let honest_entries: Vec<SignedDescriptor> = relays
@@ -374,14 +376,19 @@ async fn a_source_that_calls_every_relay_down_removes_none_that_answer() {
         .map(|r| store.get(&r.peer_id()).expect("listed").descriptor)
         .collect();
     let honest: HashSet<PeerId> = relays.iter().map(TestRelay::peer_id).collect();
-    let first = start_client(&wire, vec![relays[0].node.bootstrap_addr().expect("addr")]).await;
-    let (_, mut view) = wait_for_view(&first, &honest).await;
-
+    let lie = Lie {
+        listing: listing_body(&[]),
+        changes: Some(down_changes_body(&honest_entries)),
+        own: None,
+    };
     let contacts = vec![relays[1].node.bootstrap_addr().expect("addr")];
-    let liar = liar(
-        net,
+    let liar = start_hostile(
+        wire.net(),
         Ipv4Addr::new(10, 215, 0, 1),
-        down_listing_body(&honest_entries),
+        1,
+        ed25519::Keypair::generate(),
+        lie,
+        &[],
         contacts,
     )
     .await;
@@ -391,16 +398,19 @@ async fn a_source_that_calls_every_relay_down_removes_none_that_answer() {
             .with(libp2p::multiaddr::Protocol::P2p(liar.peer)),
         relays[2].node.bootstrap_addr().expect("addr"),
     ];
-    let second = start_client(&wire, bootstrap).await;
+    let client = start_client(&wire, bootstrap).await;
+    let (_, mut view) = wait_for_view(&client, &honest).await;
     let mut verdicts = shallot_directory::Verdicts::new();
-    let (_, report) = refresh_into(&second, &mut view, &mut verdicts).await;
-    println!("{report:?}");
-    assert_eq!(
-        report.reported_down, HONEST,
-        "the liar's listing was not read"
-    );
-    let kept: HashSet<PeerId> = view.entries().map(|e| e.descriptor.peer_id()).collect();
-    assert_eq!(kept, honest, "relays that answer left the view");
+    for refresh in 1..=3 {
+        let (_, report) = refresh_into(&client, &mut view, &mut verdicts).await;
+        println!("refresh {refresh}: {report:?}");
+        assert_eq!(
+            report.reported_down, HONEST,
+            "the liar's changes were not read"
+        );
+        let kept: HashSet<PeerId> = view.entries().map(|e| e.descriptor.peer_id()).collect();
+        assert_eq!(kept, honest, "relays that answer left the view");
+    }
     drop(liar);
 }
 

@@ -139,6 +139,7 @@ async fn a_source_that_misses_a_synchronisation_is_not_read_in_full_again() {
     let wire = Wire::memory();
     let lie = hostile::Lie {
         listing: hostile::listing_body(&[]),
+        changes: None,
         own: None,
     };
     let source = hostile::start_hostile(

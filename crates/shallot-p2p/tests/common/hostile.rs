@@ -94,8 +94,10 @@ struct HostileBehaviour {
 /// What a hostile node does.
 #[derive(Clone)]
 pub struct Lie {
-    /// The body of its answer to every listing request.
+    /// The body of its answer to every first listing request (SINCE = 0).
     pub listing: Arc<Vec<u8>>,
+    /// The body of its answer to a follower's request for changes; `None`: nothing new.
+    pub changes: Option<Arc<Vec<u8>>>,
     /// Its own descriptor, announced to every peer it dials.
     pub own: Option<SignedDescriptor>,
 }
@@ -252,7 +254,9 @@ pub async fn start_hostile(
                         // adversary shaping views, not burning CPU: what a listing can cost
                         // is bounded on its own, specs/04 §6.1).
                         DirRequest::Listing { since: 0, .. } => Arc::clone(&lie.listing),
-                        DirRequest::Listing { .. } => Arc::clone(&nothing_new),
+                        DirRequest::Listing { .. } => {
+                            Arc::clone(lie.changes.as_ref().unwrap_or(&nothing_new))
+                        }
                         DirRequest::Announce(_) => Arc::clone(&accepted),
                     };
                     let _ = swarm.behaviour_mut().dir.send_response(channel, body);
@@ -302,21 +306,21 @@ pub fn listing_body(entries: &[SignedDescriptor]) -> Arc<Vec<u8>> {
 
 /// As [`listing_body`], with descriptors given as bytes (forged ones, that no longer verify).
 pub fn listing_body_of_bytes(entries: &[Vec<u8>]) -> Arc<Vec<u8>> {
-    listing_body_proven(entries, AddrSet::ALL)
+    listing_body_proven(entries, AddrSet::ALL, true)
 }
 
-/// A listing body with `entries`, each with no address proven: what a store lists for a relay
-/// that stopped answering its checks (specs/04 §7.4).
-pub fn down_listing_body(entries: &[SignedDescriptor]) -> Arc<Vec<u8>> {
+/// A listing of changes with `entries`, each with no address proven: what a store lists to
+/// its followers for a relay that stopped answering its checks (specs/04 §7.4).
+pub fn down_changes_body(entries: &[SignedDescriptor]) -> Arc<Vec<u8>> {
     let bytes: Vec<Vec<u8>> = entries.iter().map(|d| d.as_bytes().to_vec()).collect();
-    listing_body_proven(&bytes, AddrSet::NONE)
+    listing_body_proven(&bytes, AddrSet::NONE, false)
 }
 
-fn listing_body_proven(entries: &[Vec<u8>], proven: AddrSet) -> Arc<Vec<u8>> {
+fn listing_body_proven(entries: &[Vec<u8>], proven: AddrSet, full: bool) -> Arc<Vec<u8>> {
     let listing = Listing {
         epoch: 1,
         seq: u64::MAX / 2,
-        full: true,
+        full,
         more: false,
         entries: entries
             .iter()
