@@ -543,25 +543,43 @@ impl Node {
             if todo.is_empty() {
                 break;
             }
-            let Ok(Ok(results)) =
-                tokio::time::timeout_at(deadline, self.verify(todo.clone())).await
-            else {
+            let asked = todo.len();
+            let Some(unreached) = self.verify_into(todo, deadline, verdicts).await else {
                 debug!(
-                    left = todo.len(),
+                    left = asked,
                     "verification ran out of time; the rest waits for the next refresh"
                 );
                 break;
             };
-            let now = self.clock.now();
-            dials += todo.len();
-            for ((peer, addr), reached) in todo.into_iter().zip(results) {
-                if !reached {
-                    debug!(%peer, %addr, "a contested relay is not at the address it claims");
-                }
-                verdicts.record(peer, addr, reached, now);
+            dials += asked;
+            for (peer, addr) in unreached {
+                debug!(%peer, %addr, "a contested relay is not at the address it claims");
             }
         }
         dials
+    }
+
+    /// Dials `targets` by `deadline` ([`Node::verify`]), records each outcome in `verdicts`,
+    /// and returns the targets not reached; `None` when the dials did not end in time.
+    async fn verify_into(
+        &self,
+        targets: Vec<(PeerId, Multiaddr)>,
+        deadline: tokio::time::Instant,
+        verdicts: &mut Verdicts,
+    ) -> Option<Vec<(PeerId, Multiaddr)>> {
+        let Ok(Ok(results)) = tokio::time::timeout_at(deadline, self.verify(targets.clone())).await
+        else {
+            return None;
+        };
+        let now = self.clock.now();
+        let mut unreached = Vec::new();
+        for ((peer, addr), reached) in targets.into_iter().zip(results) {
+            verdicts.record(peer, addr.clone(), reached, now);
+            if !reached {
+                unreached.push((peer, addr));
+            }
+        }
+        Some(unreached)
     }
 
     /// Dials the relays of `view` that a source of `gathered` reported down (specs/04 §6.1,
@@ -579,18 +597,11 @@ impl Node {
             return Vec::new();
         }
         let deadline = tokio::time::Instant::now() + MAX_VERIFY_TIME;
-        let Ok(Ok(reached)) = tokio::time::timeout_at(deadline, self.verify(targets.clone())).await
-        else {
-            return Vec::new();
-        };
-        let now = self.clock.now();
-        targets
+        self.verify_into(targets, deadline, verdicts)
+            .await
+            .unwrap_or_default()
             .into_iter()
-            .zip(reached)
-            .filter_map(|((peer, addr), reached)| {
-                verdicts.record(peer, addr, reached, now);
-                (!reached).then_some(peer)
-            })
+            .map(|(peer, _)| peer)
             .collect()
     }
 
