@@ -94,7 +94,7 @@ class ShallotNet:
         placements = [(h, i) for i in range(self.per_host) for h in self.relay_hosts]
         exit_slots = set(range(len(placements) - self.exits, len(placements)))
         for n, (host_name, i) in enumerate(placements):
-            self.relays.append(self._keygen(host_name, RELAY_BASE_PORT + i, n in exit_slots))
+            self.relays.append(self._new_relay(host_name, RELAY_BASE_PORT + i, n in exit_slots))
         for relay in self.relays:
             self.launch(relay)
 
@@ -102,7 +102,7 @@ class ShallotNet:
         """The bootstrap relays: the first relay of each of the first three hosts."""
         return [r for r in self.relays if r.port == RELAY_BASE_PORT][:3]
 
-    def _keygen(self, host_name: str, port: int, is_exit: bool) -> Relay:
+    def _new_relay(self, host_name: str, port: int, is_exit: bool) -> Relay:
         rdir = self.net.run_dir / f"relay-{len(self.relays)}"
         out = subprocess.run([str(netsim.SHALLOT), "keygen", "--dir", str(rdir)], capture_output=True, text=True, timeout=30)
         if out.returncode != 0:
@@ -121,7 +121,7 @@ class ShallotNet:
     def add_relay(self, host_name: str, is_exit: bool) -> Relay:
         """A new relay (a new identity) on `host_name`, on the next free port there, started."""
         port = max((r.port for r in self.relays if r.host.name == host_name), default=RELAY_BASE_PORT - 1) + 1
-        relay = self._keygen(host_name, port, is_exit)
+        relay = self._new_relay(host_name, port, is_exit)
         self.relays.append(relay)
         self.launch(relay)
         return relay
