@@ -580,6 +580,8 @@ class Network:
     client_settings: list[str] = field(default_factory=list)
     # Extra top-level lines of each exit's TOML config (e.g. "max_queued_bytes = 16777216").
     exit_settings: list[str] = field(default_factory=list)
+    # Extra top-level lines of every relay's TOML config (e.g. 'bandwidth_rate = "1 MB"').
+    relay_settings: list[str] = field(default_factory=list)
 
     def start(self, probe_port: int) -> "Network":
         """Starts everything and waits (bounded) until a stream to 127.0.0.1:probe_port works."""
@@ -611,6 +613,7 @@ class Network:
                 if self.dns_upstream:
                     lines.append(f'dns_upstreams = ["{self.dns_upstream[0]}:{self.dns_upstream[1]}"]')
                 lines += self.exit_settings
+            lines += self.relay_settings
             # Every client of these networks connects from 127.0.0.1, one address: give it
             # what a relay gives one relay, as `shallot testnet` does (specs/00 §4.4). The
             # table comes last: TOML keys after it would belong to it.

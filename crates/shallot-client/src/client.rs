@@ -396,6 +396,7 @@ async fn refresh_view(
                     known,
                     sources = assembled.sources_used,
                     added = assembled.added,
+                    hibernating = assembled.hibernating,
                     bytes,
                     "view refreshed"
                 );

@@ -102,6 +102,8 @@ pub struct AssemblyReport {
     pub minority: usize,
     /// Relays some source listed as down (no address proven).
     pub reported_down: usize,
+    /// Relays whose newest descriptor says they hibernate: left out (specs/04 §6.2).
+    pub hibernating: usize,
 }
 
 /// What the client found when it dialed relays at the addresses they claim, keyed by PeerId
@@ -518,6 +520,7 @@ impl Gathered {
                 Admission::Added => report.added += 1,
                 Admission::Updated => report.updated += 1,
                 Admission::Unchanged => {}
+                Admission::Hibernating => report.hibernating += 1,
                 Admission::SubnetFull | Admission::NoIpAddress | Admission::ViewFull => {
                     report.refused += 1
                 }

@@ -48,10 +48,18 @@ pub struct RelayFlags(pub u32);
 impl RelayFlags {
     /// The relay opens streams for clients.
     pub const EXIT: u32 = 1;
+    /// The relay has (nearly) spent its accounting allowance and accepts no new circuits
+    /// until its period turns (Tor's `hibernating 1`): clients leave it out of their views.
+    pub const HIBERNATING: u32 = 1 << 1;
 
     /// Whether the EXIT bit is set.
     pub fn is_exit(self) -> bool {
         self.0 & Self::EXIT != 0
+    }
+
+    /// Whether the HIBERNATING bit is set.
+    pub fn is_hibernating(self) -> bool {
+        self.0 & Self::HIBERNATING != 0
     }
 }
 

@@ -145,6 +145,9 @@ pub enum Admission {
     NoIpAddress,
     /// Refused: the view is full.
     ViewFull,
+    /// Left out: the descriptor says the relay hibernates (specs/04 §3.2); an older
+    /// descriptor of it left the view.
+    Hibernating,
 }
 
 /// The verified relays a client knows, with Sybil caps, ready for path selection.
@@ -221,6 +224,10 @@ impl NetworkView {
             if !crate::records::is_newer(&descriptor, &entry.descriptor) {
                 return Admission::Unchanged;
             }
+            if descriptor.descriptor().flags.is_hibernating() {
+                self.remove(&peer);
+                return Admission::Hibernating;
+            }
             let first_seen = entry.first_seen;
             // A new descriptor may list other addresses: re-admit it under the caps.
             let old = self.take(&peer);
@@ -233,6 +240,9 @@ impl NetworkView {
                     refused
                 }
             };
+        }
+        if descriptor.descriptor().flags.is_hibernating() {
+            return Admission::Hibernating;
         }
         self.admit(peer, descriptor, first_seen, proven)
     }
@@ -432,6 +442,7 @@ mod tests {
     use libp2p_identity::ed25519;
 
     use super::*;
+    use crate::descriptor::RelayFlags;
     use crate::descriptor::tests::{NOW, sample};
 
     fn relay_at(addr: &str) -> SignedDescriptor {
@@ -580,6 +591,36 @@ mod tests {
             ..ViewConfig::default()
         });
         assert_eq!(test_view.offer(relay_at("/memory/7"), 1), Admission::Added);
+    }
+
+    #[test]
+    fn a_hibernating_relay_leaves_the_view_and_its_slot_until_it_wakes() {
+        let keypair = ed25519::Keypair::generate();
+        let awake = sample(&keypair, "/ip4/192.0.2.1/tcp/1");
+        let mut asleep = awake.clone();
+        asleep.published_at += 60;
+        asleep.flags = RelayFlags(RelayFlags::HIBERNATING);
+        let mut woken = asleep.clone();
+        woken.published_at += 60;
+        woken.flags = RelayFlags::default();
+        let sign = |d: &crate::descriptor::Descriptor| d.sign(&keypair).expect("sign");
+        let peer = sign(&awake).peer_id();
+        let mut view = NetworkView::new(ViewConfig {
+            max_relays_per_subnet: 1,
+            ..ViewConfig::default()
+        });
+        assert_eq!(view.offer(sign(&awake), 5), Admission::Added);
+        assert_eq!(view.offer(sign(&asleep), 6), Admission::Hibernating);
+        assert!(view.get(&peer).is_none());
+        // Its /24 slot is free while it sleeps, a hibernating descriptor is never admitted, and
+        // its first sighting is remembered for when it wakes.
+        let other = relay_at("/ip4/192.0.2.2/tcp/1");
+        assert_eq!(view.offer(other.clone(), 7), Admission::Added);
+        view.remove(&other.peer_id());
+        assert_eq!(view.offer(sign(&asleep), 8), Admission::Hibernating);
+        assert!(view.get(&peer).is_none());
+        assert_eq!(view.offer(sign(&woken), 9), Admission::Added);
+        assert_eq!(view.get(&peer).expect("back").first_seen, 5);
     }
 
     #[test]

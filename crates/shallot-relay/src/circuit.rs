@@ -26,6 +26,7 @@ use crate::link::{self, Link, Run, Stream};
 use crate::memory::{CircuitAccount, Waiting, earliest};
 use crate::relay::Context;
 use crate::safelog::Sensitive;
+use crate::traffic::{Hibernation, Traffic};
 
 /// Bytes an exit reads from a destination at once (and holds until the circuit takes them).
 pub const EXIT_READ_CHUNK: usize = 64 * 1024;
@@ -189,6 +190,9 @@ enum Wake {
     /// The relay's memory budget chose this circuit to destroy.
     OverBudget,
     Shutdown,
+    /// The relay's hibernation changed (crate::traffic): with its allowance spent it carries
+    /// nothing more, so its circuits go.
+    Hibernation,
 }
 
 enum Next {
@@ -259,7 +263,14 @@ impl CircuitTask {
     /// Runs the circuit until it is destroyed (or the relay shuts down), then closes both
     /// streams after writing the DESTROY cells.
     pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut hibernation = self.ctx.traffic.watch_hibernation();
+        let mut destroyed_hibernating = false;
         loop {
+            if !destroyed_hibernating && *hibernation.borrow_and_update() == Hibernation::Hard {
+                destroyed_hibernating = true;
+                self.ctx.stats.circuits_destroyed_hibernating.inc();
+                self.circ.destroy(DestroyReason::Hibernating);
+            }
             self.run_actions();
             if self.circ.is_closed() {
                 break;
@@ -319,6 +330,7 @@ impl CircuitTask {
                 () = timer.as_mut(), if armed => Wake::Timer,
                 () = account.destroyed(), if accounted => Wake::OverBudget,
                 _ = shutdown.changed() => Wake::Shutdown,
+                Ok(()) = hibernation.changed() => Wake::Hibernation,
             };
             self.wake(wake, now);
             self.pump(now);
@@ -507,6 +519,8 @@ impl CircuitTask {
                 self.timers();
             }
             Wake::Shutdown => self.circ.destroy(DestroyReason::Hibernating),
+            // The loop looks at the new state first thing.
+            Wake::Hibernation => {}
         }
     }
 
@@ -570,7 +584,7 @@ impl CircuitTask {
             Ok(stream) => {
                 let cell_len = self.circ.next_cell_len();
                 let (r, w) = link::split(stream, cell_len);
-                let link = Link::spawn(r, w, cell_len);
+                let link = Link::spawn(r, w, cell_len, Arc::clone(&self.ctx.traffic));
                 match self.circ.handle_next_hop_opened(now.into_std()) {
                     Ok(()) => {
                         self.next = Next::Open(link);
@@ -794,6 +808,7 @@ impl CircuitTask {
             generation,
             self.events_tx.clone(),
             go_rx,
+            Arc::clone(&self.ctx.traffic),
         ));
         let writer = tokio::spawn(exit_writer(
             w,
@@ -801,6 +816,7 @@ impl CircuitTask {
             generation,
             self.events_tx.clone(),
             write_rx,
+            Arc::clone(&self.ctx.traffic),
         ));
         c.setup = None;
         c.reader = Some(reader.abort_handle());
@@ -1088,6 +1104,7 @@ async fn exit_reader(
     generation: u64,
     events: mpsc::Sender<ExitEvent>,
     mut go: mpsc::Receiver<Vec<u8>>,
+    traffic: Arc<Traffic>,
 ) {
     // One buffer, lent to the circuit with each read and given back once taken: no copy and
     // no allocation per read while the destination has more at once. A reader that has to
@@ -1130,6 +1147,9 @@ async fn exit_reader(
                 reason: crate::exit::end_reason_of(&e),
             },
         };
+        if let ExitEvent::Data { data, .. } = &ev {
+            traffic.received(data.len()).await;
+        }
         let more = matches!(ev, ExitEvent::Data { .. });
         if events.send(ev).await.is_err() || !more {
             return;
@@ -1148,8 +1168,10 @@ async fn exit_writer(
     generation: u64,
     events: mpsc::Sender<ExitEvent>,
     mut rx: mpsc::Receiver<Vec<u8>>,
+    traffic: Arc<Traffic>,
 ) {
     while let Some(buf) = rx.recv().await {
+        traffic.sending(buf.len()).await;
         if w.write_all(&buf).await.is_err() {
             let _ = events
                 .send(ExitEvent::WriteFailed { stream, generation })

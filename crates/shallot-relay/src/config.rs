@@ -13,6 +13,7 @@ use shallot_directory::{
 use shallot_p2p::{Multiaddr, PeerId, TransportConfig};
 
 use crate::err::RelayError;
+use crate::traffic::{AccountingPeriod, AccountingRule, ByteCount, MIN_BANDWIDTH_RATE};
 
 /// Default [`RelayConfig::data_dir`].
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/shallot/relay";
@@ -195,6 +196,30 @@ pub struct RelayConfig {
     /// [`MIN_MAX_QUEUED_BYTES`]; default [`DEFAULT_MAX_QUEUED_BYTES`].
     #[serde(default = "default_max_queued_bytes")]
     pub max_queued_bytes: u64,
+    /// Bytes a second the relay's circuits may receive, and as many they may send (a token
+    /// bucket each way shared by all circuits and exit connections, Tor's
+    /// `RelayBandwidthRate`), e.g. `"1 MB"`. At least [`MIN_BANDWIDTH_RATE`]. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_rate: Option<ByteCount>,
+    /// Bytes the buckets save up while the relay is quieter than `bandwidth_rate` (Tor's
+    /// `RelayBandwidthBurst`); at least `bandwidth_rate`. Default: `bandwidth_rate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_burst: Option<ByteCount>,
+    /// Bytes the relay may carry per `accounting_period`, counted by `accounting_rule` (Tor's
+    /// `AccountingMax`), e.g. `"100 GB"`. With 5 % (at most 500 MiB) left it hibernates: it
+    /// refuses new circuits and marks its descriptor, so clients leave it; once all is spent
+    /// it carries nothing; both end when the next period begins. The count survives restarts
+    /// (`accounting.state` in the data directory). Default: no allowance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accounting_max: Option<ByteCount>,
+    /// `"day"`, `"week"` or `"month"`, starting at 00:00 UTC (Mondays, the first of the month).
+    /// Default: month.
+    #[serde(default)]
+    pub accounting_period: AccountingPeriod,
+    /// Which bytes count against `accounting_max`: `"max"` (the larger of received and sent),
+    /// `"sum"`, `"in"` or `"out"` (Tor's `AccountingRule`). Default: max.
+    #[serde(default)]
+    pub accounting_rule: AccountingRule,
     /// Lifetime of each published descriptor (specs/04 §4). Default
     /// [`DESCRIPTOR_LIFETIME_SECS`].
     #[serde(default = "default_descriptor_lifetime_secs")]
@@ -324,6 +349,11 @@ impl Default for RelayConfig {
             extend_timeout_secs: DEFAULT_EXTEND_TIMEOUT_SECS,
             idle_circuit_timeout_secs: DEFAULT_IDLE_CIRCUIT_TIMEOUT_SECS,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            bandwidth_rate: None,
+            bandwidth_burst: None,
+            accounting_max: None,
+            accounting_period: AccountingPeriod::default(),
+            accounting_rule: AccountingRule::default(),
             descriptor_lifetime_secs: DESCRIPTOR_LIFETIME_SECS,
             onion_key_rotation_secs: DEFAULT_ONION_KEY_ROTATION_SECS,
             transport: TransportConfig::default(),
@@ -433,6 +463,23 @@ impl RelayConfig {
         if usize::try_from(self.max_queued_bytes).is_err() {
             return bad("`max_queued_bytes` does not fit this machine's address space".into());
         }
+        match (self.bandwidth_rate, self.bandwidth_burst) {
+            (None, Some(_)) => {
+                return bad("`bandwidth_burst` is set without `bandwidth_rate`".into());
+            }
+            (Some(rate), _) if rate.bytes() < MIN_BANDWIDTH_RATE => {
+                return bad(format!(
+                    "`bandwidth_rate` must be at least {MIN_BANDWIDTH_RATE} bytes (75 KBytes) a second"
+                ));
+            }
+            (Some(rate), Some(burst)) if burst < rate => {
+                return bad("`bandwidth_burst` must be at least `bandwidth_rate`".into());
+            }
+            _ => {}
+        }
+        if self.accounting_max.is_some_and(|max| max.bytes() == 0) {
+            return bad("`accounting_max` must be more than 0 bytes".into());
+        }
         if self.descriptor_lifetime_secs < MIN_DESCRIPTOR_LIFETIME_SECS
             || self.descriptor_lifetime_secs > MAX_DESCRIPTOR_LIFETIME_SECS
         {
@@ -484,6 +531,14 @@ mod display_list {
     }
 }
 
+impl RelayConfig {
+    /// The buckets' rate and burst in bytes, when the bandwidth is limited.
+    pub(crate) fn rate_and_burst(&self) -> Option<(u64, u64)> {
+        let rate = self.bandwidth_rate?.bytes();
+        Some((rate, self.bandwidth_burst.map_or(rate, ByteCount::bytes)))
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -512,6 +567,9 @@ mod tests {
     fn all_fields() -> BTreeSet<String> {
         let full = RelayConfig {
             exit_policy_file: Some(PathBuf::from("x")),
+            bandwidth_rate: Some(ByteCount(MIN_BANDWIDTH_RATE)),
+            bandwidth_burst: Some(ByteCount(MIN_BANDWIDTH_RATE)),
+            accounting_max: Some(ByteCount(1)),
             ..RelayConfig::default()
         };
         let mut out = BTreeSet::new();
@@ -603,6 +661,10 @@ mod tests {
             "descriptor_lifetime_secs = 10",
             "descriptor_lifetime_secs = 100000",
             "onion_key_rotation_secs = 60",
+            "bandwidth_rate = \"10 KB\"",
+            "bandwidth_burst = \"1 MB\"",
+            "bandwidth_rate = \"1 MB\"\nbandwidth_burst = \"500 KB\"",
+            "accounting_max = 0",
         ] {
             let err = RelayConfig::from_toml_str(text).unwrap_err();
             assert!(matches!(err, RelayError::Config(_)), "{text}: {err}");
@@ -614,5 +676,24 @@ mod tests {
             "bootstrap = [\"/ip4/127.0.0.1/tcp/1/p2p/{peer}\"]\nfamily = [\"{peer}\"]"
         ));
         assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn bandwidth_and_accounting_read_in_tors_units() {
+        let c = RelayConfig::from_toml_str(
+            "bandwidth_rate = \"1 MB\"\naccounting_max = \"10 GB\"\n\
+             accounting_period = \"week\"\naccounting_rule = \"sum\"",
+        )
+        .unwrap();
+        assert_eq!(c.rate_and_burst(), Some((1 << 20, 1 << 20)));
+        assert_eq!(c.accounting_max, Some(ByteCount(10 << 30)));
+        assert_eq!(c.accounting_period, AccountingPeriod::Week);
+        assert_eq!(c.accounting_rule, AccountingRule::Sum);
+        let burst =
+            RelayConfig::from_toml_str("bandwidth_rate = 100000\nbandwidth_burst = \"2 MB\"")
+                .unwrap();
+        assert_eq!(burst.rate_and_burst(), Some((100_000, 2 << 20)));
+        assert!(RelayConfig::from_toml_str("accounting_period = \"fortnight\"").is_err());
+        assert_eq!(RelayConfig::default().rate_and_burst(), None);
     }
 }

@@ -237,25 +237,29 @@ fn read_secret(path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, RelayError> {
 
 /// Writes a key file atomically with mode 0600.
 fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), RelayError> {
+    write_private(path, bytes).map_err(|source| RelayError::KeyIo {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Writes a file of the data directory atomically with mode 0600: a crash leaves the old
+/// contents or the new, never part of either.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_owned);
-    let io = |source| RelayError::KeyIo {
-        path: path.to_owned(),
-        source,
-    };
     // tempfile creates the file 0600 on unix; set it again in case of an odd umask policy.
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         tmp.as_file()
-            .set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(io)?;
+            .set_permissions(fs::Permissions::from_mode(0o600))?;
     }
-    tmp.write_all(bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
     // Make the rename itself durable.
     if let Ok(d) = fs::File::open(&dir) {
         let _ = d.sync_all();

@@ -11,6 +11,7 @@ mod link;
 mod memory;
 mod relay;
 mod safelog;
+mod traffic;
 
 pub use circuit::{CLOSE_GRACE, EXIT_EVENT_QUEUE, EXIT_READ_CHUNK, MAX_CLOSING_STREAMS};
 pub use config::{
@@ -37,3 +38,7 @@ pub use relay::{
 };
 /// What [`RelayHandle::reachability`] answers (specs/04 §4.1).
 pub use shallot_p2p::Reachability;
+pub use traffic::{
+    ACCOUNTING_SAVE_INTERVAL, ACCOUNTING_STATE_FILE, AccountingPeriod, AccountingRule, ByteCount,
+    MIN_BANDWIDTH_RATE, SOFT_HIBERNATION_MAX_BYTES, SOFT_HIBERNATION_SHARE,
+};

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::memory::Waiting;
+use crate::traffic::Traffic;
 
 /// Bytes of cells read at most into one run (32 cells of the largest size).
 pub const READ_RUN_BYTES: usize = 64 * 1024;
@@ -183,8 +184,14 @@ pub(crate) fn split(stream: Stream, cell_len: usize) -> (LinkReader, WriteHalf<S
 }
 
 impl Link {
-    /// Starts the reader and writer tasks of a link whose cells are `cell_len` bytes.
-    pub(crate) fn spawn(reader: LinkReader, writer: WriteHalf<Stream>, cell_len: usize) -> Self {
+    /// Starts the reader and writer tasks of a link whose cells are `cell_len` bytes; both
+    /// count and pace their bytes with `traffic`.
+    pub(crate) fn spawn(
+        reader: LinkReader,
+        writer: WriteHalf<Stream>,
+        cell_len: usize,
+        traffic: Arc<Traffic>,
+    ) -> Self {
         let (run_tx, runs) = mpsc::channel(READ_AHEAD_RUNS);
         let (batches, batch_rx) = mpsc::channel(WRITE_QUEUE_BATCHES);
         let spares = Spares::default();
@@ -200,8 +207,14 @@ impl Link {
             took_cell: false,
             runs_waiting: Waiting::default(),
             unwritten_waiting: Waiting::default(),
-            reader: tokio::spawn(read_runs(reader, cell_len, run_tx, spares.clone())),
-            writer: tokio::spawn(write_batches(writer, batch_rx, spares, unwritten)),
+            reader: tokio::spawn(read_runs(
+                reader,
+                cell_len,
+                run_tx,
+                spares.clone(),
+                Arc::clone(&traffic),
+            )),
+            writer: tokio::spawn(write_batches(writer, batch_rx, spares, unwritten, traffic)),
         }
     }
 
@@ -309,6 +322,7 @@ async fn read_runs(
     cell_len: usize,
     tx: mpsc::Sender<(Vec<u8>, usize)>,
     spares: Spares,
+    traffic: Arc<Traffic>,
 ) {
     let run_len = run_len(cell_len);
     let mut head = vec![0u8; cell_len];
@@ -346,9 +360,14 @@ async fn read_runs(
                 None => break,
             }
         }
+        // The bytes of this read, not the carried ones: those were counted when they came.
+        let carried = carry;
         let whole = filled - filled % cell_len;
         carry = filled - whole;
         head[..carry].copy_from_slice(&run[whole..filled]);
+        // Waits here when the bandwidth is limited: the stream's flow control then slows the
+        // sender.
+        traffic.received(filled - carried).await;
         if whole > 0 {
             if tx.send((run, whole)).await.is_err() {
                 return;
@@ -373,6 +392,7 @@ async fn write_batches(
     mut rx: mpsc::Receiver<Vec<u8>>,
     spares: Spares,
     unwritten: Arc<AtomicUsize>,
+    traffic: Arc<Traffic>,
 ) {
     loop {
         // As the reader does: spares held through a quiet second are freed (the reader may
@@ -391,6 +411,7 @@ async fn write_batches(
         let Some(batch) = next else {
             break;
         };
+        traffic.sending(batch.len()).await;
         if w.write_all(&batch).await.is_err() || w.flush().await.is_err() {
             return;
         }

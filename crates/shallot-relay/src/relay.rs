@@ -35,6 +35,7 @@ use crate::limits::{HandshakeSlot, Limiter, Refusal, Source};
 use crate::link::{self, Link, LinkReader, Stream};
 use crate::memory::MemoryBudget;
 use crate::safelog::Sensitive;
+use crate::traffic::{self, Accounting, Hibernation, Traffic};
 
 /// Republication delays after the first successful publications. Kademlia stores a record at
 /// the k closest nodes *as the publisher sees them*; a new relay's routing table is still
@@ -90,6 +91,10 @@ pub struct RelayStats {
     /// Circuit streams whose connection had closed before the relay took them (nothing was
     /// wrong with them; nothing could be answered).
     pub refused_connection_gone: Counter,
+    /// Circuits refused with DESTROY(HIBERNATING): the accounting allowance is nearly spent.
+    pub refused_hibernating: Counter,
+    /// Circuits destroyed with DESTROY(HIBERNATING) once the allowance was spent.
+    pub circuits_destroyed_hibernating: Counter,
     /// Circuits refused because the relay holds `max_circuits`.
     pub refused_total_limit: Counter,
     /// Circuits refused because the previous-hop relay holds `max_circuits_per_peer`.
@@ -134,6 +139,8 @@ pub(crate) struct Context {
     pub(crate) limiter: Limiter,
     pub(crate) create_queue: CreateQueue,
     pub(crate) memory: MemoryBudget,
+    /// The bandwidth limits and the accounting period (crate::traffic).
+    pub(crate) traffic: Arc<Traffic>,
     pub(crate) stats: RelayStats,
     pub(crate) handshake_timeout: Duration,
     pub(crate) extend_timeout: Duration,
@@ -251,6 +258,22 @@ impl Relay {
             .chain(&announce)
             .filter_map(socket_of)
             .collect();
+        let accounting = config.accounting_max.map(|max| {
+            let mut accounting = Accounting::new(
+                max.bytes(),
+                config.accounting_period,
+                config.accounting_rule,
+                node.clock().now(),
+            );
+            traffic::restore_accounting(&config.data_dir, &mut accounting);
+            accounting
+        });
+        let traffic = Arc::new(Traffic::new(config.rate_and_burst(), accounting));
+        let accounting = tokio::spawn(traffic::accounting_loop(
+            Arc::clone(&traffic),
+            node.clock().clone(),
+            config.data_dir.clone(),
+        ));
         let ctx = Arc::new(Context {
             local_peer_bytes: peer_id.to_bytes(),
             node,
@@ -265,6 +288,7 @@ impl Relay {
             memory: MemoryBudget::new(
                 usize::try_from(config.max_queued_bytes).unwrap_or(usize::MAX),
             ),
+            traffic,
             stats: RelayStats::default(),
             handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
             extend_timeout: Duration::from_secs(config.extend_timeout_secs),
@@ -287,6 +311,8 @@ impl Relay {
             next_rotation: keys.onion_created + rotation,
             previous_until: keys.previous_until,
             policy_summary,
+            // A restored accounting state may start the relay hibernating.
+            hibernating: ctx.traffic.hibernation() != Hibernation::Awake,
         };
         let publisher = tokio::spawn(publish_loop(Arc::clone(&ctx), publisher, kick_rx));
         info!(
@@ -301,6 +327,7 @@ impl Relay {
             shutdown,
             accept: Some(accept),
             publisher,
+            accounting,
             kick,
         })
     }
@@ -314,6 +341,7 @@ pub struct RelayHandle {
     shutdown: watch::Sender<bool>,
     accept: Option<JoinHandle<()>>,
     publisher: JoinHandle<()>,
+    accounting: JoinHandle<()>,
     kick: mpsc::Sender<()>,
 }
 
@@ -391,11 +419,23 @@ impl RelayHandle {
         let _ = self.kick.try_send(());
     }
 
+    /// Whether the relay hibernates (its accounting allowance is nearly or wholly spent): it
+    /// refuses new circuits and its descriptor says so.
+    pub fn is_hibernating(&self) -> bool {
+        self.ctx.traffic.hibernation() != Hibernation::Awake
+    }
+
+    /// Bytes of circuit traffic (links and exit connections) received and sent since start.
+    pub fn traffic_totals(&self) -> (u64, u64) {
+        self.ctx.traffic.totals()
+    }
+
     /// Destroys every circuit (DESTROY both ways, within [`CLOSE_GRACE`]) and stops the
     /// relay.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         self.publisher.abort();
+        self.accounting.abort();
         if let Some(accept) = self.accept.take() {
             let abort = accept.abort_handle();
             if tokio::time::timeout(CLOSE_GRACE + Duration::from_secs(1), accept)
@@ -411,6 +451,7 @@ impl RelayHandle {
 impl Drop for RelayHandle {
     fn drop(&mut self) {
         self.publisher.abort();
+        self.accounting.abort();
         if let Some(accept) = &self.accept {
             accept.abort();
         }
@@ -525,6 +566,14 @@ async fn serve(
             return;
         }
     };
+    // Tor's soft hibernation: circuits already built go on, new ones are refused.
+    if ctx.traffic.hibernation() != Hibernation::Awake {
+        ctx.stats.refused_hibernating.inc();
+        let destroy = LinkCell::Destroy(DestroyReason::Hibernating)
+            .encode(cell.len())
+            .ok();
+        return refuse(&ctx, w, destroy).await;
+    }
     let slot = match ctx
         .limiter
         .admit(handshake.source(), std::time::Instant::now())
@@ -583,7 +632,7 @@ async fn serve(
     match accepted {
         Ok(circ) => {
             ctx.stats.circuits_accepted.inc();
-            let link = Link::spawn(r, w, circ.cell_len());
+            let link = Link::spawn(r, w, circ.cell_len(), Arc::clone(&ctx.traffic));
             CircuitTask::new(Arc::clone(&ctx), circ, peer, link, slot)
                 .run(shutdown)
                 .await;
@@ -607,6 +656,8 @@ struct Publisher {
     /// When the previous onion key goes (specs/02 §2.2), while there is one.
     previous_until: Option<SystemTime>,
     policy_summary: Vec<u8>,
+    /// Whether the last descriptor built was marked HIBERNATING.
+    hibernating: bool,
 }
 
 impl Publisher {
@@ -621,11 +672,13 @@ impl Publisher {
             let keys = ctx.keys.read().unwrap_or_else(PoisonError::into_inner);
             (keys.current_public(), keys.previous_public())
         };
-        let flags = if self.policy_summary.is_empty() {
-            RelayFlags::default()
-        } else {
-            RelayFlags(RelayFlags::EXIT)
-        };
+        let mut flags = RelayFlags::default();
+        if !self.policy_summary.is_empty() {
+            flags.0 |= RelayFlags::EXIT;
+        }
+        if ctx.traffic.hibernation() != Hibernation::Awake {
+            flags.0 |= RelayFlags::HIBERNATING;
+        }
         Ok(Descriptor {
             identity: self.ed.public(),
             published_at: now,
@@ -712,6 +765,7 @@ async fn publish_loop(ctx: Arc<Context>, mut p: Publisher, mut kick: mpsc::Recei
     let mut early = EARLY_REPUBLISH.iter();
     let mut backoff = PUBLISH_RETRY_MIN;
     let mut reachability = ctx.node.watch_reachability();
+    let mut hibernation = ctx.traffic.watch_hibernation();
     let mut logged = Reachability::Unknown;
     // The addresses of the last successful publication while the relay stays publishable.
     let mut published: Option<Vec<Multiaddr>> = None;
@@ -774,6 +828,14 @@ async fn publish_loop(ctx: Arc<Context>, mut p: Publisher, mut kick: mpsc::Recei
             () = sleep_or_never(until_publication) => {}
             Ok(()) = reachability.changed() => {}
             Some(()) = kick.recv() => next_publication = tokio::time::Instant::now(),
+            // The descriptor says whether the relay hibernates: publish the change at once.
+            Ok(()) = hibernation.changed() => {
+                let asleep = *hibernation.borrow_and_update() != Hibernation::Awake;
+                if asleep != p.hibernating {
+                    p.hibernating = asleep;
+                    next_publication = tokio::time::Instant::now();
+                }
+            }
             () = tokio::time::sleep(until_rotation) => {
                 p.rotate(&ctx);
                 next_publication = tokio::time::Instant::now();
