@@ -131,7 +131,7 @@ def median(xs):
 def metrics(addr):
     try:
         with socket.create_connection(tuple_addr(addr), timeout=5) as s:
-            s.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            s.sendall(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
             data = b""
             while True:
                 b = s.recv(65536)

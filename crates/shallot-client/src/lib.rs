@@ -13,6 +13,7 @@ mod path;
 mod pool;
 mod sensitive;
 mod socks;
+mod status_page;
 mod stream;
 mod timeout;
 
@@ -28,7 +29,10 @@ pub use config::{
 };
 pub use err::{ClientError, StreamFailure};
 pub use front::HANDSHAKE_TIMEOUT;
-pub use metrics::{BUILD_TIME_BUCKETS, METRICS_PATH, STATUS_PATH};
+pub use metrics::{
+    BUILD_TIME_BUCKETS, METRICS_PATH, PAGE_PATH, STATUS_PATH, STATUS_TEXT_PATH,
+    THROUGHPUT_INTERVAL, THROUGHPUT_SAMPLES,
+};
 pub use sensitive::{Sensitive, set_safe_logging};
 pub use shallot_proxy_proto::MAX_HTTP_HEAD;
 pub use stream::{APP_CHANNEL_CHUNKS, APP_CHUNK, DataStream, HALF_CLOSE_GRACE};

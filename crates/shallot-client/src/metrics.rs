@@ -1,12 +1,14 @@
 //! Prometheus metrics (`prometheus-client`, the crate libp2p already uses) and a tiny HTTP
-//! responder for `GET /metrics`.
+//! responder for `GET /metrics`, `GET /status` (JSON), and the status page and its text
+//! (`crate::status_page`).
 //!
 //! The responder is a few lines of tokio: one fixed path, one method, bounded request size,
 //! bounded connections. A web framework (axum, hyper's server) would add dozens of crates to
 //! the client's dependency tree for that.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -27,6 +29,7 @@ use shallot_path::{BiasState, PathBias};
 
 use crate::client::Bootstrap;
 use crate::pool::CircuitSummary;
+use crate::status_page;
 
 /// The path metrics are served at.
 pub const METRICS_PATH: &str = "/metrics";
@@ -34,6 +37,14 @@ pub const METRICS_PATH: &str = "/metrics";
 /// of each circuit, like Tor's control port does for its controller: serve it only where the
 /// operator alone can reach it (the default metrics address is loopback).
 pub const STATUS_PATH: &str = "/status";
+/// The status as text for a terminal (`shallot status`).
+pub const STATUS_TEXT_PATH: &str = "/status.txt";
+/// The status page for a browser, refreshing itself from [`STATUS_PATH`].
+pub const PAGE_PATH: &str = "/";
+/// How often the throughput graph takes a sample of the bytes carried.
+pub const THROUGHPUT_INTERVAL: Duration = Duration::from_secs(1);
+/// Samples the throughput graph keeps: five minutes' worth.
+pub const THROUGHPUT_SAMPLES: usize = 300;
 /// Buckets (seconds) of `shallot_circuit_build_seconds`. Millisecond steps at the low end:
 /// a 3-hop build on a LAN or loopback takes a few milliseconds, and the benchmark's median is
 /// interpolated inside a bucket, so one 0–10 ms bucket could not tell 2 ms from 8 ms.
@@ -80,7 +91,29 @@ pub(crate) struct Metrics {
     failures: Family<Labels, Counter>,
     /// `shallot_guards{path_bias=…}`: pinned guards in each path-bias state (specs/05 §5.6).
     guards: Family<Labels, Gauge>,
+    /// The bytes carried in each of the last [`THROUGHPUT_SAMPLES`] intervals.
+    throughput: Arc<Mutex<Throughput>>,
     registry: Arc<Registry>,
+}
+
+/// Bytes up and down per [`THROUGHPUT_INTERVAL`], oldest first, at most
+/// [`THROUGHPUT_SAMPLES`].
+#[derive(Debug, Default)]
+struct Throughput {
+    /// The counters at the last sample.
+    last: (u64, u64),
+    samples: VecDeque<(u64, u64)>,
+}
+
+/// What the status shows besides [`Status`]: the metrics' figures at one moment.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Snapshot {
+    pub(crate) relays_known: i64,
+    pub(crate) streams_open: i64,
+    pub(crate) bytes_up: u64,
+    pub(crate) bytes_down: u64,
+    /// (up, down) bytes per [`THROUGHPUT_INTERVAL`], oldest first.
+    pub(crate) throughput: Vec<(u64, u64)>,
 }
 
 impl Metrics {
@@ -158,7 +191,44 @@ impl Metrics {
             bytes_down,
             failures,
             guards,
+            throughput: Arc::default(),
             registry: Arc::new(registry),
+        }
+    }
+
+    /// Takes a throughput sample: the bytes carried since the last one.
+    pub(crate) fn sample_throughput(&self) {
+        let now = (self.bytes_up.get(), self.bytes_down.get());
+        let mut t = self
+            .throughput
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let delta = (
+            now.0.saturating_sub(t.last.0),
+            now.1.saturating_sub(t.last.1),
+        );
+        t.last = now;
+        if t.samples.len() >= THROUGHPUT_SAMPLES {
+            t.samples.pop_front();
+        }
+        t.samples.push_back(delta);
+    }
+
+    /// The figures the status shows.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            relays_known: self.relays_known.get(),
+            streams_open: self.streams_open.get(),
+            bytes_up: self.bytes_up.get(),
+            bytes_down: self.bytes_down.get(),
+            throughput: self
+                .throughput
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .samples
+                .iter()
+                .copied()
+                .collect(),
         }
     }
 
@@ -206,14 +276,23 @@ pub(crate) struct Status {
 /// Where `GET /status` gets what it shows.
 pub(crate) type StatusSource = Arc<dyn Fn() -> Status + Send + Sync>;
 
-/// Serves `GET /metrics` and `GET /status` on `listener` until the task is dropped.
+/// Serves `GET /metrics`, `GET /status`, `GET /status.txt` and the page at `/` on
+/// `listener`, and samples the throughput, until the task is dropped.
 pub(crate) async fn serve(listener: TcpListener, metrics: Metrics, status: StatusSource) {
     let permits = Arc::new(Semaphore::new(MAX_METRICS_CONNECTIONS));
+    let mut sampling = tokio::time::interval(THROUGHPUT_INTERVAL);
+    sampling.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             return;
         };
-        let Ok((conn, _)) = listener.accept().await else {
+        let accepted = loop {
+            tokio::select! {
+                accepted = listener.accept() => break accepted,
+                _ = sampling.tick() => metrics.sample_throughput(),
+            }
+        };
+        let Ok((conn, _)) = accepted else {
             continue;
         };
         let metrics = metrics.clone();
@@ -253,23 +332,64 @@ async fn answer(
         line.starts_with(format!("GET {path} ").as_bytes())
             || line.starts_with(format!("GET {path}?").as_bytes())
     };
-    let (code, ctype, body) = if asks(METRICS_PATH) {
+    let host = head
+        .split(|b| *b == b'\n')
+        .skip(1)
+        .filter_map(|l| std::str::from_utf8(l).ok())
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("host")
+                .then(|| value.trim())
+        });
+    let (code, ctype, body) = if !status_page::host_allowed(host) {
+        (
+            "403 Forbidden",
+            "text/plain; charset=utf-8",
+            "ask by IP address or localhost: other host names are refused, so that a web page \
+             cannot rebind its name to this address and read the status\n"
+                .to_owned(),
+        )
+    } else if asks(METRICS_PATH) {
         (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
             metrics.render(),
         )
     } else if asks(STATUS_PATH) {
-        ("200 OK", "application/json", render_status(&status()))
+        (
+            "200 OK",
+            "application/json",
+            render_status(&status(), &metrics.snapshot()),
+        )
+    } else if asks(STATUS_TEXT_PATH) {
+        (
+            "200 OK",
+            "text/plain; charset=utf-8",
+            status_page::render_text(&status(), &metrics.snapshot()),
+        )
+    } else if asks(PAGE_PATH) {
+        (
+            "200 OK",
+            "text/html; charset=utf-8",
+            status_page::PAGE_HTML.to_owned(),
+        )
     } else {
         (
             "404 Not Found",
             "text/plain; charset=utf-8",
-            format!("only GET {METRICS_PATH} and GET {STATUS_PATH} are served here\n"),
+            format!(
+                "only GET {PAGE_PATH}, {METRICS_PATH}, {STATUS_PATH} and {STATUS_TEXT_PATH} are served here\n"
+            ),
         )
     };
+    // The page runs only its own script and talks only to this address.
     let response = format!(
-        "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\
+         Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; \
+         style-src 'unsafe-inline'; connect-src 'self'\r\n\
+         X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\n\
+         Connection: close\r\n\r\n{body}",
         body.len()
     );
     conn.write_all(response.as_bytes()).await?;
@@ -279,9 +399,11 @@ async fn answer(
 /// The status as JSON: `{"bootstrap": {"percent", "summary", "peers": [{"addr", "state"}]},
 /// "circuits": [{"id", "hops" (guard first), "built", "streams", "age_secs"}],
 /// "guards": [{"peer", "path_bias", "circ_attempts", "circ_built", "build_rate",
-/// "use_attempts", "use_succeeded", "use_rate"}]}` (rates `null` before the first count).
+/// "use_attempts", "use_succeeded", "use_rate"}], "relays_known", "streams_open",
+/// "bytes": {"up", "down"}, "throughput": {"interval_secs", "up": [...], "down": [...]}}`
+/// (rates `null` before the first count; throughput in bytes per interval, oldest first).
 /// PeerIds are base58 and ids numbers; the strings that could hold anything are escaped.
-fn render_status(status: &Status) -> String {
+fn render_status(status: &Status, snapshot: &Snapshot) -> String {
     let peers: Vec<String> = status
         .bootstrap_peers
         .iter()
@@ -333,10 +455,27 @@ fn render_status(status: &Status) -> String {
             )
         })
         .collect();
+    let series = |pick: fn(&(u64, u64)) -> u64| {
+        snapshot
+            .throughput
+            .iter()
+            .map(|s| pick(s).to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     format!(
-        "{{\"bootstrap\": {bootstrap}, \"circuits\": [{}], \"guards\": [{}]}}\n",
+        "{{\"bootstrap\": {bootstrap}, \"circuits\": [{}], \"guards\": [{}], \
+         \"relays_known\": {}, \"streams_open\": {}, \"bytes\": {{\"up\": {}, \"down\": {}}}, \
+         \"throughput\": {{\"interval_secs\": {}, \"up\": [{}], \"down\": [{}]}}}}\n",
         entries.join(", "),
-        guards.join(", ")
+        guards.join(", "),
+        snapshot.relays_known,
+        snapshot.streams_open,
+        snapshot.bytes_up,
+        snapshot.bytes_down,
+        THROUGHPUT_INTERVAL.as_secs(),
+        series(|s| s.0),
+        series(|s| s.1),
     )
 }
 
@@ -359,6 +498,23 @@ fn json_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_throughput_keeps_its_last_samples_only() {
+        let m = Metrics::new();
+        for i in 0..THROUGHPUT_SAMPLES as u64 + 5 {
+            m.bytes_down.inc_by(i);
+            m.bytes_up.inc_by(1);
+            m.sample_throughput();
+        }
+        let t = m.snapshot().throughput;
+        assert_eq!(t.len(), THROUGHPUT_SAMPLES);
+        assert_eq!(t[0], (1, 5));
+        assert_eq!(
+            t[THROUGHPUT_SAMPLES - 1],
+            (1, THROUGHPUT_SAMPLES as u64 + 4)
+        );
+    }
 
     #[test]
     fn json_strings_are_escaped() {
@@ -421,15 +577,16 @@ mod tests {
             guards: vec![(peer, PathBias::default())],
         });
         let task = tokio::spawn(serve(listener, m, status));
-        let get = |path: &'static str| async move {
+        let get_as = |path: &'static str, host: String| async move {
             let mut c = TcpStream::connect(addr).await.expect("connect");
-            c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            c.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
                 .await
                 .expect("write");
             let mut out = String::new();
             c.read_to_string(&mut out).await.expect("read");
             out
         };
+        let get = |path: &'static str| get_as(path, addr.to_string());
         let ok = get("/metrics").await;
         assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
         assert!(ok.contains("shallot_relays_known 7"), "{ok}");
@@ -443,12 +600,23 @@ mod tests {
                  \"{peer}\", \"{peer}\"], \"built\": true, \"streams\": 2, \"age_secs\": 5}}], \
                  \"guards\": [{{\"peer\": \"{peer}\", \"path_bias\": \"ok\", \"circ_attempts\": 0, \
                  \"circ_built\": 0, \"build_rate\": null, \"use_attempts\": 0, \
-                 \"use_succeeded\": 0, \"use_rate\": null}}]}}\n"
+                 \"use_succeeded\": 0, \"use_rate\": null}}], \"relays_known\": 7, \
+                 \"streams_open\": 0, \"bytes\": {{\"up\": 0, \"down\": 0}}, \"throughput\": \
+                 {{\"interval_secs\": 1, \"up\": [], \"down\": []}}}}\n"
             )),
             "{status}"
         );
-        let other = get("/").await;
+        let page = get("/").await;
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        assert!(page.contains("text/html") && page.contains("<title>Shallot client</title>"));
+        let text = get("/status.txt").await;
+        assert!(text.contains("relays      7 known"), "{text}");
+        assert!(text.contains("path bias ok"), "{text}");
+        let other = get("/other").await;
         assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+        // A page that rebound its own name to this address cannot read the status.
+        let rebound = get_as("/status", format!("evil.example:{}", addr.port())).await;
+        assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
         task.abort();
     }
 }

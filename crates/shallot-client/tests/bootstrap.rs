@@ -99,7 +99,7 @@ async fn a_bootstrap_peer_that_refuses_is_named_with_the_reason() {
     let metrics = client.metrics_addr().expect("metrics address");
     let get = |path: &'static str| async move {
         let mut c = tokio::net::TcpStream::connect(metrics).await.unwrap();
-        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: {metrics}\r\n\r\n").as_bytes())
             .await
             .unwrap();
         let mut out = String::new();

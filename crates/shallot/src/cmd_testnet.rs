@@ -236,6 +236,7 @@ async fn run_network(
         );
     }
     if let Some(metrics) = args.metrics {
+        println!("  status page: http://{metrics}/ (or: shallot status --metrics {metrics})");
         println!("  metrics: http://{metrics}/metrics");
     }
     println!("  stop with Ctrl-C");

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 mod cmd_demo;
 mod cmd_exit_policy;
 mod cmd_node;
+mod cmd_status;
 mod cmd_testnet;
 mod daemon;
 
@@ -94,6 +95,13 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         mib: usize,
     },
+    /// Print a running client's status (bootstrap, relays, circuits with their hops,
+    /// streams, bytes, recent throughput), as its status page at http://ADDR/ shows it.
+    Status {
+        /// The client's metrics address (`shallot client --metrics ADDR`).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9052")]
+        metrics: SocketAddr,
+    },
     /// Work with exit-policy files (Tor's `accept`/`reject` syntax).
     #[command(subcommand)]
     ExitPolicy(ExitPolicyCommand),
@@ -171,6 +179,7 @@ fn main() -> ExitCode {
         }
         Command::Keygen { dir } => cmd_node::keygen(&dir).map(|()| ExitCode::SUCCESS),
         Command::Demo { hops, mib } => cmd_demo::run(hops, mib).map(|()| ExitCode::SUCCESS),
+        Command::Status { metrics } => cmd_status::run(metrics).map(|()| ExitCode::SUCCESS),
         Command::ExitPolicy(ExitPolicyCommand::Check {
             file,
             targets,
