@@ -580,6 +580,9 @@ class Network:
     client_settings: list[str] = field(default_factory=list)
     # Extra top-level lines of each exit's TOML config (e.g. "max_queued_bytes = 16777216").
     exit_settings: list[str] = field(default_factory=list)
+    # Where the client's SOCKS port listens (an address of this host; a test's namespace may
+    # reach it where it cannot reach loopback).
+    socks_ip: str = "127.0.0.1"
     # Extra top-level lines of every relay's TOML config (e.g. 'bandwidth_rate = "1 MB"').
     relay_settings: list[str] = field(default_factory=list)
 
@@ -629,7 +632,7 @@ class Network:
             self.relays.append(relay)
         cdir = self.dir / "client"
         cdir.mkdir()
-        self.socks = ("127.0.0.1", free_port())
+        self.socks = (self.socks_ip, free_port(self.socks_ip))
         self.metrics = ("127.0.0.1", free_port())
         config = cdir / "client.toml"
         config.write_text(
