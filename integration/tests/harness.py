@@ -87,6 +87,25 @@ def wait_port(addr: tuple[str, int], timeout: float) -> None:
     raise AssertionError(f"nothing listens on {addr[0]}:{addr[1]} after {timeout} s")
 
 
+def run_in_own_group(argv: list[str], timeout: float, env: dict[str, str] | None = None, stderr=subprocess.PIPE) -> subprocess.CompletedProcess:
+    """Runs argv in a process group of its own (a browser's helpers too) and kills the whole
+    group when it ends or after `timeout`, which fails the test. stdout is captured; stderr as
+    given (captured by default)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=10)
+        raise AssertionError(f"{argv[0]} did not finish within {timeout} s") from None
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err or b"")
+
+
 def log_tail(path: Path, lines: int = 15) -> str:
     try:
         text = path.read_text(errors="replace")

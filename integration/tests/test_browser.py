@@ -1,9 +1,7 @@
 """Headless Chromium from Debian's `chromium` package loads the page by host name through the
 proxy: the DOM shows the script ran and the picture loaded, and a screenshot is saved."""
 
-import os
 import shutil
-import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -43,19 +41,9 @@ def run_chromium(network, extra: list[str], url: str, log: Path) -> subprocess.C
             *extra,
             url,
         ]
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(log, "wb"), start_new_session=True)
-        try:
-            out, _ = proc.communicate(timeout=CHROMIUM_TIMEOUT_SECS)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate(timeout=10)
-            raise AssertionError(f"chromium did not finish within {CHROMIUM_TIMEOUT_SECS} s; log {log}")
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        return subprocess.CompletedProcess(argv, proc.returncode, out.decode(errors="replace"), "")
+        with open(log, "wb") as err:
+            result = harness.run_in_own_group(argv, CHROMIUM_TIMEOUT_SECS, stderr=err)
+        return subprocess.CompletedProcess(argv, result.returncode, result.stdout.decode(errors="replace"), "")
 
 
 def test_chromium_loads_page_by_name(network, web, shared_dns, output_dir):

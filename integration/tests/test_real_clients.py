@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -118,22 +117,7 @@ def setup(web, site, tmp_path_factory):
 
 def _in_app_ns(argv: list[str], env: dict[str, str] | None = None, timeout: float = PROGRAM_TIMEOUT_SECS) -> subprocess.CompletedProcess:
     """Runs argv in the programs' namespace, its whole process group killed after `timeout`."""
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", APP_NS, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env={**os.environ, **(env or {})}, start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=10)
-        raise AssertionError(f"{argv[0]} did not finish within {timeout} s: {err.decode(errors='replace')[-2000:]}")
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    return harness.run_in_own_group(["ip", "netns", "exec", APP_NS, *argv], timeout, env={**os.environ, **(env or {})})
 
 
 def _require(program: str, package: str) -> str:

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{build_circuit, fetch_all, hop_of, read_n, source_server, start_client, step};
 use shallot_cell::{DestroyReason, Host};
-use shallot_client::{BuildFailure, CircuitHandle};
+use shallot_client::{BuildFailure, CircuitHandle, DataStream};
 use shallot_directory::SignedDescriptor;
 use shallot_relay::{ByteCount, RelayConfig};
 
@@ -43,7 +43,13 @@ async fn three_relays(
     (relays, client, descriptors, policy_dir)
 }
 
-async fn three_hops(client: &shallot_p2p::Node, d: &[SignedDescriptor]) -> CircuitHandle {
+/// A 3-hop circuit through `d` and a stream on it from a local server that sends `len` bytes
+/// (the server lives as long as the returned handle).
+async fn download_of(
+    client: &shallot_p2p::Node,
+    d: &[SignedDescriptor],
+    len: usize,
+) -> (CircuitHandle, DataStream, common::Server) {
     let c = build_circuit(client, vec![hop_of(&d[0])]).await.unwrap();
     step("EXTEND to the middle", c.extend(hop_of(&d[1])))
         .await
@@ -51,7 +57,14 @@ async fn three_hops(client: &shallot_p2p::Node, d: &[SignedDescriptor]) -> Circu
     step("EXTEND to the exit", c.extend(hop_of(&d[2])))
         .await
         .unwrap();
-    c
+    let source = source_server(len).await;
+    let stream = step(
+        "BEGIN",
+        c.connect(Host::V4(Ipv4Addr::LOCALHOST), source.port),
+    )
+    .await
+    .unwrap();
+    (c, stream, source)
 }
 
 /// The middle relay limited to 256 KiB a second (a burst of as much): 1.5 MiB can come no
@@ -66,14 +79,7 @@ async fn a_relay_with_a_bandwidth_rate_carries_no_faster_than_it() {
         }
     })
     .await;
-    let circuit = three_hops(&client, &descriptors).await;
-    let source = source_server(LEN).await;
-    let mut stream = step(
-        "BEGIN",
-        circuit.connect(Host::V4(Ipv4Addr::LOCALHOST), source.port),
-    )
-    .await
-    .unwrap();
+    let (_circuit, mut stream, _source) = download_of(&client, &descriptors, LEN).await;
     let started = Instant::now();
     let got = step("the download", read_n(&mut stream, LEN + 1)).await;
     let took = started.elapsed().as_secs_f64();
@@ -111,14 +117,7 @@ async fn a_relay_past_its_allowance_stops_refuses_circuits_and_says_it_hibernate
     .await;
     let middle = &relays.handles[1];
     assert!(!middle.is_hibernating());
-    let circuit = three_hops(&client, &descriptors).await;
-    let source = source_server(LEN).await;
-    let mut stream = step(
-        "BEGIN",
-        circuit.connect(Host::V4(Ipv4Addr::LOCALHOST), source.port),
-    )
-    .await
-    .unwrap();
+    let (_circuit, mut stream, _source) = download_of(&client, &descriptors, LEN).await;
     // Bounded: past the allowance nothing more comes.
     let got = tokio::time::timeout(Duration::from_secs(5), read_n(&mut stream, LEN))
         .await
