@@ -182,6 +182,9 @@ SOCKS_REPLY_NAMES = {
     0x06: "TTL expired",
     0x07: "command not supported",
     0x08: "address type not supported",
+    # Tor's extended errors (proposal 304), for onion service names.
+    0xF0: "onion service descriptor can not be found",
+    0xF6: "onion service address invalid",
 }
 
 

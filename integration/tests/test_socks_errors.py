@@ -55,3 +55,22 @@ def test_socks_error_unresolvable_name_without_dns(make_network, web, record):
     check(net, web, "example.invalid", web.port, 0x04, record)
     # The same network still serves names it can resolve.
     assert b"Shallot integration page" in harness.http_get_via_socks(net.socks, "localhost", web.port)
+
+
+# The key of rend-spec-v3's example, as a .shallot address (crates/shallot-onion's vector).
+ONION_ADDRESS = "25njqamcweflpvkl73j4szahhihoc4xt3ktcgjnpaingr5yhkendnxqb.shallot"
+
+
+def test_onion_names_never_reach_an_exit(network, web, shared_dns, record):
+    """A .shallot name that is no address (0xF6), an onion service address (0xF0: not
+    reachable yet) and a Tor .onion name (0x04) are refused by the client itself: none of them
+    is ever sent to an exit, whose resolver would ask the DNS and tell it which service the user
+    wanted (RFC 7686)."""
+    typo = ONION_ADDRESS.replace("25nj", "25nk", 1)
+    tor = "duckduckgogg42xjoc72x3sjasowoarfbgcmvfimaftt6twagswzczad.onion"
+    asked = len(shared_dns.queries)
+    check(network, web, typo, 80, 0xF6, record)
+    check(network, web, "www." + ONION_ADDRESS, 80, 0xF0, record)
+    check(network, web, tor, 80, 0x04, record)
+    leaked = [q.name for q in shared_dns.queries[asked:] if q.name.endswith((".shallot", ".onion"))]
+    assert not leaked, f"the exits asked the DNS for {leaked}"

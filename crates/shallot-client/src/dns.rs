@@ -191,9 +191,14 @@ impl<C: Connector> DnsFront<C> {
                     .insert(ask.clone(), answers.clone(), Instant::now());
                 DnsOutcome::Resolved(answers)
             }
-            Err(StreamFailure::ResolveFailed | StreamFailure::End(EndReason::ResolveFailed)) => {
-                DnsOutcome::NoSuchName
-            }
+            // RFC 7686 §2: a .onion name (and so ours) gets NXDOMAIN, never a lookup.
+            Err(
+                StreamFailure::ResolveFailed
+                | StreamFailure::End(EndReason::ResolveFailed)
+                | StreamFailure::TorOnionName
+                | StreamFailure::OnionAddressInvalid(_)
+                | StreamFailure::OnionServiceUnreachable,
+            ) => DnsOutcome::NoSuchName,
             Err(failure) => {
                 debug!(name = ?Sensitive(ask), %failure, "dns port: no exit answered");
                 DnsOutcome::Unavailable

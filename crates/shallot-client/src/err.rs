@@ -108,6 +108,18 @@ pub enum StreamFailure {
     /// The client is stopping.
     #[error("client stopping")]
     ShuttingDown,
+    /// A name under `.shallot` that is no onion service address (specs/09 §2): refused here,
+    /// never sent to an exit.
+    #[error("not an onion service address: {0}")]
+    OnionAddressInvalid(shallot_onion::AddressError),
+    /// An onion service address: this client cannot reach onion services yet (specs/09 is a
+    /// draft), and never sends the name to an exit.
+    #[error("onion services are not implemented in this client yet")]
+    OnionServiceUnreachable,
+    /// A name under Tor's `.onion` (RFC 7686): Shallot does not reach Tor's onion services,
+    /// and never asks an exit to resolve one.
+    #[error("a .onion name is one of Tor's onion services, which Shallot does not reach")]
+    TorOnionName,
 }
 
 impl StreamFailure {
@@ -119,6 +131,11 @@ impl StreamFailure {
             Self::ResolveFailed => 0x04,
             Self::Timeout => 0x06,
             Self::NoPath | Self::CircuitFailed | Self::TooManyCircuits | Self::ShuttingDown => 0x01,
+            // Tor's extended SOCKS5 errors (proposal 304): "onion service address invalid" and
+            // "onion service descriptor can not be found".
+            Self::OnionAddressInvalid(_) => 0xF6,
+            Self::OnionServiceUnreachable => 0xF0,
+            Self::TorOnionName => 0x04,
         }
     }
 
@@ -159,6 +176,8 @@ impl HasKind for StreamFailure {
             Self::End(EndReason::Timeout) | Self::Timeout => ErrorKind::Timeout,
             Self::TooManyCircuits => ErrorKind::ResourceLimit,
             Self::ShuttingDown => ErrorKind::ShuttingDown,
+            Self::OnionAddressInvalid(_) => ErrorKind::BadConfig,
+            Self::OnionServiceUnreachable | Self::TorOnionName => ErrorKind::PolicyRefusal,
             _ => ErrorKind::Transient,
         }
     }
@@ -201,6 +220,13 @@ mod tests {
         assert_eq!(StreamFailure::ResolveFailed.socks_reply(), 0x04);
         assert_eq!(StreamFailure::Timeout.socks_reply(), 0x06);
         assert_eq!(StreamFailure::CircuitFailed.socks_reply(), 0x01);
+        assert_eq!(
+            StreamFailure::OnionAddressInvalid(shallot_onion::AddressError::Checksum).socks_reply(),
+            0xF6
+        );
+        assert_eq!(StreamFailure::OnionServiceUnreachable.socks_reply(), 0xF0);
+        assert_eq!(StreamFailure::TorOnionName.socks_reply(), 0x04);
+        assert_eq!(StreamFailure::TorOnionName.http_status().0, 502);
     }
 
     #[test]

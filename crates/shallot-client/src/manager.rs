@@ -24,6 +24,7 @@ use rand::Rng;
 use shallot_cell::{Host, ResolvedAnswer};
 use shallot_directory::{NetworkView, ViewEntry};
 use shallot_error::{ErrorKind, HasKind};
+use shallot_onion::SpecialName;
 use shallot_p2p::{Node, PeerId};
 use shallot_path::{PathBias, PathError, RelayIndex};
 use shallot_proto::HopSpec;
@@ -320,6 +321,7 @@ impl Manager {
     where
         S: AsyncRead + Unpin,
     {
+        refuse_special_name(host)?;
         self.with_pool(|p| p.note_port(port, Instant::now()));
         let mut avoid_exits: Vec<PeerId> = Vec::new();
         let mut avoid_circuits: Vec<CircuitId> = Vec::new();
@@ -397,6 +399,7 @@ impl Manager {
         iso: &Isolation,
         host: &Host,
     ) -> Result<Vec<ResolvedAnswer>, StreamFailure> {
+        refuse_special_name(host)?;
         let mut avoid_circuits = Vec::new();
         let mut avoid_relays = Vec::new();
         let mut last = StreamFailure::CircuitFailed;
@@ -446,7 +449,8 @@ impl Manager {
     }
 
     /// The log line of a stream that failed for good: the destination's own refusals at
-    /// info, the client's failures to carry it as warnings.
+    /// info, the client's failures to carry it as warnings (names refused before any circuit
+    /// are said where they are refused).
     fn report_failure(&self, failure: &StreamFailure, host: &Host) {
         match failure {
             StreamFailure::End(_) | StreamFailure::ResolveFailed | StreamFailure::NoExitForPort => {
@@ -812,6 +816,23 @@ fn hop_spec(entry: &ViewEntry) -> HopSpec {
         addrs: entry.proven_addrs().map(|a| a.to_vec()).collect(),
         onion_key: entry.descriptor.descriptor().onion_key,
     }
+}
+
+/// Names that must never reach an exit's resolver: `.shallot` (an onion service, or a typo of
+/// one) and Tor's `.onion` (RFC 7686). Refused before any circuit is asked, with their own
+/// SOCKS replies (specs/07 §5, specs/09 §2).
+fn refuse_special_name(host: &Host) -> Result<(), StreamFailure> {
+    let Host::Name(name) = host else {
+        return Ok(());
+    };
+    let failure = match SpecialName::of(name) {
+        SpecialName::Ordinary => return Ok(()),
+        SpecialName::Shallot(Err(e)) => StreamFailure::OnionAddressInvalid(e),
+        SpecialName::Shallot(Ok(_)) => StreamFailure::OnionServiceUnreachable,
+        SpecialName::TorOnion => StreamFailure::TorOnionName,
+    };
+    info!(%failure, dest = ?Sensitive(host), "stream refused before any circuit: the name is never sent to an exit");
+    Err(failure)
 }
 
 #[cfg(test)]

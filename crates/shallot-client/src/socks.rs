@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use shallot_cell::{Host, ResolvedAnswer};
 use shallot_proxy_proto::{
     Credentials, MAX_SOCKS_MESSAGE, SocksAsk, SocksError, SocksHandshake, SocksRequest,
-    encode_reply,
+    encode_reply, encode_reply_code,
 };
 use socks5_server::proto::{Address, Reply};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -66,8 +66,7 @@ where
                 }
                 Err(failure) => {
                     debug!(dest = ?Sensitive(&host), %failure, "CONNECT failed");
-                    let code = reply_of(failure.socks_reply());
-                    let _ = reply(&mut conn, code, Address::unspecified()).await;
+                    let _ = reply_failure(&mut conn, failure.socks_reply()).await;
                 }
             }
         }
@@ -82,8 +81,7 @@ where
                     let _ = reply(&mut conn, Reply::Succeeded, addr).await;
                 }
                 Err(failure) => {
-                    let code = reply_of(failure.socks_reply());
-                    let _ = reply(&mut conn, code, Address::unspecified()).await;
+                    let _ = reply_failure(&mut conn, failure.socks_reply()).await;
                 }
             }
         }
@@ -107,8 +105,12 @@ fn pick_answer(answers: &[ResolvedAnswer], reverse: bool) -> Option<Address> {
 }
 
 /// The codec's reply for a code of specs/07 §5; an unknown code is a general failure.
-fn reply_of(code: u8) -> Reply {
-    Reply::try_from(code).unwrap_or(Reply::GeneralFailure)
+/// A failure's reply, its code as [`StreamFailure::socks_reply`] gives it (Tor's extended codes
+/// included).
+async fn reply_failure<S: AsyncWrite + Unpin>(conn: &mut S, code: u8) -> std::io::Result<()> {
+    conn.write_all(&encode_reply_code(code, Address::unspecified()))
+        .await?;
+    conn.flush().await
 }
 
 async fn reply<S: AsyncWrite + Unpin>(

@@ -18,4 +18,5 @@ pub use http::{
 pub use socks::{
     CMD_BIND, CMD_CONNECT, CMD_RESOLVE, CMD_RESOLVE_PTR, CMD_UDP_ASSOCIATE, Credentials,
     MAX_SOCKS_MESSAGE, SocksAction, SocksAsk, SocksHandshake, SocksRequest, encode_reply,
+    encode_reply_code,
 };

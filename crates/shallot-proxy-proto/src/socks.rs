@@ -319,6 +319,16 @@ pub fn encode_reply(reply: Reply, bound: Address) -> Vec<u8> {
     out
 }
 
+/// A reply whose code is the byte `code`: RFC 1928's, or one of Tor's extended codes
+/// (proposal 304, 0xF0..=0xF7, for onion service names) that `socks5-proto`'s `Reply` does not
+/// list. The bound address is as in [`encode_reply`].
+pub fn encode_reply_code(code: u8, bound: Address) -> Vec<u8> {
+    let mut out = encode_reply(Reply::GeneralFailure, bound);
+    // VER, REP, RSV, ATYP, ...: the code is the second byte.
+    out[1] = code;
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -675,5 +685,14 @@ mod tests {
             let whole = all_at_once(&input);
             prop_assert_eq!(feed_socks(&split_at(&input, &cuts)), whole);
         }
+    }
+
+    #[test]
+    fn extended_reply_codes_are_sent_as_given() {
+        let standard = encode_reply(Reply::HostUnreachable, Address::unspecified());
+        assert_eq!(encode_reply_code(0x04, Address::unspecified()), standard);
+        let onion = encode_reply_code(0xF6, Address::unspecified());
+        assert_eq!(onion[..2], [0x05, 0xF6]);
+        assert_eq!(onion[2..], standard[2..]);
     }
 }
