@@ -20,6 +20,10 @@ PTR_NAME = "reverse.shallot.test"
 CLIPPED_TTL = 300
 # A lookup may wait for a circuit of the DNS port's own isolation group to be built.
 DNS_PORT_TIMEOUT = 30
+# A valid .shallot address (crates/shallot-onion's vector), one with a typo, and a Tor name.
+ONION_ADDRESS = "25njqamcweflpvkl73j4szahhihoc4xt3ktcgjnpaingr5yhkendnxqb.shallot"
+ONION_TYPO = ONION_ADDRESS.replace("25nj", "25nk", 1)
+TOR_ONION = "duckduckgogg42xjoc72x3sjasowoarfbgcmvfimaftt6twagswzczad.onion"
 
 
 def test_dns_names_resolve_only_at_exits(make_network, web):
@@ -103,8 +107,9 @@ def test_dns_port_answers_through_exits_over_udp_and_tcp(make_network):
     """The client's `dns_listen` port (specs/07 §8), with the test's DNS server as the exits'
     only upstream. Proves: A, AAAA and PTR answers over UDP and TCP equal what the upstream
     knows, with the exits' clipped TTL; an unknown name is NXDOMAIN; MX is NOTIMP and never
-    reaches the upstream; two questions are FORMERR; and every query the upstream saw came
-    from an exit process, none from the client (it resolves nothing itself)."""
+    reaches the upstream; `.shallot` and `.onion` names are NXDOMAIN and never reach it; two
+    questions are FORMERR; and every query the upstream saw came from an exit process, none
+    from the client (it resolves nothing itself)."""
     reverse = dns.reversename.from_address(PTR_ADDR).to_text()
     upstream = harness.DnsServer({ASKED: "127.0.0.1", V6_NAME: V6_ADDR}, ptr={reverse: PTR_NAME})
     try:
@@ -139,6 +144,11 @@ def test_dns_port_answers_through_exits_over_udp_and_tcp(make_network):
         for tcp in (False, True):
             missing = _ask(port, MISSING, "A", tcp=tcp)
             assert missing.rcode() == dns.rcode.NXDOMAIN, dns.rcode.to_text(missing.rcode())
+        # Onion names (RFC 7686 and specs/09): NXDOMAIN from the client itself; the `names`
+        # check below shows they never reached the upstream.
+        for onion in (ONION_ADDRESS, "www." + ONION_ADDRESS, ONION_TYPO, TOR_ONION):
+            answer = _ask(port, onion, "A")
+            assert answer.rcode() == dns.rcode.NXDOMAIN, f"{onion}: {dns.rcode.to_text(answer.rcode())}"
         mx = _ask(port, ASKED, "MX")
         assert mx.rcode() == dns.rcode.NOTIMP, dns.rcode.to_text(mx.rcode())
 
