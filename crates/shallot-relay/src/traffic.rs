@@ -402,7 +402,8 @@ impl Traffic {
                 tokio::time::sleep(wait).await;
             }
         }
-        if *self.hibernation.borrow() == Hibernation::Hard {
+        // Only accounting hibernates: an unaccounted relay skips the watch's lock on every run.
+        if self.accounting.is_some() && *self.hibernation.borrow() == Hibernation::Hard {
             let mut awake = self.hibernation.subscribe();
             let _ = awake.wait_for(|h| *h != Hibernation::Hard).await;
         }
