@@ -39,11 +39,16 @@ fn blinding_factor(identity: &[u8; 32], period: u64, length_minutes: u64) -> Sca
         .finalize();
     let mut h = [0u8; 32];
     h.copy_from_slice(&digest);
-    // Ed25519 clamping; the identity is of prime order, so h·A = (h mod ℓ)·A.
+    // The identity is of prime order, so h·A = (h mod ℓ)·A.
+    Scalar::from_bytes_mod_order(clamped(h))
+}
+
+/// Ed25519 clamping of a scalar's bytes.
+fn clamped(mut h: [u8; 32]) -> [u8; 32] {
     h[0] &= 248;
     h[31] &= 63;
     h[31] |= 64;
-    Scalar::from_bytes_mod_order(h)
+    h
 }
 
 /// The blinded public key `A'` of a service for one period.
@@ -160,13 +165,10 @@ mod tests {
         assert_eq!(period_num(106_710_633, PERIOD_LENGTH_MINUTES), 1234);
         // Tor's build_blinded_key_param output for this period, which Tor clamps when it
         // multiplies.
-        let mut param = hex32("379E50DB31FEE6775ABD0AF6FB7C371E060308F4F847DB09FE4CFE13AF602287");
-        param[0] &= 248;
-        param[31] &= 63;
-        param[31] |= 64;
+        let param = hex32("379E50DB31FEE6775ABD0AF6FB7C371E060308F4F847DB09FE4CFE13AF602287");
         assert_eq!(
             blinding_factor(&hex32(TOR_IDENTITY), 1234, PERIOD_LENGTH_MINUTES),
-            Scalar::from_bytes_mod_order(param)
+            Scalar::from_bytes_mod_order(clamped(param))
         );
         let address = OnionAddress::from_key(hex32(TOR_IDENTITY)).unwrap();
         let blinded = blinded_public_key(&address, 1234, PERIOD_LENGTH_MINUTES).unwrap();
