@@ -25,11 +25,11 @@ fn fetch(metrics: SocketAddr) -> anyhow::Result<String> {
     let mut conn = TcpStream::connect_timeout(&metrics, STATUS_TIMEOUT).with_context(hint)?;
     conn.set_read_timeout(Some(STATUS_TIMEOUT))?;
     conn.set_write_timeout(Some(STATUS_TIMEOUT))?;
-    write!(
-        conn,
-        "GET /status.txt HTTP/1.0\r\nHost: {metrics}\r\nConnection: close\r\n\r\n"
-    )
-    .with_context(hint)?;
+    // One write: `write!` would send the request in pieces, and a server that answers the
+    // first piece and closes would make the next one fail.
+    let request =
+        format!("GET /status.txt HTTP/1.0\r\nHost: {metrics}\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).with_context(hint)?;
     let mut raw = Vec::new();
     conn.take(MAX_STATUS_BYTES)
         .read_to_end(&mut raw)
@@ -71,8 +71,13 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = std::thread::spawn(move || {
             let (mut c, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
             let mut buf = [0u8; 512];
-            let _ = c.read(&mut buf).unwrap();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = c.read(&mut buf).unwrap();
+                assert!(n > 0, "the request ended before its head did");
+                head.extend_from_slice(&buf[..n]);
+            }
             c.write_all(b"HTTP/1.1 404 Not Found\r\n\r\nnope").unwrap();
         });
         let err = fetch(addr).unwrap_err();
